@@ -1,0 +1,1 @@
+"""imageworks: fetch, check and keep track of local AI model weights."""

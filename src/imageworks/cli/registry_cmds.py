@@ -1,0 +1,151 @@
+"""list, show, remove, history."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.render import console, emit_json, human_size, table
+
+
+@click.command("list")
+@click.option("--format", "format_", help="Only this format (gguf, safetensors, awq, ...).")
+@click.option("--location", help="Only this location (linux_wsl, windows_lmstudio, ...).")
+@click.option("--backend", type=click.Choice(["vllm", "ollama", "lmstudio"]), help="Only models with serve hints for it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def list_cmd(app: AppContext, format_: str | None, location: str | None, backend: str | None, as_json: bool) -> None:
+    """List the models in the registry."""
+    from imageworks.inventory import list_models
+
+    models = list_models(app.store().load(), format=format_, location=location, backend=backend)
+    if as_json:
+        emit_json("list", [m.as_dict() for m in models])
+        return
+    if not models:
+        click.echo("no models in the registry" + (" match those filters" if (format_ or location or backend) else ""))
+        return
+    rows = [
+        [
+            m.entry.name,
+            m.entry.format or "-",
+            m.entry.quantization or "-",
+            m.entry.location or "-",
+            human_size(m.entry.size_bytes),
+            "yes" if m.installed else "no",
+        ]
+        for m in models
+    ]
+    table(None, ["name", "format", "quant", "location", "size", "installed"], rows)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def show(app: AppContext, name: str, as_json: bool) -> None:
+    """Show NAME's merged entry, which layer each field came from, and how to serve it."""
+    from imageworks.inventory import show_model
+
+    shown = show_model(app.store().load(), name)
+    data = shown.entry.model_dump(mode="json")
+    if as_json:
+        emit_json("show", {"entry": data, "origins": shown.origins, "installed": shown.installed})
+        return
+    out = console()
+    out.print(f"[bold]{shown.entry.name}[/bold]  ({'installed' if shown.installed else 'not on disk'})")
+    for key in sorted(data):
+        if key in {"name", "serve", "files"}:
+            continue
+        value = data[key]
+        if value in (None, [], {}, False) and key not in shown.origins:
+            continue
+        origin = shown.origins.get(key, "default")
+        rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+        out.print(f"  {key:<16} {rendered}  [dim]({origin})[/dim]", markup=True)
+    files = shown.entry.files
+    if files:
+        out.print(f"  files            {len(files)} ({human_size(sum(f.size for f in files))})")
+        for record in files[:50]:
+            out.print(f"    {record.path}  {human_size(record.size)}  {record.sha256 or 'no sha256'}")
+    for backend, hint in sorted(shown.entry.serve.items()):
+        out.print(f"[bold]serve with {backend}[/bold]")
+        for key, value in sorted(hint.items()):
+            text = str(value).rstrip("\n")
+            if "\n" in text:
+                out.print(f"  {key}:")
+                for line in text.splitlines():
+                    out.print(f"    {line}", markup=False)
+            else:
+                out.print(f"  {key}: {text}", markup=False)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--delete-files", is_flag=True, help="Also delete the model's folder from disk.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup: bool, as_json: bool) -> None:
+    """Remove NAME from the discovered registry layer (curated entries are edited by hand)."""
+    from imageworks.inventory import execute_remove, plan_remove
+
+    store = app.store()
+    roots = [app.config.location_root(n) for n in app.config.locations]
+    plan = plan_remove(store.load(), name, delete_files=delete_files, roots=roots)
+    for note in plan.notes:
+        click.echo(note, err=True)
+    if plan.delete_path is not None and not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("--delete-files without a terminal needs --yes")
+        click.confirm(
+            f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True
+        )
+    changed = execute_remove(store, plan, sys.argv, backup=not no_backup)
+    result = {
+        "name": plan.name,
+        "removed_from_registry": changed,
+        "curated": plan.curated,
+        "deleted_path": str(plan.delete_path) if plan.delete_path else None,
+        "deleted_bytes": plan.delete_bytes if plan.delete_path else 0,
+    }
+    if as_json:
+        emit_json("remove", result)
+    else:
+        if changed:
+            click.echo(f"removed {plan.name} from the registry")
+        if plan.delete_path:
+            click.echo(f"deleted {plan.delete_path} ({human_size(plan.delete_bytes)})")
+    if not changed and not plan.delete_path and plan.curated:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many lines.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def history(app: AppContext, limit: int, as_json: bool) -> None:
+    """Show the newest change-log lines (one per mutating command)."""
+    records = app.store().history(limit)
+    if as_json:
+        emit_json("history", records)
+        return
+    if not records:
+        click.echo("the change log is empty")
+        return
+    for record in records:
+        ops = record.get("patch", [])
+        touched = sorted({"/".join(op["path"].split("/")[:3]).replace("~1", "/") for op in ops})
+        click.echo(f"{record.get('time')}  {record.get('command')}")
+        for path in touched[:10]:
+            click.echo(f"    {path.removeprefix('/models/')}")
+        if len(touched) > 10:
+            click.echo(f"    … {len(touched) - 10} more")

@@ -1,0 +1,43 @@
+"""Output: rich tables for people, a versioned JSON envelope for scripts (STYLE.md #2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+JSON_SCHEMA_VERSION = 1
+
+
+def human_size(num: int | None) -> str:
+    if num is None:
+        return "-"
+    size = float(num)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{num} B"
+
+
+def emit_json(kind: str, data: Any, *, ok: bool = True) -> None:
+    """`{"schema": "imageworks.<kind>", "version": 1, "ok": ..., "data": ...}` on stdout."""
+    envelope = {"schema": f"imageworks.{kind}", "version": JSON_SCHEMA_VERSION, "ok": ok, "data": data}
+    sys.stdout.write(json.dumps(envelope, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def console(stderr: bool = False):  # -> rich.console.Console
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    console().print(t)

@@ -1,0 +1,136 @@
+"""list / show / remove: the registry as an inventory of models on disk."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imageworks.errors import UnsafePathError, UsageError
+from imageworks.registry import ModelEntry, Registry, RegistryStore, find_entry
+
+BACKENDS = ("vllm", "ollama", "lmstudio")
+
+
+@dataclass(frozen=True)
+class ListedModel:
+    entry: ModelEntry
+    installed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.entry.name,
+            "format": self.entry.format,
+            "quantization": self.entry.quantization,
+            "location": self.entry.location,
+            "path": self.entry.path,
+            "size_bytes": self.entry.size_bytes,
+            "installed": self.installed,
+        }
+
+
+def is_installed(entry: ModelEntry) -> bool:
+    return bool(entry.path) and Path(entry.path).expanduser().exists()
+
+
+def list_models(
+    registry: Registry,
+    *,
+    format: str | None = None,
+    location: str | None = None,
+    backend: str | None = None,
+) -> list[ListedModel]:
+    if backend and backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    out = []
+    for entry in registry.entries():
+        if format and (entry.format or "").lower() != format.lower():
+            continue
+        if location and (entry.location or "") != location:
+            continue
+        if backend and backend not in entry.serve:
+            continue
+        out.append(ListedModel(entry, is_installed(entry)))
+    return out
+
+
+@dataclass
+class ShownModel:
+    entry: ModelEntry
+    origins: dict[str, str]
+    installed: bool
+
+
+def show_model(registry: Registry, reference: str) -> ShownModel:
+    entry = find_entry(registry, reference)
+    return ShownModel(entry, registry.origins(entry.name), is_installed(entry))
+
+
+@dataclass
+class RemovePlan:
+    """What `remove` will do, computed before anything is touched (STYLE.md #9)."""
+
+    name: str
+    in_discovered: bool
+    curated: bool
+    delete_path: Path | None = None
+    delete_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def plan_remove(registry: Registry, reference: str, *, delete_files: bool, roots: Sequence[Path]) -> RemovePlan:
+    entry = find_entry(registry, reference)
+    plan = RemovePlan(entry.name, entry.name in registry.discovered, registry.is_curated(entry.name))
+    if plan.curated:
+        plan.notes.append(
+            f"{entry.name} is defined in the curated layer (model_registry.curated.json): edit that file by hand;"
+            " it was not changed"
+        )
+    if delete_files:
+        if not entry.path:
+            plan.notes.append("the entry records no path: no files to delete")
+        else:
+            path = Path(entry.path).expanduser()
+            _check_deletable(path, roots)
+            if path.exists():
+                plan.delete_path = path
+                plan.delete_bytes = _folder_size(path)
+            else:
+                plan.notes.append(f"{path} does not exist: nothing to delete")
+    return plan
+
+
+def _check_deletable(path: Path, roots: Sequence[Path]) -> None:
+    """A registry path is untrusted: only delete inside a known model root, never a root itself."""
+    resolved = path.resolve()
+    for root in roots:
+        root_resolved = root.expanduser().resolve()
+        if resolved != root_resolved and resolved.is_relative_to(root_resolved):
+            return
+    raise UnsafePathError(
+        f"refusing to delete {path}: it is not inside a configured model location",
+        hint="delete it by hand, or add its root to imageworks.toml [locations]",
+    )
+
+
+def execute_remove(store: RegistryStore, plan: RemovePlan, command: Sequence[str], *, backup: bool = True) -> bool:
+    """Drop the discovered entry (if any) and delete files when planned. Returns whether the registry
+    changed."""
+    changed = False
+    if plan.in_discovered:
+        with store.transaction(command, backup=backup) as registry:
+            changed = registry.remove(plan.name)
+    if plan.delete_path is not None:
+        if plan.delete_path.is_dir() and not plan.delete_path.is_symlink():
+            shutil.rmtree(plan.delete_path)
+        else:
+            plan.delete_path.unlink()
+    return changed

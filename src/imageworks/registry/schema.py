@@ -1,0 +1,163 @@
+"""The registry's entry schema and the on-disk layer format.
+
+A layer file is `{"schema_version": N, "models": {NAME: ENTRY, ...}}`. Entries are keyed by name so
+JSON Patches in the change log read `/models/<name>/...` and a git diff shows one model per hunk.
+Curated entries are partial (any subset of fields); unknown keys survive untouched (`extra="allow"`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from imageworks.errors import RegistryError
+
+SCHEMA_VERSION = 1
+Provider = Literal["hf", "url", "local", "ollama"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
+
+
+class Source(_Model):
+    provider: Provider = "local"
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    url: str | None = None
+
+
+class FileRecord(_Model):
+    path: str
+    size: int
+    sha256: str | None = None
+    # Size and mtime when the file was last hashed: `verify --quick` and `normalize-formats --rebuild`
+    # compare these instead of hashing again.
+    mtime_ns: int | None = None
+
+
+class ModelEntry(_Model):
+    name: str
+    display_name: str | None = None
+    family: str | None = None
+    source: Source = Field(default_factory=Source)
+    format: str | None = None
+    quantization: str | None = None
+    location: str | None = None
+    path: str | None = None
+    files: list[FileRecord] = Field(default_factory=list)
+    size_bytes: int | None = None
+    aggregate_sha256: str | None = None
+    downloaded_at: str | None = None
+    verified_at: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    serve: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    deprecated: bool = False
+    testing: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_layer_dict(self) -> dict[str, Any]:
+        """The entry as stored in a layer (the name is the key, so it is not repeated)."""
+        data = self.model_dump(mode="json", exclude={"name"})
+        return data
+
+    @property
+    def repo_id(self) -> str | None:
+        return self.source.repo_id
+
+
+# Validating a layer's entries through one TypeAdapter is several times faster than one
+# model_validate call per entry: 10k entries must load, merge and save in well under a second.
+_ENTRIES = TypeAdapter(dict[str, ModelEntry])
+
+
+def validate_entries(raw: dict[str, dict[str, Any]], origin: str) -> dict[str, ModelEntry]:
+    """Validate entries (name injected from the key). Errors name the entry and the field."""
+    try:
+        return _ENTRIES.validate_python({name: {**entry, "name": name} for name, entry in raw.items()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        entry_name = loc[0] if loc else "?"
+        field_path = ".".join(loc[1:]) or "(entry)"
+        raise RegistryError(
+            f"{origin}: entry {entry_name!r}, field {field_path}: {first['msg']}",
+            hint="fix the value in that file (see README: registry schema)",
+        ) from None
+
+
+def _reject_duplicates(path: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise RegistryError(
+                    f"{path}: duplicate key {key!r}", hint="each model name may appear once per layer"
+                )
+            seen[key] = value
+        return seen
+
+    return hook
+
+
+def parse_layer_text(text: str, path: Path) -> dict[str, dict[str, Any]]:
+    """Parse one layer file into raw entries keyed by name, migrating older schema versions.
+
+    Raw dicts, not models: a curated entry is partial and its unknown keys and explicit nulls must
+    survive the merge exactly as written."""
+    try:
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates(str(path)))
+    except json.JSONDecodeError as exc:
+        raise RegistryError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            hint="fix the file by hand or restore it from backups/",
+        ) from None
+    return _migrate(doc, path)
+
+
+def _migrate(doc: Any, path: Path) -> dict[str, dict[str, Any]]:
+    # Version 0 (before layering): a bare list of entries, each carrying its own "name".
+    if isinstance(doc, list):
+        doc = {"schema_version": 0, "models": doc}
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{path}: expected a JSON object with schema_version and models")
+    version = doc.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RegistryError(f"{path}: schema_version must be an integer")
+    if version > SCHEMA_VERSION:
+        raise RegistryError(
+            f"{path}: schema_version {version} is newer than this imageworks understands ({SCHEMA_VERSION})",
+            hint="upgrade imageworks (uv sync) before touching this registry",
+        )
+    models = doc.get("models", {})
+    if version == 0 and isinstance(models, list):
+        converted: dict[str, Any] = {}
+        for index, item in enumerate(models):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise RegistryError(f"{path}: models[{index}] has no string 'name'")
+            name = item["name"]
+            if name in converted:
+                raise RegistryError(f"{path}: duplicate model name {name!r}")
+            converted[name] = {k: v for k, v in item.items() if k != "name"}
+        models = converted
+    if not isinstance(models, dict):
+        raise RegistryError(f"{path}: 'models' must be an object keyed by model name")
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{path}: entry {name!r} must be an object")
+        if not name or name != name.strip():
+            raise RegistryError(f"{path}: invalid model name {name!r}")
+    return models
+
+
+def dump_layer(models: dict[str, dict[str, Any]]) -> str:
+    """Deterministic text: sorted names, stable key order inside entries, 2-space indent, final newline,
+    so a no-op write changes no byte and git diffs show only real changes."""
+    doc = {"schema_version": SCHEMA_VERSION, "models": models}
+    return json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"

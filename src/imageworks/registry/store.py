@@ -1,0 +1,273 @@
+"""The layered registry on disk: load, merge, and mutate under a lock with backups and a change log.
+
+Files in the registry folder:
+  model_registry.curated.json     hand-edited, under git; never written by tools
+  model_registry.discovered.json  written by tools
+  model_registry.json             the merged view, regenerated on every write
+  model_registry.history.jsonl    one JSON line per mutating command (time, command, JSON Patch)
+  backups/                        timestamped copies taken before each mutating command
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imageworks.errors import RegistryError, RegistryWriteError
+from imageworks.registry.files import atomic_write_text
+from imageworks.registry.merge import field_origins, merge_layers
+from imageworks.registry.schema import ModelEntry, dump_layer, parse_layer_text, validate_entries
+
+CURATED = "model_registry.curated.json"
+DISCOVERED = "model_registry.discovered.json"
+MERGED = "model_registry.json"
+HISTORY = "model_registry.history.jsonl"
+LOCK = ".model_registry.lock"
+BACKUPS = "backups"
+DEFAULT_KEEP_BACKUPS = 20
+LOCK_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Registry:
+    """A snapshot of the layers. Mutations touch only the discovered layer."""
+
+    curated: dict[str, dict[str, Any]]
+    discovered: dict[str, dict[str, Any]]
+    _merged: dict[str, ModelEntry] | None = field(default=None, repr=False)
+
+    def merged(self) -> dict[str, ModelEntry]:
+        if self._merged is None:
+            self._merged = validate_entries(merge_layers(self.discovered, self.curated), "merged registry")
+        return self._merged
+
+    def entries(self) -> list[ModelEntry]:
+        merged = self.merged()
+        return [merged[name] for name in sorted(merged)]
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self.merged().get(name)
+
+    def origins(self, name: str) -> dict[str, str]:
+        return field_origins(name, self.discovered, self.curated)
+
+    def is_curated(self, name: str) -> bool:
+        return name in self.curated
+
+    def put(self, entry: ModelEntry) -> None:
+        """Insert or replace an entry in the discovered layer."""
+        self.discovered[entry.name] = entry.to_layer_dict()
+        self._merged = None
+
+    def remove(self, name: str) -> bool:
+        self._merged = None
+        return self.discovered.pop(name, None) is not None
+
+    def discovered_entry(self, name: str) -> ModelEntry | None:
+        raw = self.discovered.get(name)
+        if raw is None:
+            return None
+        return validate_entries({name: raw}, "discovered layer")[name]
+
+
+_TOKEN_PATTERNS = [
+    re.compile(r"(--token[= ])(\S+)"),
+    re.compile(r"\bhf_[A-Za-z0-9]{6,}"),
+    re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),
+]
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a Hub token (command lines go into the change log)."""
+    text = _TOKEN_PATTERNS[0].sub(r"\1***", text)
+    text = _TOKEN_PATTERNS[1].sub("hf_***", text)
+    return _TOKEN_PATTERNS[2].sub(r"\1***", text)
+
+
+def redact_argv(argv: Sequence[str]) -> str:
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        if arg == "--token":
+            hide_next = True
+        out.append(arg)
+    return redact(" ".join(out))
+
+
+class RegistryStore:
+    """One registry folder. Reads are lock-free (files are replaced atomically); writes go through
+    `transaction()`, which re-reads under the lock so concurrent writers never lose each other's work."""
+
+    def __init__(self, folder: Path, *, keep_backups: int = DEFAULT_KEEP_BACKUPS) -> None:
+        self.folder = Path(folder)
+        self.keep_backups = keep_backups
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _read_layer(self, name: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+        path = self.path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}, None
+        except UnicodeDecodeError:
+            raise RegistryError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
+        models = parse_layer_text(text, path)
+        return models, text
+
+    def load(self) -> Registry:
+        curated, _ = self._read_layer(CURATED)
+        discovered, _ = self._read_layer(DISCOVERED)
+        # Validate both layers up front: a wrong type in either is reported with its file and entry.
+        validate_entries(discovered, str(self.path(DISCOVERED)))
+        _validate_partial(curated, str(self.path(CURATED)))
+        return Registry(curated=curated, discovered=discovered)
+
+    # -- writing ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(
+        self, command: Sequence[str] | str | None = None, *, backup: bool = True
+    ) -> Iterator[Registry]:
+        """Read-modify-write under the lock. On normal exit, writes what changed (discovered + merged),
+        after a backup, and appends one change-log line. Nothing is written if nothing changed."""
+        from filelock import FileLock, Timeout
+
+        self._ensure_folder()
+        lock = FileLock(str(self.path(LOCK)), timeout=LOCK_TIMEOUT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RegistryWriteError(
+                f"{self.folder}: another imageworks command holds the registry lock",
+                hint=f"wait for it to finish (lock file {self.path(LOCK)})",
+            ) from None
+        except OSError as exc:
+            raise RegistryWriteError(f"{self.folder}: cannot lock the registry: {exc.strerror}") from None
+        try:
+            registry = self.load()
+            before = copy.deepcopy(registry.discovered)
+            yield registry
+            self._commit(registry, before, command, backup=backup)
+        finally:
+            lock.release()
+
+    def _ensure_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryWriteError(f"cannot create registry folder {self.folder}: {exc.strerror}") from None
+
+    def _commit(
+        self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str | None, *, backup: bool
+    ) -> None:
+        merged_entries = registry.merged()  # validates the result before anything is written
+        discovered_text = dump_layer(registry.discovered)
+        merged_text = dump_layer({name: e.to_layer_dict() for name, e in merged_entries.items()})
+        targets = {DISCOVERED: discovered_text, MERGED: merged_text}
+        changed = {name: text for name, text in targets.items() if self._current_text(name) != text}
+        if not changed:
+            return
+        try:
+            if backup:
+                self._backup(list(changed))
+            for name, text in changed.items():
+                atomic_write_text(self.path(name), text)
+            if before != registry.discovered:
+                self._append_history(before, registry.discovered, command)
+        except OSError as exc:
+            reason = "the folder is read-only" if exc.errno in {errno.EACCES, errno.EROFS, errno.EPERM} else (
+                exc.strerror or str(exc)
+            )
+            raise RegistryWriteError(
+                f"cannot save the registry in {self.folder}: {reason}",
+                hint="nothing was changed; fix the folder's permissions or free space and re-run",
+            ) from None
+
+    def _current_text(self, name: str) -> str | None:
+        try:
+            return self.path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _backup(self, names: list[str]) -> None:
+        folder = self.path(BACKUPS)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        existing = [n for n in names if self.path(n).exists()]
+        if not existing:
+            return
+        folder.mkdir(exist_ok=True)
+        for name in existing:
+            shutil.copy2(self.path(name), folder / f"{stamp}.{name}")
+        self._prune_backups(folder)
+
+    def _prune_backups(self, folder: Path) -> None:
+        for name in (DISCOVERED, MERGED):
+            copies = sorted(folder.glob(f"*.{name}"))
+            for old in copies[: max(0, len(copies) - self.keep_backups)]:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
+    def _append_history(self, before: dict[str, Any], after: dict[str, Any], command: Sequence[str] | str | None) -> None:
+        import jsonpatch
+
+        patch = jsonpatch.make_patch({"models": before}, {"models": after}).patch
+        if command is None:
+            command = sys.argv
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "command": redact(command) if isinstance(command, str) else redact_argv(command),
+            "patch": json.loads(redact(json.dumps(patch))),
+        }
+        with open(self.path(HISTORY), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.path(HISTORY).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RegistryError(f"{self.path(HISTORY)}: line {number} is not valid JSON") from None
+        return records[-limit:] if limit else records
+
+
+def _validate_partial(curated: dict[str, dict[str, Any]], origin: str) -> None:
+    """Curated entries may be partial; check the types of the fields they do set by validating them
+    over a neutral base (explicit nulls mean "no override" and are skipped)."""
+    if not curated:
+        return
+    base: dict[str, Any] = {"source": {}}
+    cleaned = {
+        name: {**base, **{k: v for k, v in entry.items() if v is not None}} for name, entry in curated.items()
+    }
+    for entry in cleaned.values():
+        if isinstance(entry.get("source"), dict):
+            entry["source"] = {k: v for k, v in entry["source"].items() if v is not None}
+    validate_entries(cleaned, origin)

@@ -1,0 +1,69 @@
+"""Hermetic tests: every state folder lives in tmp_path, no token leaks in from the environment, and
+HTTP goes only to the loopback fake Hub (tests/fakehub)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.fakehub.fixtures"]
+
+_CLEARED = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+    "IMAGEWORKS_DEBUG",
+    "IMAGEWORKS_WINDOWS_USERS_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    dirs = {
+        "home": home,
+        "registry": tmp_path / "registry",
+        "models": tmp_path / "models",
+        "lmstudio": tmp_path / "lmstudio",
+        "hf_home": tmp_path / "hf_home",
+    }
+    for var in _CLEARED:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("HF_HOME", str(dirs["hf_home"]))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("IMAGEWORKS_REGISTRY_DIR", str(dirs["registry"]))
+    monkeypatch.setenv("IMAGEWORKS_MODEL_ROOT", str(dirs["models"]))
+    monkeypatch.setenv("IMAGEWORKS_LMSTUDIO_ROOT", str(dirs["lmstudio"]))
+    monkeypatch.chdir(tmp_path)
+    return dirs
+
+
+@pytest.fixture
+def run_cli(isolated_env: dict[str, Path]):
+    """Run a console script in a real subprocess (exit codes, stdout/stderr exactly as a user sees them)."""
+    import subprocess
+    import sys
+
+    def run(*args: str, script: str = "imageworks-download", input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
+        module = {"imageworks-download": "imageworks.cli.main", "imageworks-loader": "imageworks.cli.loader"}[script]
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=full_env,
+            timeout=timeout,
+        )
+
+    return run
