@@ -156,8 +156,22 @@ def _migrate(doc: Any, path: Path) -> dict[str, dict[str, Any]]:
     return models
 
 
-def dump_layer(models: dict[str, dict[str, Any]]) -> str:
-    """Deterministic text: sorted names, stable key order inside entries, 2-space indent, final newline,
-    so a no-op write changes no byte and git diffs show only real changes."""
+def dump_layer(models: dict[str, dict[str, Any]]) -> bytes:
+    """Deterministic UTF-8 text: sorted keys everywhere, 2-space indent, final newline, so a no-op write
+    changes no byte and git diffs show only real changes. orjson because the stdlib encoder falls back
+    to pure Python when indenting (~100x slower on a 10k-entry registry)."""
+    import orjson
+
     doc = {"schema_version": SCHEMA_VERSION, "models": models}
-    return json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def parse_trusted_layer(data: bytes, path: Path) -> dict[str, dict[str, Any]]:
+    """Fast path for a file this tool wrote itself (its fingerprint matches): no duplicate-key hook."""
+    import orjson
+
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return parse_layer_text(data.decode("utf-8"), path)
+    return _migrate(doc, path)

@@ -11,7 +11,7 @@ Files in the registry folder:
 from __future__ import annotations
 
 import contextlib
-import copy
+import hashlib
 import errno
 import json
 import os
@@ -27,13 +27,20 @@ from typing import Any
 from imageworks.errors import RegistryError, RegistryWriteError
 from imageworks.registry.files import atomic_write_text
 from imageworks.registry.merge import field_origins, merge_layers
-from imageworks.registry.schema import ModelEntry, dump_layer, parse_layer_text, validate_entries
+from imageworks.registry.schema import (
+    ModelEntry,
+    dump_layer,
+    parse_layer_text,
+    parse_trusted_layer,
+    validate_entries,
+)
 
 CURATED = "model_registry.curated.json"
 DISCOVERED = "model_registry.discovered.json"
 MERGED = "model_registry.json"
 HISTORY = "model_registry.history.jsonl"
 LOCK = ".model_registry.lock"
+FINGERPRINT = ".model_registry.discovered.sha256"
 BACKUPS = "backups"
 DEFAULT_KEEP_BACKUPS = 20
 LOCK_TIMEOUT_S = 60.0
@@ -41,23 +48,40 @@ LOCK_TIMEOUT_S = 60.0
 
 @dataclass
 class Registry:
-    """A snapshot of the layers. Mutations touch only the discovered layer."""
+    """A snapshot of the layers. Mutations touch only the discovered layer, and only through `put` and
+    `remove`, which replace whole entries (so a shallow copy is a valid "before" snapshot)."""
 
     curated: dict[str, dict[str, Any]]
     discovered: dict[str, dict[str, Any]]
-    _merged: dict[str, ModelEntry] | None = field(default=None, repr=False)
+    _models: dict[str, ModelEntry] = field(default_factory=dict, repr=False)
+
+    def merged_raw(self) -> dict[str, dict[str, Any]]:
+        return merge_layers(self.discovered, self.curated)
 
     def merged(self) -> dict[str, ModelEntry]:
-        if self._merged is None:
-            self._merged = validate_entries(merge_layers(self.discovered, self.curated), "merged registry")
-        return self._merged
+        """Every merged entry as a validated model (validated on first use and cached)."""
+        raw = self.merged_raw()
+        missing = {name: entry for name, entry in raw.items() if name not in self._models}
+        if missing:
+            self._models.update(validate_entries(missing, "merged registry"))
+        return {name: self._models[name] for name in raw}
 
     def entries(self) -> list[ModelEntry]:
         merged = self.merged()
         return [merged[name] for name in sorted(merged)]
 
     def get(self, name: str) -> ModelEntry | None:
-        return self.merged().get(name)
+        if name in self._models:
+            return self._models[name]
+        if name not in self.discovered and name not in self.curated:
+            return None
+        raw = merge_layers({name: self.discovered[name]} if name in self.discovered else {}, self.curated_subset(name))
+        model = validate_entries(raw, "merged registry")[name]
+        self._models[name] = model
+        return model
+
+    def curated_subset(self, name: str) -> dict[str, dict[str, Any]]:
+        return {name: self.curated[name]} if name in self.curated else {}
 
     def origins(self, name: str) -> dict[str, str]:
         return field_origins(name, self.discovered, self.curated)
@@ -68,10 +92,10 @@ class Registry:
     def put(self, entry: ModelEntry) -> None:
         """Insert or replace an entry in the discovered layer."""
         self.discovered[entry.name] = entry.to_layer_dict()
-        self._merged = None
+        self._models.pop(entry.name, None)
 
     def remove(self, name: str) -> bool:
-        self._merged = None
+        self._models.pop(name, None)
         return self.discovered.pop(name, None) is not None
 
     def discovered_entry(self, name: str) -> ModelEntry | None:
@@ -80,11 +104,20 @@ class Registry:
             return None
         return validate_entries({name: raw}, "discovered layer")[name]
 
+    def merged_layer_dicts(self) -> dict[str, dict[str, Any]]:
+        """The merged view as written to model_registry.json: discovered-only entries as stored (they
+        were validated when loaded or put); entries touched by curated validated and filled with
+        defaults, which also checks the merge result before anything is saved."""
+        raw = self.merged_raw()
+        touched = {name: raw[name] for name in self.curated}
+        checked = validate_entries(touched, "merged registry") if touched else {}
+        return {name: (checked[name].to_layer_dict() if name in checked else entry) for name, entry in raw.items()}
+
 
 _TOKEN_PATTERNS = [
     re.compile(r"(--token[= ])(\S+)"),
     re.compile(r"\bhf_[A-Za-z0-9]{6,}"),
-    re.compile(r"(Authorization:\s*Bearer\s+)\S+", re.IGNORECASE),
+    re.compile(r"(Authorization:\s*Bearer\s+)[^\s\"']+", re.IGNORECASE),
 ]
 
 
@@ -93,6 +126,17 @@ def redact(text: str) -> str:
     text = _TOKEN_PATTERNS[0].sub(r"\1***", text)
     text = _TOKEN_PATTERNS[1].sub("hf_***", text)
     return _TOKEN_PATTERNS[2].sub(r"\1***", text)
+
+
+def redact_obj(value: Any) -> Any:
+    """Redact every string inside a JSON-like value (patches may carry metadata copied from a server)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_obj(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_obj(v) for k, v in value.items()}
+    return value
 
 
 def redact_argv(argv: Sequence[str]) -> str:
@@ -121,26 +165,55 @@ class RegistryStore:
         return self.folder / name
 
     # -- reading ---------------------------------------------------------------------------------
-    def _read_layer(self, name: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+    def _read_bytes(self, name: str) -> bytes | None:
         path = self.path(name)
         try:
-            text = path.read_text(encoding="utf-8")
+            return path.read_bytes()
         except FileNotFoundError:
-            return {}, None
-        except UnicodeDecodeError:
-            raise RegistryError(f"{path}: not UTF-8 text") from None
+            return None
         except OSError as exc:
             raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
-        models = parse_layer_text(text, path)
-        return models, text
+
+    def _parse(self, name: str, data: bytes) -> dict[str, dict[str, Any]]:
+        path = self.path(name)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RegistryError(f"{path}: not UTF-8 text") from None
+        return parse_layer_text(text, path)
 
     def load(self) -> Registry:
-        curated, _ = self._read_layer(CURATED)
-        discovered, _ = self._read_layer(DISCOVERED)
-        # Validate both layers up front: a wrong type in either is reported with its file and entry.
-        validate_entries(discovered, str(self.path(DISCOVERED)))
+        """Read and validate both layers: a wrong type in either is reported with its file and entry.
+
+        The discovered layer is validated in full unless its bytes carry the fingerprint of what this
+        tool last wrote there (already validated before the write): validating 10k entries costs far
+        more than hashing the file."""
+        curated_bytes = self._read_bytes(CURATED)
+        curated = self._parse(CURATED, curated_bytes) if curated_bytes is not None else {}
         _validate_partial(curated, str(self.path(CURATED)))
+
+        discovered_bytes = self._read_bytes(DISCOVERED)
+        if discovered_bytes is None:
+            discovered: dict[str, dict[str, Any]] = {}
+        elif self._fingerprint_matches(discovered_bytes):
+            discovered = parse_trusted_layer(discovered_bytes, self.path(DISCOVERED))
+        else:
+            discovered = self._parse(DISCOVERED, discovered_bytes)
+            validate_entries(discovered, str(self.path(DISCOVERED)))
         return Registry(curated=curated, discovered=discovered)
+
+    def _current_bytes(self, name: str) -> bytes | None:
+        try:
+            return self.path(name).read_bytes()
+        except OSError:
+            return None
+
+    def _fingerprint_matches(self, data: bytes) -> bool:
+        try:
+            recorded = self.path(FINGERPRINT).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return recorded == hashlib.sha256(data).hexdigest()
 
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -164,7 +237,7 @@ class RegistryStore:
             raise RegistryWriteError(f"{self.folder}: cannot lock the registry: {exc.strerror}") from None
         try:
             registry = self.load()
-            before = copy.deepcopy(registry.discovered)
+            before = dict(registry.discovered)
             yield registry
             self._commit(registry, before, command, backup=backup)
         finally:
@@ -179,18 +252,23 @@ class RegistryStore:
     def _commit(
         self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str | None, *, backup: bool
     ) -> None:
-        merged_entries = registry.merged()  # validates the result before anything is written
         discovered_text = dump_layer(registry.discovered)
-        merged_text = dump_layer({name: e.to_layer_dict() for name, e in merged_entries.items()})
+        merged_text = dump_layer(registry.merged_layer_dicts())
         targets = {DISCOVERED: discovered_text, MERGED: merged_text}
-        changed = {name: text for name, text in targets.items() if self._current_text(name) != text}
+        changed = {name: text for name, text in targets.items() if self._current_bytes(name) != text}
         if not changed:
             return
         try:
             if backup:
                 self._backup(list(changed))
             for name, text in changed.items():
+                if name == DISCOVERED:
+                    # Invalidate first: a crash between the two writes must not vouch for other bytes.
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path(FINGERPRINT).unlink()
                 atomic_write_text(self.path(name), text)
+                if name == DISCOVERED:
+                    atomic_write_text(self.path(FINGERPRINT), hashlib.sha256(text).hexdigest() + "\n")
             if before != registry.discovered:
                 self._append_history(before, registry.discovered, command)
         except OSError as exc:
@@ -201,12 +279,6 @@ class RegistryStore:
                 f"cannot save the registry in {self.folder}: {reason}",
                 hint="nothing was changed; fix the folder's permissions or free space and re-run",
             ) from None
-
-    def _current_text(self, name: str) -> str | None:
-        try:
-            return self.path(name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
 
     def _backup(self, names: list[str]) -> None:
         folder = self.path(BACKUPS)
@@ -227,15 +299,13 @@ class RegistryStore:
                     old.unlink()
 
     def _append_history(self, before: dict[str, Any], after: dict[str, Any], command: Sequence[str] | str | None) -> None:
-        import jsonpatch
-
-        patch = jsonpatch.make_patch({"models": before}, {"models": after}).patch
+        patch = layer_patch(before, after)
         if command is None:
             command = sys.argv
         line = {
             "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "command": redact(command) if isinstance(command, str) else redact_argv(command),
-            "patch": json.loads(redact(json.dumps(patch))),
+            "patch": redact_obj(patch),
         }
         with open(self.path(HISTORY), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
@@ -256,6 +326,35 @@ class RegistryStore:
             except json.JSONDecodeError:
                 raise RegistryError(f"{self.path(HISTORY)}: line {number} is not valid JSON") from None
         return records[-limit:] if limit else records
+
+
+def _pointer(name: str) -> str:
+    return "/models/" + name.replace("~", "~0").replace("/", "~1")
+
+
+def layer_patch(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """An RFC 6902 patch from one discovered layer to the next. Diffed entry by entry: entries that did
+    not change are skipped by a C-speed equality test, so a 10k-entry registry costs milliseconds."""
+    import jsonpatch
+
+    ops: list[dict[str, Any]] = []
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        pointer = _pointer(name)
+        if old is None:
+            ops.append({"op": "add", "path": pointer, "value": new})
+        elif new is None:
+            ops.append({"op": "remove", "path": pointer})
+        else:
+            for op in jsonpatch.make_patch(old, new).patch:
+                op = dict(op)
+                op["path"] = pointer + op["path"]
+                if "from" in op:
+                    op["from"] = pointer + op["from"]
+                ops.append(op)
+    return ops
 
 
 def _validate_partial(curated: dict[str, dict[str, Any]], origin: str) -> None:

@@ -1,0 +1,216 @@
+"""`verify NAME… | --all`: the same command under imageworks-download and imageworks-loader."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import click
+
+from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.render import console, emit_json, human_size
+from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from imageworks.verify import FileCheck, ProgressFn, VerifyReport
+
+_STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
+
+
+@click.command()
+@click.argument("names", nargs=-1, metavar="NAME…")
+@click.option("--all", "all_models", is_flag=True, help="Verify every model in the registry.")
+@click.option(
+    "--quick", is_flag=True, help="Compare size and mtime with what was recorded at hashing time; no hashing."
+)
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Also compare the recorded SHA-256s with the Hub's for the recorded commit.",
+)
+@click.option("--record", is_flag=True, help="Hash and store the digests an entry lacks.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files hashed at once (default: cores, at most 4).",
+)
+@click.option("--no-backup", is_flag=True, help="Skip the registry backup before recording verified_at.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def verify(
+    app: AppContext,
+    names: tuple[str, ...],
+    all_models: bool,
+    quick: bool,
+    remote: bool,
+    record: bool,
+    jobs: int | None,
+    no_backup: bool,
+    as_json: bool,
+) -> None:
+    """Check that each file of NAME… is present, the recorded size and the recorded SHA-256, and list
+    files in the model's folder that the entry does not know.
+
+    \b
+    NAME is the registry name, an alias, the HF repo id or a unique part of the name.
+    Exit status: 0 all match, 1 something differs, is missing or extra, 2 bad name or usage.
+    --quick catches truncated or replaced files, not a byte changed in place with its mtime restored.
+    """
+    from imageworks.verify import verify_models
+
+    if all_models and names:
+        raise UsageError("give model names or --all, not both")
+    if not all_models and not names:
+        raise UsageError(
+            "give one or more model names, or --all", hint="`imageworks-download list` shows the names"
+        )
+    if quick and record:
+        raise UsageError("--record hashes the files: it cannot be combined with --quick")
+
+    started = time.perf_counter()
+    with _progress_bar(enabled=not quick) as progress:
+        reports = verify_models(
+            app.store(),
+            None if all_models else list(names),
+            quick=quick,
+            remote=remote,
+            record=record,
+            jobs=jobs,
+            progress=progress,
+            config=app.config if remote else None,
+            command=sys.argv,
+            backup=not no_backup,
+        )
+    elapsed = time.perf_counter() - started
+    ok = all(r.ok for r in reports)
+    if as_json:
+        emit_json(
+            "verify",
+            {
+                "models": [r.as_dict() for r in reports],
+                "hashed_bytes": sum(r.hashed_bytes for r in reports),
+                "seconds": round(elapsed, 3),
+            },
+            ok=ok,
+        )
+    else:
+        _render(reports, elapsed)
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def _progress_bar(*, enabled: bool) -> Iterator[ProgressFn | None]:
+    """A byte progress bar on stderr when it is a terminal; nothing otherwise (logs, pipes, tests)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("hashing"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+        task = None
+
+        def advance(n: int, total: int) -> None:
+            nonlocal task
+            # rich's Progress takes its own lock: safe to call from the hashing threads.
+            if task is None:
+                task = bar.add_task("hashing", total=total)
+            bar.update(task, advance=n)
+
+        yield advance
+
+
+def _render(reports: list[VerifyReport], elapsed: float) -> None:
+    from rich.text import Text
+
+    out = console()
+    if not reports:
+        out.print("no models in the registry")
+        return
+    for report in reports:
+        style = _STYLE.get(report.status, "bold red")
+        line = Text()
+        line.append(f"{report.status.upper() if not report.ok else report.status:<8}", style=style)
+        line.append("  ")
+        line.append(report.name, style="bold")
+        line.append(f"  {_headline(report)}")
+        out.print(line)
+        for check in report.problem_files:
+            for text in _file_lines(check):
+                out.print(Text("    " + text))
+        for note in report.notes:
+            out.print(Text(f"    note: {note}", style="dim"))
+    if len(reports) > 1 or any(r.hashed_bytes for r in reports):
+        counts: dict[str, int] = {}
+        for report in reports:
+            counts[report.status] = counts.get(report.status, 0) + 1
+        hashed = sum(r.hashed_bytes for r in reports)
+        rate = f", {human_size(int(hashed / elapsed))}/s" if hashed and elapsed > 0 else ""
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        out.print(
+            Text(
+                f"{len(reports)} model(s): {parts}; {human_size(hashed)} hashed in {elapsed:.1f} s{rate}",
+                style="dim",
+            )
+        )
+
+
+def _headline(report: VerifyReport) -> str:
+    if report.status == "skipped":
+        return "nothing to verify"
+    listed = [f for f in report.files if f.status != "extra"]
+    size = sum(f.expected_size or 0 for f in listed)
+    parts = [f"{len(listed)} file(s), {human_size(size)}"]
+    if report.mode == "quick":
+        parts.append("quick: size and mtime only")
+    problems: dict[str, int] = {}
+    for check in report.problem_files:
+        problems[check.status] = problems.get(check.status, 0) + 1
+    parts.extend(f"{n} {status}" for status, n in problems.items())
+    if report.recorded_digests:
+        parts.append(f"{report.recorded_digests} digest(s) recorded")
+    if report.remote:
+        parts.append(f"remote: {report.remote}")
+    if report.verified_at:
+        parts.append(f"verified_at {report.verified_at}")
+    return ", ".join(parts)
+
+
+def _file_lines(check: FileCheck) -> list[str]:
+    label = f"{check.status:<13} {check.path}"
+    if check.status == "changed":
+        return [
+            label,
+            f"{'':<14}recorded sha256 {check.expected_sha256}",
+            f"{'':<14}on disk  sha256 {check.actual_sha256}",
+        ]
+    if check.status == "size differs":
+        return [f"{label}  recorded {check.expected_size} bytes, on disk {check.actual_size} bytes"]
+    if check.status == "extra":
+        return [f"{label}  ({human_size(check.actual_size)}, not in the entry)"]
+    if check.status in {"remote mismatch", "not on hub"}:
+        lines = [f"{label}  {check.detail or ''}".rstrip()]
+        if check.remote_sha256:
+            lines.append(f"{'':<14}recorded sha256 {check.expected_sha256}")
+            lines.append(f"{'':<14}Hub      sha256 {check.remote_sha256}")
+        return lines
+    return [f"{label}  {check.detail}" if check.detail else label]

@@ -1,0 +1,552 @@
+"""The contract shared by every download engine: jobs in, verified files out.
+
+An engine receives `FileJob`s whose URL is final (the caller resolved the Hub ref and decides which
+host gets the token), downloads each to a temporary name beside its destination, hashes the bytes
+while they arrive, and renames into place only once size and digests match. Everything on disk
+that an interrupted run leaves behind is named after the destination with a leading dot, so it is
+recognisably ours and the next run resumes from it:
+
+    <dir>/.<name>.imageworks-partial         the bytes (sparse while segments are in flight)
+    <dir>/.<name>.imageworks-partial.json    native engine: which byte ranges are on disk
+    <dir>/.<name>.imageworks-partial.aria2   aria2 engine: aria2c's own control file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from imageworks.errors import IntegrityError, TransferError
+from imageworks.hashing import git_blob_sha1_header
+
+log = logging.getLogger("imageworks.transfer")
+
+PARTIAL_SUFFIX = ".imageworks-partial"
+STATE_SUFFIX = ".json"
+ARIA2_CONTROL_SUFFIX = ".aria2"
+STATE_FORMAT = "imageworks-partial"
+STATE_VERSION = 1
+HASH_CHUNK = 8 * 1024 * 1024
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file to fetch. `url` is what we GET (a CDN URL the caller resolved, or a Hub URL: redirects
+    are followed, and Authorization is never forwarded to another host). `headers` go with every
+    request for this file; the caller adds Authorization only when the URL is on the Hub host."""
+
+    url: str
+    dest: Path
+    size: int | None
+    sha256: str | None = None
+    git_sha1: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.dest.name
+
+
+@dataclass(frozen=True)
+class FileResult:
+    job: FileJob
+    sha256: str  # of the bytes now at job.dest ("" only when an engine was built with verify=False)
+    size: int
+    bytes_fetched: int  # over the network during this run
+    resumed_from: int  # bytes already on disk from an earlier run
+    skipped: bool  # the destination was already complete and verified: no network at all
+
+
+class ProgressSink(Protocol):
+    """Engines call these from the thread that called `fetch()`, never from worker threads, so a sink
+    (a rich Progress, a line printer) needs no locking."""
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None: ...
+    def advance(self, job: FileJob, n: int) -> None: ...
+    def file_done(self, job: FileJob, result: FileResult) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class NullProgress:
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        pass
+
+    def advance(self, job: FileJob, n: int) -> None:
+        pass
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class Engine(Protocol):
+    name: str
+    note: str  # why this engine was chosen, for the CLI to print
+
+    def fetch(
+        self,
+        jobs: Sequence[FileJob],
+        progress: ProgressSink,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> list[FileResult]: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Partial files
+
+
+@dataclass(frozen=True)
+class PartialPaths:
+    temp: Path
+    state: Path
+    control: Path
+
+    @classmethod
+    def for_dest(cls, dest: Path) -> PartialPaths:
+        temp = dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+        return cls(
+            temp=temp,
+            state=temp.with_name(temp.name + STATE_SUFFIX),
+            control=temp.with_name(temp.name + ARIA2_CONTROL_SUFFIX),
+        )
+
+    def discard(self) -> None:
+        for path in (self.temp, self.state, self.control, self.state.with_name(self.state.name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-adjacent half-open ranges."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def missing_ranges(done: Sequence[tuple[int, int]], total: int) -> list[tuple[int, int]]:
+    out = []
+    cursor = 0
+    for start, end in merge_ranges(done):
+        if start > cursor:
+            out.append((cursor, min(start, total)))
+        cursor = max(cursor, end)
+    if cursor < total:
+        out.append((cursor, total))
+    return [r for r in out if r[1] > r[0]]
+
+
+def prefix_end(done: Sequence[tuple[int, int]]) -> int:
+    merged = merge_ranges(done)
+    return merged[0][1] if merged and merged[0][0] == 0 else 0
+
+
+def covered(done: Sequence[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in merge_ranges(done))
+
+
+@dataclass
+class ResumeState:
+    """What the native engine knows about a partial file. Only ranges whose bytes were handed to the
+    kernel are recorded, so a SIGKILL never claims bytes that are not in the file; a power loss can
+    (we do not fsync per save, that would stall slow disks), and the final digest check catches it."""
+
+    size: int
+    done: list[tuple[int, int]]
+    etag: str | None = None
+    last_modified: str | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "size": self.size,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "sha256": self.sha256,
+            "done": [list(r) for r in merge_ranges(self.done)],
+        }
+
+
+def save_state(paths: PartialPaths, state: ResumeState) -> None:
+    tmp = paths.state.with_name(paths.state.name + ".tmp")
+    tmp.write_text(json.dumps(state.to_json()), encoding="utf-8")
+    os.replace(tmp, paths.state)
+
+
+def load_state(paths: PartialPaths, job: FileJob) -> ResumeState | None:
+    """The resume record for `job`, or None when there is nothing trustworthy to resume from (absent,
+    unreadable, from a newer version, for another size or digest, or describing bytes the temp file
+    does not have)."""
+    try:
+        raw = json.loads(paths.state.read_text(encoding="utf-8"))
+        if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
+            return None
+        state = ResumeState(
+            size=int(raw["size"]),
+            done=merge_ranges((int(a), int(b)) for a, b in raw["done"]),
+            etag=raw.get("etag"),
+            last_modified=raw.get("last_modified"),
+            sha256=raw.get("sha256"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if job.size is not None and state.size != job.size:
+        return None
+    if job.sha256 and state.sha256 and state.sha256.lower() != job.sha256.lower():
+        return None
+    try:
+        on_disk = paths.temp.stat().st_size
+    except FileNotFoundError:
+        return None
+    if state.done and state.done[-1][1] > on_disk:
+        return None
+    state.done = [(a, min(b, state.size)) for a, b in state.done if a < state.size]
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hashing
+
+
+class Digests:
+    """SHA-256 always, git blob SHA-1 when the job expects one (the header needs the size up front)."""
+
+    def __init__(self, size: int | None, want_git: bool) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha1 = None
+        if want_git and size is not None:
+            self.sha1 = hashlib.sha1(usedforsecurity=False)
+            self.sha1.update(git_blob_sha1_header(size))
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        if self.sha1 is not None:
+            self.sha1.update(data)
+
+
+def hash_file(path: Path, *, want_git: bool, size: int | None = None) -> tuple[str, str | None]:
+    size = path.stat().st_size if size is None else size
+    digests = Digests(size, want_git)
+    with open(path, "rb", buffering=0) as handle:
+        while block := handle.read(HASH_CHUNK):
+            digests.update(block)
+    return digests.sha256.hexdigest(), digests.sha1.hexdigest() if digests.sha1 else None
+
+
+class PrefixHasher:
+    """Hashes a file while it is being written out of order: a thread reads back (from the page
+    cache, where the bytes were just written) the completed contiguous prefix as it grows, so when
+    the last byte lands only the unhashed tail is left. hashlib and pread release the GIL, so this
+    runs beside the download threads without slowing them."""
+
+    def __init__(self, path: Path, size: int | None, *, want_git: bool) -> None:
+        self._path = path
+        self._digests = Digests(size, want_git)
+        self._target = 0
+        self.hashed = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._aborted = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"hash {path.name}", daemon=True)
+        self._thread.start()
+
+    def advance_to(self, n: int) -> None:
+        with self._cond:
+            if n > self._target:
+                self._target = n
+                self._cond.notify()
+
+    def _run(self) -> None:
+        fd = None
+        try:
+            fd = os.open(self._path, os.O_RDONLY)
+            while True:
+                with self._cond:
+                    while self._target <= self.hashed and not self._closed:
+                        self._cond.wait()
+                    if self._target <= self.hashed or self._aborted:
+                        return
+                    target = self._target
+                while self.hashed < target and not self._aborted:
+                    want = min(HASH_CHUNK, target - self.hashed)
+                    block = os.pread(fd, want, self.hashed)
+                    if len(block) != want:
+                        raise OSError(errno.EIO, f"short read at {self.hashed} while hashing {self._path}")
+                    self._digests.update(block)
+                    self.hashed += want
+        except BaseException as exc:  # re-raised by finish(); a dead hasher must not hang the download
+            self._error = exc
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def finish(self, size: int) -> tuple[str, str | None]:
+        """Hash up to `size` bytes and return (sha256, git sha1 or None)."""
+        self.advance_to(size)
+        self.close()
+        if self._error is not None:
+            raise self._error
+        if self.hashed != size:
+            raise OSError(errno.EIO, f"hashed {self.hashed} of {size} bytes of {self._path}")
+        sha1 = self._digests.sha1.hexdigest() if self._digests.sha1 else None
+        return self._digests.sha256.hexdigest(), sha1
+
+    def close(self, *, abort: bool = False) -> None:
+        with self._cond:
+            self._closed = True
+            self._aborted = abort
+            self._cond.notify()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The two ends of every file: already there? and verify + rename.
+
+
+def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
+    """A FileResult when `job.dest` already holds the expected file (no network needed), else None.
+    Without any expectation (no size, no digest) an existing destination is accepted: engines only
+    create it by renaming a complete download."""
+    try:
+        st = job.dest.stat()
+    except FileNotFoundError:
+        return None
+    if not job.dest.is_file() or (job.size is not None and st.st_size != job.size):
+        return None
+    sha256 = ""
+    if verify:
+        sha256, sha1 = hash_file(job.dest, want_git=bool(job.git_sha1), size=st.st_size)
+        if job.sha256 and sha256 != job.sha256.lower():
+            return None
+        if job.git_sha1 and sha1 != job.git_sha1.lower():
+            return None
+    # A crash between the rename and the cleanup leaves partial files behind: they are stale now.
+    PartialPaths.for_dest(job.dest).discard()
+    return FileResult(job, sha256, st.st_size, bytes_fetched=0, resumed_from=st.st_size, skipped=True)
+
+
+def check_and_commit(
+    job: FileJob, paths: PartialPaths, sha256: str, sha1: str | None, *, verify: bool = True
+) -> int:
+    """Verify the finished temp file against the job and rename it into place; returns its size.
+
+    On a mismatch everything partial is discarded (the bytes are wrong, resuming from them would only
+    reproduce the error) and IntegrityError names the file and both digests."""
+    size = paths.temp.stat().st_size
+    if job.size is not None and size != job.size:
+        _integrity_failure(job, paths, "size", str(job.size), str(size))
+    if verify:
+        bad = _mismatch(job, sha256, sha1)
+        if bad:
+            # The streaming hash read bytes while others were being written; before condemning a
+            # multi-GB file, confirm from disk that the bytes really are wrong.
+            log.warning("%s: %s mismatch while streaming, re-hashing from disk", job.name, bad[0])
+            sha256, sha1 = hash_file(paths.temp, want_git=bool(job.git_sha1), size=size)
+            bad = _mismatch(job, sha256, sha1)
+            if bad:
+                _integrity_failure(job, paths, *bad)
+    commit(paths.temp, job.dest)
+    for path in (paths.state, paths.control):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return size
+
+
+def _mismatch(job: FileJob, sha256: str, sha1: str | None) -> tuple[str, str, str] | None:
+    if job.sha256 and sha256 != job.sha256.lower():
+        return ("sha256", job.sha256.lower(), sha256)
+    if job.git_sha1 and sha1 != job.git_sha1.lower():
+        return ("git sha1", job.git_sha1.lower(), sha1 or "")
+    return None
+
+
+def _integrity_failure(job: FileJob, paths: PartialPaths, what: str, expected: str, actual: str) -> None:
+    paths.discard()
+    raise IntegrityError(
+        f"{job.name}: {what} mismatch (expected {expected}, got {actual}); the download was discarded",
+        path=str(job.dest),
+        expected=expected,
+        actual=actual,
+        hint="run the command again to download it afresh; if it fails again the source is corrupt",
+    )
+
+
+def commit(temp: Path, dest: Path) -> None:
+    """Durable rename: the bytes reach the disk before the name does, so a crash leaves either the
+    old state or the complete file, never a complete-looking name over missing data."""
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, dest)
+    fsync_dir(dest.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # some filesystems (Windows drives under WSL) refuse to open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def disk_error(job: FileJob, exc: OSError, kept: int) -> TransferError:
+    """A write failure as the user should read it. Partial state is kept: after freeing space, the
+    same command resumes."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return TransferError(
+            f"{job.name}: disk full writing {job.dest.parent} ({kept} bytes kept for resuming)",
+            hint="free some space (or choose another --location) and run the same command again to resume",
+        )
+    return TransferError(
+        f"{job.name}: cannot write {job.dest.parent}: {exc.strerror or exc}",
+        hint="check the folder's permissions and free space, then run the same command again",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running file tasks: both engines run one thread per file (up to max_files) and report through a
+# queue that the calling thread drains into the ProgressSink.
+
+TICK = 0.05
+Events = deque[tuple[str, Any, Any]]  # (kind, task, payload); deque append/popleft are thread-safe
+
+
+class FileTask(Protocol):
+    job: FileJob
+    on_disk_bytes: int  # bytes of this file on disk (resumed + fetched): progress is its growth
+    result: FileResult | None
+    error: BaseException | None
+
+    def run(self) -> None: ...
+    def interrupt(self) -> None: ...
+
+
+def run_file_tasks(
+    tasks: Sequence[FileTask],
+    events: Events,
+    progress: ProgressSink,
+    *,
+    max_files: int,
+    stop: threading.Event,
+    cancel: threading.Event | None,
+    on_stop: Any = None,
+) -> list[FileResult]:
+    """Run tasks (each does one file end to end) on up to max_files threads; returns results in job
+    order, or raises the first failure in job order once every file has finished or failed (so one
+    bad file does not throw away the others' progress). `cancel` or KeyboardInterrupt stop all tasks,
+    leaving resumable state on disk."""
+    cancel = cancel or threading.Event()
+    queue = deque(tasks)
+    queue_lock = threading.Lock()
+
+    def runner() -> None:
+        while not stop.is_set():
+            with queue_lock:
+                if not queue:
+                    return
+                task = queue.popleft()
+            task.run()
+
+    def halt() -> None:
+        stop.set()
+        if on_stop is not None:
+            on_stop()
+        for task in tasks:
+            task.interrupt()
+        _join(runners, 15.0)
+
+    runners = [
+        threading.Thread(target=runner, name=f"file runner {i}", daemon=True)
+        for i in range(min(max_files, len(tasks)))
+    ]
+    pump = _Pump(progress, tasks, events)
+    try:
+        for thread in runners:
+            thread.start()
+        while any(t.is_alive() for t in runners):
+            pump.run()
+            if cancel.wait(TICK):
+                halt()
+                break
+        pump.run()
+    except BaseException:  # KeyboardInterrupt above all: leave resumable state, then re-raise
+        halt()
+        raise
+    if stop.is_set():
+        raise TransferError(
+            "download cancelled; the bytes fetched so far are kept",
+            hint="run the same command again to resume",
+        )
+    for task in tasks:
+        if task.error is not None:
+            raise task.error
+    return [task.result for task in tasks if task.result is not None]
+
+
+def _join(threads: Sequence[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Pump:
+    """Forwards what the file threads report to the sink, on the calling thread."""
+
+    def __init__(self, sink: ProgressSink, tasks: Sequence[FileTask], events: Events) -> None:
+        self.sink = sink
+        self.tasks = tasks
+        self.events = events
+        self.reported: dict[int, int] = {}
+
+    def _flush(self, task: FileTask) -> None:
+        key = id(task)
+        if key in self.reported:
+            now = task.on_disk_bytes
+            if now > self.reported[key]:
+                self.sink.advance(task.job, now - self.reported[key])
+                self.reported[key] = now
+
+    def run(self) -> None:
+        while self.events:
+            kind, task, payload = self.events.popleft()
+            if kind == "started":
+                total, already = payload
+                self.reported[id(task)] = already
+                self.sink.file_started(task.job, total, already)
+            elif kind == "done":
+                self._flush(task)
+                self.sink.file_done(task.job, payload)
+            else:
+                self.sink.message(payload)
+        for task in self.tasks:
+            self._flush(task)
