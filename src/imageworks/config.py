@@ -148,10 +148,12 @@ def _windows_lmstudio_candidates(env: Mapping[str, str]) -> list[Path]:
     return found
 
 
-def _resolve_locations(env: Mapping[str, str], toml: dict[str, Any], toml_path: Path | None) -> dict[str, Setting]:
+def _resolve_locations(
+    env: Mapping[str, str], toml: dict[str, Any], toml_path: Path | None
+) -> dict[str, Setting]:
     file_locations = toml.get("locations", {})
     if not isinstance(file_locations, dict):
-        raise ConfigError(f"{toml_path}: [locations] must be a table of name = \"path\"")
+        raise ConfigError(f'{toml_path}: [locations] must be a table of name = "path"')
     locations: dict[str, Setting] = {}
     for name, value in file_locations.items():
         if not isinstance(value, str):

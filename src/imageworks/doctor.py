@@ -46,17 +46,36 @@ def _registry(config: Config) -> list[Check]:
     if _writable(folder):
         checks.append(Check("registry folder", OK, f"{folder} ({config.registry_dir.source})"))
     else:
-        checks.append(Check("registry folder", FAIL, f"{folder} is not writable", "fix its permissions or use --registry-dir"))
+        checks.append(
+            Check(
+                "registry folder",
+                FAIL,
+                f"{folder} is not writable",
+                "fix its permissions or use --registry-dir",
+            )
+        )
     curated = folder / "model_registry.curated.json"
     if not curated.exists():
-        checks.append(Check("curated registry", WARN, f"{curated} does not exist yet", "create it to pin names and aliases by hand"))
+        checks.append(
+            Check(
+                "curated registry",
+                WARN,
+                f"{curated} does not exist yet",
+                "create it to pin names and aliases by hand",
+            )
+        )
     else:
         tracked = _git_tracked(curated)
         if tracked is True:
             checks.append(Check("curated registry", OK, f"{curated} is tracked by git"))
         else:
             checks.append(
-                Check("curated registry", WARN, f"{curated} is not tracked by git", f"git add {curated.name} && git commit")
+                Check(
+                    "curated registry",
+                    WARN,
+                    f"{curated} is not tracked by git",
+                    f"git add {curated.name} && git commit",
+                )
             )
     return checks
 
@@ -86,7 +105,9 @@ def _roots(config: Config) -> list[Check]:
             checks.append(Check(f"location {name}", status, f"{root}: {note}"))
             continue
         if not _writable(root):
-            checks.append(Check(f"location {name}", FAIL if name == "linux_wsl" else WARN, f"{root} is not writable"))
+            checks.append(
+                Check(f"location {name}", FAIL if name == "linux_wsl" else WARN, f"{root} is not writable")
+            )
             continue
         free = shutil.disk_usage(root).free
         checks.append(Check(f"location {name}", OK, f"{root} ({free / 1e9:.1f} GB free)"))
@@ -102,16 +123,41 @@ def _hub(config: Config, timeout: float) -> list[Check]:
         with httpx.Client(timeout=timeout, follow_redirects=False) as client:
             response = client.get(f"{endpoint}/api/whoami-v2", headers=_auth(config))
     except httpx.HTTPError as exc:
-        return [Check("hub", FAIL, f"{endpoint} is not reachable: {type(exc).__name__}", "check the network or HF_ENDPOINT")]
+        return [
+            Check(
+                "hub",
+                FAIL,
+                f"{endpoint} is not reachable: {type(exc).__name__}",
+                "check the network or HF_ENDPOINT",
+            )
+        ]
     checks.append(Check("hub", OK, f"{endpoint} reachable ({config.hf_endpoint.source})"))
     if not config.token:
-        checks.append(Check("hub token", WARN, "no token: gated and private repos will fail", "hf auth login, or set HF_TOKEN"))
+        checks.append(
+            Check(
+                "hub token",
+                WARN,
+                "no token: gated and private repos will fail",
+                "hf auth login, or set HF_TOKEN",
+            )
+        )
     elif response.status_code == 200:
         user = response.json().get("name", "?")
-        checks.append(Check("hub token", OK, f"{token_display(config.token)} valid, user {user} ({config.hf_token.source})"))
+        checks.append(
+            Check(
+                "hub token",
+                OK,
+                f"{token_display(config.token)} valid, user {user} ({config.hf_token.source})",
+            )
+        )
     else:
         checks.append(
-            Check("hub token", FAIL, f"{token_display(config.token)} rejected (HTTP {response.status_code})", "hf auth login again")
+            Check(
+                "hub token",
+                FAIL,
+                f"{token_display(config.token)} rejected (HTTP {response.status_code})",
+                "hf auth login again",
+            )
         )
     return checks
 

@@ -236,10 +236,14 @@ class HubClient:
                     hint="check https://status.huggingface.co (or your HF_ENDPOINT mirror) and try again later",
                 )
             wait = self.backoff * 2**attempt
-            log.warning("%s: %s, retrying in %.1f s", what, f"HTTP {status}" if status else "network error", wait)
+            log.warning(
+                "%s: %s, retrying in %.1f s", what, f"HTTP {status}" if status else "network error", wait
+            )
         self._sleep(wait)
 
-    def _call(self, what: str, fn: Callable[[], T], *, repo_id: str, revision: str | None, path: str | None = None) -> T:
+    def _call(
+        self, what: str, fn: Callable[[], T], *, repo_id: str, revision: str | None, path: str | None = None
+    ) -> T:
         from huggingface_hub.errors import HfHubHTTPError
 
         network = _network_error_types()
@@ -312,14 +316,18 @@ class HubClient:
                 hint="check that your token has read access to this repo (https://huggingface.co/settings/tokens)",
             )
         if status == 429:
-            return HubError(f"{repo_id}: rate limited by the Hub (HTTP 429)", hint="wait a few minutes and retry")
+            return HubError(
+                f"{repo_id}: rate limited by the Hub (HTTP 429)", hint="wait a few minutes and retry"
+            )
         if status >= 500:
             return HubUnavailable(
                 f"the Hub at {self.endpoint} is unavailable (HTTP {status})", hint="try again later"
             )
         return HubError(f"{repo_id}: the Hub answered HTTP {status}{': ' + message if message else ''}")
 
-    def _map_hf_error(self, exc: Exception, *, repo_id: str, revision: str | None, path: str | None) -> HubError:
+    def _map_hf_error(
+        self, exc: Exception, *, repo_id: str, revision: str | None, path: str | None
+    ) -> HubError:
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -334,9 +342,13 @@ class HubClient:
         if isinstance(exc, GatedRepoError):
             return self._gated(repo_id, status)
         if isinstance(exc, RevisionNotFoundError):
-            return self.map_status(status, {"X-Error-Code": "RevisionNotFound"}, repo_id=repo_id, revision=revision)
+            return self.map_status(
+                status, {"X-Error-Code": "RevisionNotFound"}, repo_id=repo_id, revision=revision
+            )
         if isinstance(exc, RemoteEntryNotFoundError):
-            return self.map_status(status, {"X-Error-Code": "EntryNotFound"}, repo_id=repo_id, revision=revision, path=path)
+            return self.map_status(
+                status, {"X-Error-Code": "EntryNotFound"}, repo_id=repo_id, revision=revision, path=path
+            )
         if isinstance(exc, RepositoryNotFoundError) and not (
             status == 401 and str(headers.get("X-Error-Message", "")).startswith("Invalid credentials")
         ):
@@ -478,4 +490,6 @@ class HubClient:
                 return response.content[start:end]
             if response.status_code == 416:
                 return b""
-            raise HubError(f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}")
+            raise HubError(
+                f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}"
+            )

@@ -6,10 +6,13 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imageworks.errors import UnsafePathError, UsageError
-from imageworks.registry import ModelEntry, Registry, RegistryStore, find_entry
+from imageworks.registry import find_entry
+
+if TYPE_CHECKING:
+    from imageworks.registry import ModelEntry, Registry, RegistryStore
 
 BACKENDS = ("vllm", "ollama", "lmstudio")
 
@@ -86,7 +89,9 @@ def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def plan_remove(registry: Registry, reference: str, *, delete_files: bool, roots: Sequence[Path]) -> RemovePlan:
+def plan_remove(
+    registry: Registry, reference: str, *, delete_files: bool, roots: Sequence[Path]
+) -> RemovePlan:
     entry = find_entry(registry, reference)
     plan = RemovePlan(entry.name, entry.name in registry.discovered, registry.is_curated(entry.name))
     if plan.curated:
@@ -121,7 +126,9 @@ def _check_deletable(path: Path, roots: Sequence[Path]) -> None:
     )
 
 
-def execute_remove(store: RegistryStore, plan: RemovePlan, command: Sequence[str], *, backup: bool = True) -> bool:
+def execute_remove(
+    store: RegistryStore, plan: RemovePlan, command: Sequence[str], *, backup: bool = True
+) -> bool:
     """Drop the discovered entry (if any) and delete files when planned. Returns whether the registry
     changed."""
     changed = False

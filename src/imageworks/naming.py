@@ -114,7 +114,10 @@ def serve_hints(
             lines += [f"FROM {Path(path) / p}" for p in projectors]
             if context_length:
                 lines.append(f"PARAMETER num_ctx {min(context_length, 8192)}")
-            hints["ollama"] = {"modelfile": "\n".join(lines) + "\n", "create": f"ollama create {name.replace(':', '-')} -f Modelfile"}
+            hints["ollama"] = {
+                "modelfile": "\n".join(lines) + "\n",
+                "create": f"ollama create {name.replace(':', '-')} -f Modelfile",
+            }
         hints["lmstudio"] = {"path": str(path), "visible": location == "windows_lmstudio"}
         return hints
     if format in {"safetensors", "awq", "gptq", "fp8", "bnb", "pytorch"}:

@@ -28,34 +28,36 @@ from imageworks.errors import EntryNotFound, InsufficientSpace, UsageError
 from imageworks.hub import RemoteFile
 from imageworks.locations import Location, safe_join
 
-# Weight file formats, in the order a repo's copies of the same weights are preferred.
-FORMAT_PREFERENCE = (
-    "safetensors",
-    "gguf",
-    "pytorch",
-    "onnx",
-    "tensorflow",
-    "flax",
-    "openvino",
-    "tflite",
-    "coreml",
-    "rust",
-    "numpy",
-)
+# Weight file formats (imageworks.inspect.formats.FILE_FORMATS), in the order a repo's copies of the same
+# weights are preferred.
+FORMAT_PREFERENCE = ("safetensors", "gguf", "pytorch", "onnx", "h5", "msgpack", "openvino", "tflite")
 
-# `--format` values: the checkpoint flavours that are safetensors files underneath map to it; the
-# inspection after the download records the precise format (awq, gptq, ...).
+# `--format` values -> the file format to fetch. The checkpoint flavours that are safetensors files
+# underneath map to it; the inspection after the download records the precise format (awq, gptq, ...).
 FORMAT_ALIASES: dict[str, str] = {
     **{f: f for f in FORMAT_PREFERENCE},
     **dict.fromkeys(
-        ("awq", "gptq", "exl2", "exl3", "mlx", "fp8", "bnb", "bitsandbytes", "compressed-tensors", "hqq", "eetq"),
+        (
+            "awq",
+            "gptq",
+            "exl2",
+            "exl3",
+            "mlx",
+            "fp8",
+            "bnb",
+            "bitsandbytes",
+            "compressed-tensors",
+            "hqq",
+            "eetq",
+        ),
         "safetensors",
     ),
     "pt": "pytorch",
     "bin": "pytorch",
-    "tf": "tensorflow",
-    "h5": "tensorflow",
-    "keras": "tensorflow",
+    "tf": "h5",
+    "tensorflow": "h5",
+    "keras": "h5",
+    "flax": "msgpack",
 }
 
 # The documented default when a GGUF repo holds several quants and no --quant is given: the usual
@@ -89,42 +91,18 @@ _TOKENIZER_MODELS = re.compile(r"^(tokenizer|spiece|sentencepiece.*|.*\.bpe|.*\.
 _INDEX_KINDS = (
     (re.compile(r"\.safetensors\.index\.json$", re.IGNORECASE), "safetensors"),
     (re.compile(r"\.bin\.index\.json$", re.IGNORECASE), "pytorch"),
-    (re.compile(r"\.msgpack\.index\.json$", re.IGNORECASE), "flax"),
-    (re.compile(r"\.h5\.index\.json$", re.IGNORECASE), "tensorflow"),
+    (re.compile(r"\.msgpack\.index\.json$", re.IGNORECASE), "msgpack"),
+    (re.compile(r"\.h5\.index\.json$", re.IGNORECASE), "h5"),
 )
-_NOT_WEIGHTS_BIN = re.compile(r"^(training_args|optimizer|scheduler|rng_state.*)\.(bin|pt|pth)$", re.IGNORECASE)
 
 
 def weight_kind(path: str) -> str | None:
-    """The weight format a repo path holds, from its name alone (the listing is all we have before the
-    download; the inspection of the files afterwards decides the recorded format)."""
-    p = PurePosixPath(path)
-    name = p.name.lower()
-    parts = [s.lower() for s in p.parts[:-1]]
-    suffix = p.suffix.lower()
-    if suffix == ".gguf":
-        return "gguf"
-    if suffix == ".safetensors":
-        return "safetensors"
-    if ("openvino" in parts or name.startswith("openvino_")) and suffix in {".xml", ".bin"}:
-        return "openvino"
-    if suffix == ".onnx" or name.endswith((".onnx_data", ".onnx.data")):
-        return "onnx"
-    if suffix in {".bin", ".pt", ".pth", ".ckpt"}:
-        return None if _NOT_WEIGHTS_BIN.match(name) else "pytorch"
-    if suffix in {".h5", ".keras"}:
-        return "tensorflow"
-    if suffix == ".msgpack":
-        return "flax"
-    if suffix == ".tflite":
-        return "tflite"
-    if suffix == ".mlmodel" or any(s.endswith(".mlpackage") for s in parts):
-        return "coreml"
-    if suffix == ".ot":
-        return "rust"
-    if suffix == ".npz":
-        return "numpy"
-    return None
+    """The weight file format a repo path holds, from its name alone (the listing is all we have before
+    the download; the inspection of the files afterwards decides the recorded format)."""
+    from imageworks.inspect.formats import classify_weight_file
+
+    kind = classify_weight_file(path)
+    return kind if kind in FORMAT_PREFERENCE else None
 
 
 def index_kind(path: str) -> str | None:
@@ -215,7 +193,10 @@ def _choose_quants(labels: Sequence[str], quant: str | None) -> tuple[list[str],
     else:
         pick = sorted(labels)[0]
     others = ", ".join(lab for lab in labels if lab != pick)
-    return [pick], f"chose quant {pick} (the default order starts Q4_K_M, Q8_0, ...); also available: {others}; use --quant LABEL or --quant all"
+    return (
+        [pick],
+        f"chose quant {pick} (the default order starts Q4_K_M, Q8_0, ...); also available: {others}; use --quant LABEL or --quant all",
+    )
 
 
 def _pick_projectors(projectors: Sequence[RemoteFile], all_quants: bool) -> list[RemoteFile]:
@@ -293,7 +274,9 @@ def select_files(
         if selected_kind is None:
             notes.append("no weight files found: fetching the configuration and documentation files only")
         if quant is not None and selected_kind != "gguf":
-            raise UsageError("--quant only applies to GGUF weights", hint="drop --quant, or add --format gguf")
+            raise UsageError(
+                "--quant only applies to GGUF weights", hint="drop --quant, or add --format gguf"
+            )
         skipped_kinds = [k for k in present if k != selected_kind]
         for kind in skipped_kinds:
             group = [f for f in scope if weights[f.path] == kind]
@@ -369,7 +352,10 @@ def select_files(
     others = [
         f
         for f in files
-        if f.path not in chosen and f.path not in weights and index_kind(f.path) is None and not f.path.startswith(".")
+        if f.path not in chosen
+        and f.path not in weights
+        and index_kind(f.path) is None
+        and not f.path.startswith(".")
         and not is_support_file(f.path)
     ]
     if others:

@@ -628,7 +628,19 @@ def _files_summary(files: Any) -> str:
     return f"{len(files)} files, {hashed} hashed"
 
 
-REFRESHED_FIELDS = ("format", "quantization", "files", "size_bytes", "aggregate_sha256", "capabilities", "serve", "metadata", "family", "path", "location")
+REFRESHED_FIELDS = (
+    "format",
+    "quantization",
+    "files",
+    "size_bytes",
+    "aggregate_sha256",
+    "capabilities",
+    "serve",
+    "metadata",
+    "family",
+    "path",
+    "location",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -673,7 +685,9 @@ class ScanPlan:
         return [i for i in self.items if i.action != "unchanged"]
 
 
-def _carry_digests(records: Sequence[FileRecord], old: Sequence[FileRecord], stats: dict[str, FileStat]) -> list[FileRecord]:
+def _carry_digests(
+    records: Sequence[FileRecord], old: Sequence[FileRecord], stats: dict[str, FileStat]
+) -> list[FileRecord]:
     """Keep a recorded SHA-256 when the file's size and mtime are still what they were when it was
     hashed; anything else is recorded without a digest (verify/--hash/--rebuild compute it)."""
     known = {f.path: f for f in old}
@@ -732,7 +746,11 @@ def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat
 
 
 def plan_scan(
-    registry: Registry, candidates: Sequence[Candidate], skipped: Sequence[Skip] = (), *, update_existing: bool
+    registry: Registry,
+    candidates: Sequence[Candidate],
+    skipped: Sequence[Skip] = (),
+    *,
+    update_existing: bool,
 ) -> ScanPlan:
     """Match each candidate against the registry: add it, refresh the entry it matches, or leave it."""
     index = EntryIndex(registry.entries())
@@ -747,7 +765,10 @@ def plan_scan(
             taken = index.by_name.get(entry.name)
             if taken is not None:
                 skips.append(
-                    Skip(entry.path or "", f"name {entry.name} is taken by another entry (path {taken.path or '-'})")
+                    Skip(
+                        entry.path or "",
+                        f"name {entry.name} is taken by another entry (path {taken.path or '-'})",
+                    )
                 )
                 continue
             items.append(_item("add", entry, cand))
@@ -755,12 +776,16 @@ def plan_scan(
             planned[entry.name] = entry.path or ""
             continue
         if existing.name in planned:
-            skips.append(Skip(entry.path or "", f"same model as {planned[existing.name]} (found earlier in this scan)"))
+            skips.append(
+                Skip(entry.path or "", f"same model as {planned[existing.name]} (found earlier in this scan)")
+            )
             continue
         planned[existing.name] = entry.path or ""
         same_folder = path_key(existing.path) == path_key(entry.path)
         if not same_folder and existing.path and Path(existing.path).expanduser().exists():
-            skips.append(Skip(entry.path or "", f"another copy of {existing.name} (registered at {existing.path})"))
+            skips.append(
+                Skip(entry.path or "", f"another copy of {existing.name} (registered at {existing.path})")
+            )
             continue
         notes = list(cand.notes)
         if not same_folder:
@@ -951,7 +976,9 @@ def discover(base: Path, options: ScanOptions) -> tuple[Path, list[Candidate], l
     return discovery.base, candidates, skips
 
 
-def scan(store: RegistryStore, base: Path, options: ScanOptions, command: Sequence[str] | str | None = None) -> ScanResult:
+def scan(
+    store: RegistryStore, base: Path, options: ScanOptions, command: Sequence[str] | str | None = None
+) -> ScanResult:
     """Scan `base` and merge what it holds into the registry. The walk, the inspection and any hashing
     happen before the registry lock is taken; the matching is planned again under the lock (another
     command may have written meanwhile), and everything is written in one transaction: one backup, one
@@ -976,4 +1003,3 @@ def scan(store: RegistryStore, base: Path, options: ScanOptions, command: Sequen
         hashed_files=hashed.files,
         hashed_bytes=hashed.bytes,
     )
-

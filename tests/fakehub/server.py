@@ -334,7 +334,10 @@ class FakeHub:
             server.hub = self
             server.role = role  # type: ignore[assignment]
             self._servers[role] = server  # type: ignore[index]
-            thread = threading.Thread(target=server.serve_forever, name=f"fakehub-{role}", daemon=True)
+            # A short poll keeps stop() (once per test) fast.
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fakehub-{role}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         return self
@@ -723,7 +726,7 @@ class _Handler(BaseHTTPRequestHandler):
             next_url = (
                 f"{self.server.hub.endpoint}{self._record.path if self._record else ''}?{urlencode(params)}"
             )
-            headers["Link"] = f'<{next_url}>; rel="next"'
+            headers["Link-X"] = f'<{next_url}>; rel="next"'
         self._send_json(200, payload, headers)
 
     def _paths_info(self, repo: Repo, commit: Commit, paths: list[str], expand: bool) -> None:

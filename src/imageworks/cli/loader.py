@@ -10,7 +10,10 @@ import click
 from imageworks.cli.app import AppContext, LazyGroup
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("imageworks.cli.verify_cmd:verify", "Check that the files on disk match the recorded checksums."),
+    "verify": (
+        "imageworks.cli.verify_cmd:verify",
+        "Check that the files on disk match the recorded checksums.",
+    ),
     "list": ("imageworks.cli.registry_cmds:list_cmd", "List the models in the registry."),
     "show": ("imageworks.cli.registry_cmds:show", "Show one model's merged entry."),
 }

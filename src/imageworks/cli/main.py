@@ -10,14 +10,32 @@ import click
 from imageworks.cli.app import AppContext, LazyGroup
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "download": ("imageworks.cli.download_cmd:download", "Download a model from the Hub or a URL, verify it, record it."),
-    "analyze": ("imageworks.cli.download_cmd:analyze", "Show the formats and quants a Hub repo offers (headers only)."),
+    "download": (
+        "imageworks.cli.download_cmd:download",
+        "Download a model from the Hub or a URL, verify it, record it.",
+    ),
+    "analyze": (
+        "imageworks.cli.download_cmd:analyze",
+        "Show the formats and quants a Hub repo offers (headers only).",
+    ),
     "scan": ("imageworks.cli.scan_cmd:scan", "Add the models found in a folder tree to the registry."),
-    "normalize-formats": ("imageworks.cli.scan_cmd:normalize_formats", "Recompute formats/quants (and files) from disk."),
-    "verify": ("imageworks.cli.verify_cmd:verify", "Check that the files on disk match the recorded checksums."),
+    "normalize-formats": (
+        "imageworks.cli.scan_cmd:normalize_formats",
+        "Recompute formats/quants (and files) from disk.",
+    ),
+    "verify": (
+        "imageworks.cli.verify_cmd:verify",
+        "Check that the files on disk match the recorded checksums.",
+    ),
     "list": ("imageworks.cli.registry_cmds:list_cmd", "List the models in the registry."),
-    "show": ("imageworks.cli.registry_cmds:show", "Show one model's merged entry and where each field came from."),
-    "remove": ("imageworks.cli.registry_cmds:remove", "Remove a model from the registry (and its files with --delete-files)."),
+    "show": (
+        "imageworks.cli.registry_cmds:show",
+        "Show one model's merged entry and where each field came from.",
+    ),
+    "remove": (
+        "imageworks.cli.registry_cmds:remove",
+        "Remove a model from the registry (and its files with --delete-files).",
+    ),
     "history": ("imageworks.cli.registry_cmds:history", "Show the registry's change log."),
     "config": ("imageworks.cli.setup_cmds:config", "Print every resolved setting and where it came from."),
     "doctor": ("imageworks.cli.setup_cmds:doctor", "Check that everything needed for downloads is ready."),

@@ -14,11 +14,17 @@ from imageworks.cli.render import console, emit_json, human_size, table
 @click.command("list")
 @click.option("--format", "format_", help="Only this format (gguf, safetensors, awq, ...).")
 @click.option("--location", help="Only this location (linux_wsl, windows_lmstudio, ...).")
-@click.option("--backend", type=click.Choice(["vllm", "ollama", "lmstudio"]), help="Only models with serve hints for it.")
+@click.option(
+    "--backend",
+    type=click.Choice(["vllm", "ollama", "lmstudio"]),
+    help="Only models with serve hints for it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 @handle_errors
-def list_cmd(app: AppContext, format_: str | None, location: str | None, backend: str | None, as_json: bool) -> None:
+def list_cmd(
+    app: AppContext, format_: str | None, location: str | None, backend: str | None, as_json: bool
+) -> None:
     """List the models in the registry."""
     from imageworks.inventory import list_models
 
@@ -27,7 +33,9 @@ def list_cmd(app: AppContext, format_: str | None, location: str | None, backend
         emit_json("list", [m.as_dict() for m in models])
         return
     if not models:
-        click.echo("no models in the registry" + (" match those filters" if (format_ or location or backend) else ""))
+        click.echo(
+            "no models in the registry" + (" match those filters" if (format_ or location or backend) else "")
+        )
         return
     rows = [
         [
@@ -105,9 +113,7 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
     if plan.delete_path is not None and not yes:
         if not sys.stdin.isatty():
             raise click.UsageError("--delete-files without a terminal needs --yes")
-        click.confirm(
-            f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True
-        )
+        click.confirm(f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True)
     changed = execute_remove(store, plan, sys.argv, backup=not no_backup)
     result = {
         "name": plan.name,
@@ -128,7 +134,9 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
 
 
 @click.command()
-@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many lines.")
+@click.option(
+    "-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many lines."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 @handle_errors

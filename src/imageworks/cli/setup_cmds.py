@@ -37,6 +37,10 @@ def doctor(app: AppContext, as_json: bool) -> None:
         emit_json("doctor", [c.__dict__ for c in checks], ok=not blocked)
     else:
         marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
-        table(None, ["check", "status", "detail", "fix"], [[c.name, marks[c.status], c.detail, c.fix] for c in checks])
+        table(
+            None,
+            ["check", "status", "detail", "fix"],
+            [[c.name, marks[c.status], c.detail, c.fix] for c in checks],
+        )
         click.echo("downloads are blocked: fix the FAIL lines" if blocked else "ready to download")
     sys.exit(1 if blocked else 0)

@@ -32,9 +32,18 @@ CONFIG_FILES = (
 
 ReadSmall = Callable[[str], "bytes | None"]
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length", "n_ctx")
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "max_sequence_length",
+    "seq_length",
+    "n_ctx",
+)
 _NESTED_TEXT_CONFIGS = ("text_config", "llm_config", "language_config", "thinker_config")
-_VISION_ARCH = re.compile(r"Vision|VL|Llava|LLaVA|Vlm|VLM|ImageText|Pixtral|Idefics|PaliGemma|Mllama", re.IGNORECASE)
+_VISION_ARCH = re.compile(
+    r"Vision|VL|Llava|LLaVA|Vlm|VLM|ImageText|Pixtral|Idefics|PaliGemma|Mllama", re.IGNORECASE
+)
 
 
 @dataclass
@@ -115,19 +124,37 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
         detail = ", ".join(f"{k}={qc[k]}" for k in ("version", "desc_act", "sym", "zero_point") if k in qc)
         return QuantConfig(method, method, group_label(method, bits, group), bits, group, source, detail)
     if method in ("exl2", "exl3"):
-        return QuantConfig(method, method, bpw_label(method, bits), bits, None, source, f"head_bits={qc.get('head_bits')}")
+        return QuantConfig(
+            method, method, bpw_label(method, bits), bits, None, source, f"head_bits={qc.get('head_bits')}"
+        )
     if method == "mlx":
         mode = qc.get("mode")
-        label = "mlx-" + str(mode) if isinstance(mode, str) and mode not in ("affine", "") else group_label("mlx", bits, None)
+        label = (
+            "mlx-" + str(mode)
+            if isinstance(mode, str) and mode not in ("affine", "")
+            else group_label("mlx", bits, None)
+        )
         return QuantConfig("mlx", "mlx", label, bits, group, source, f"group_size={group}")
     if method == "bitsandbytes":
         if qc.get("load_in_4bit") or qc.get("_load_in_4bit"):
-            return QuantConfig(method, "bnb", "bnb-4bit", 4.0, None, source, f"bnb_4bit_quant_type={qc.get('bnb_4bit_quant_type', 'fp4')}")
+            return QuantConfig(
+                method,
+                "bnb",
+                "bnb-4bit",
+                4.0,
+                None,
+                source,
+                f"bnb_4bit_quant_type={qc.get('bnb_4bit_quant_type', 'fp4')}",
+            )
         if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
             return QuantConfig(method, "bnb", "bnb-8bit", 8.0, None, source, "llm.int8")
-        return QuantConfig(method, "bnb", "bnb", None, None, source, "neither load_in_4bit nor load_in_8bit set")
+        return QuantConfig(
+            method, "bnb", "bnb", None, None, source, "neither load_in_4bit nor load_in_8bit set"
+        )
     if method in ("fbgemm-fp8", "fp8"):
-        detail = ", ".join(f"{k}={qc[k]}" for k in ("fmt", "weight_block_size", "activation_scheme") if k in qc)
+        detail = ", ".join(
+            f"{k}={qc[k]}" for k in ("fmt", "weight_block_size", "activation_scheme") if k in qc
+        )
         return QuantConfig(method, "fp8", "fp8", 8.0, None, source, detail)
     if method == "compressed-tensors":
         return _compressed_tensors(qc, source)
@@ -136,10 +163,16 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
         if algo.startswith("FP8"):
             return QuantConfig(method or "modelopt", "fp8", "fp8", 8.0, None, source, f"quant_algo={algo}")
         if "NVFP4" in algo:
-            return QuantConfig(method or "modelopt", "safetensors", "nvfp4", 4.0, None, source, f"quant_algo={algo}")
-        return QuantConfig(method or "modelopt", "safetensors", (algo or "modelopt").lower(), None, None, source, "")
+            return QuantConfig(
+                method or "modelopt", "safetensors", "nvfp4", 4.0, None, source, f"quant_algo={algo}"
+            )
+        return QuantConfig(
+            method or "modelopt", "safetensors", (algo or "modelopt").lower(), None, None, source, ""
+        )
     if method == "hqq":
-        params = (qc.get("quant_config") or {}).get("weight_quant_params") or qc.get("weight_quant_params") or qc
+        params = (
+            (qc.get("quant_config") or {}).get("weight_quant_params") or qc.get("weight_quant_params") or qc
+        )
         hbits = _num(params.get("nbits")) if isinstance(params, dict) else None
         hgroup = _int(params.get("group_size")) if isinstance(params, dict) else None
         return QuantConfig(method, "safetensors", group_label("hqq", hbits, None), hbits, hgroup, source, "")
@@ -147,7 +180,9 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
         return QuantConfig(method, "safetensors", "eetq-int8", 8.0, None, source, "")
     if method == "mxfp4":
         return QuantConfig(method, "safetensors", "mxfp4", 4.0, 32, source, "")
-    return QuantConfig(method, "safetensors", method, bits, group, source, "quant_method not in the vocabulary")
+    return QuantConfig(
+        method, "safetensors", method, bits, group, source, "quant_method not in the vocabulary"
+    )
 
 
 def _compressed_tensors(qc: dict[str, Any], source: str) -> QuantConfig:
@@ -271,9 +306,19 @@ def read_configs(read_small: ReadSmall, present: set[str]) -> ConfigInfo:
             info.quant = parse_quantization(qc, "config.json:quantization_config")
         mlx_q = config.get("quantization")
         if isinstance(mlx_q, dict) and (info.quant is None or info.quant.method == "mlx"):
-            q = parse_quantization({k: v for k, v in mlx_q.items() if k != "quant_method"}, "config.json:quantization")
+            q = parse_quantization(
+                {k: v for k, v in mlx_q.items() if k != "quant_method"}, "config.json:quantization"
+            )
             if q is not None:
-                info.quant = QuantConfig("mlx", "mlx", q.label if q.method == "mlx" else "mlx", q.bits, q.group_size, q.source, q.detail)
+                info.quant = QuantConfig(
+                    "mlx",
+                    "mlx",
+                    q.label if q.method == "mlx" else "mlx",
+                    q.bits,
+                    q.group_size,
+                    q.source,
+                    q.detail,
+                )
         vision = _vision(config)
         if vision:
             info.vision = vision

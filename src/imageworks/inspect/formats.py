@@ -27,7 +27,16 @@ WEIGHT_FORMATS: tuple[str, ...] = (
 )
 
 # File formats (what classify_weight_file returns); the others live inside safetensors files.
-FILE_FORMATS: tuple[str, ...] = ("safetensors", "gguf", "pytorch", "onnx", "tflite", "h5", "msgpack", "openvino")
+FILE_FORMATS: tuple[str, ...] = (
+    "safetensors",
+    "gguf",
+    "pytorch",
+    "onnx",
+    "tflite",
+    "h5",
+    "msgpack",
+    "openvino",
+)
 
 # Checkpoint byproducts that share weight extensions but are not model weights.
 _NOT_WEIGHTS = re.compile(
@@ -57,8 +66,10 @@ def classify_weight_file(path: str) -> str | None:
     name = p.name.lower()
     if _NOT_WEIGHTS.match(name):
         return None
-    if name.startswith("openvino") and name.endswith((".xml", ".bin")) or (
-        "openvino" in (part.lower() for part in p.parts[:-1]) and name.endswith((".xml", ".bin"))
+    if (
+        name.startswith("openvino")
+        and name.endswith((".xml", ".bin"))
+        or ("openvino" in (part.lower() for part in p.parts[:-1]) and name.endswith((".xml", ".bin")))
     ):
         return "openvino"
     if name.endswith((".onnx.data", ".onnx_data")):

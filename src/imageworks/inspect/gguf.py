@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from math import prod
 from pathlib import PurePosixPath
 
-from imageworks.inspect.quant import GGML_TYPES, GGUF_LABELS, gguf_file_type_label, gguf_label_from_name, refines
+from imageworks.inspect.quant import (
+    GGML_TYPES,
+    GGUF_LABELS,
+    gguf_file_type_label,
+    gguf_label_from_name,
+    refines,
+)
 from imageworks.inspect.source import ByteSource, open_source
 from imageworks.inspect.types import Evidence, FileInspection
 
@@ -90,7 +96,7 @@ class _Cursor:
     def need(self, n: int) -> int:
         """Make [pos, pos+n) available; return its index in self.buf."""
         rel = self.pos - self.buf_start
-        if 0 <= rel and rel + n <= len(self.buf):
+        if rel >= 0 and rel + n <= len(self.buf):
             return rel
         if self.pos + n > MAX_HEADER_BYTES:
             raise GGUFError(f"header larger than the {MAX_HEADER_BYTES >> 20} MiB cap")
@@ -152,7 +158,7 @@ class _Cursor:
             i = self.pos - self.buf_start
             buf = self.buf
             end = len(buf)
-            if 0 <= i:
+            if i >= 0:
                 while count and i + 8 <= end:
                     (n,) = fmt.unpack_from(buf, i)
                     j = i + 8 + n
@@ -208,7 +214,7 @@ def read_header(src: ByteSource, *, tensor_info: bool = True) -> GGUFHeader:
         raise GGUFError(f"not a GGUF file (magic {magic!r})")
     cur.pos = 4
     version = cur.u32()
-    if version not in (2, 3) and 0 < version and (version & 0xFFFF) == 0:
+    if version not in (2, 3) and version > 0 and (version & 0xFFFF) == 0:
         # A big-endian GGUF: the version reads byte-swapped.
         cur.endian = ">"
         version = struct.unpack(">I", struct.pack("<I", version))[0]
@@ -230,7 +236,9 @@ def read_header(src: ByteSource, *, tensor_info: bool = True) -> GGUFHeader:
         except UnicodeDecodeError as exc:
             raise GGUFError(f"key is not UTF-8 ({raw_key[:40]!r})") from exc
         vtype = cur.u32()
-        if key == "tokenizer.chat_template" or key.startswith(("tokenizer.chat_template.", "tokenizer.chat_templates")):
+        if key == "tokenizer.chat_template" or key.startswith(
+            ("tokenizer.chat_template.", "tokenizer.chat_templates")
+        ):
             start = cur.pos
             _read_value(cur, vtype, 0, False)
             header.chat_template = header.chat_template or cur.pos - start > 8
@@ -295,7 +303,9 @@ def inspect_gguf(
     try:
         src, shown, closer = open_source(data_or_path, size)
     except OSError as exc:
-        return FileInspection(path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}")
+        return FileInspection(
+            path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}"
+        )
     try:
         return inspect_gguf_source(src, path or shown)
     finally:
@@ -326,7 +336,13 @@ def _fill(result: FileInspection, header: GGUFHeader, path: str) -> None:
     arch = _str(kv.get("general.architecture"))
     result.architecture = arch
     result.name = _str(kv.get("general.name"))
-    for key in ("general.type", "general.size_label", "general.basename", "general.finetune", "general.quantized_by"):
+    for key in (
+        "general.type",
+        "general.size_label",
+        "general.basename",
+        "general.finetune",
+        "general.quantized_by",
+    ):
         if _str(kv.get(key)):
             result.metadata[key] = str(kv[key])
     result.tensor_count = header.tensor_count
@@ -375,7 +391,11 @@ def _fill(result: FileInspection, header: GGUFHeader, path: str) -> None:
         if name_label and refines(name_label, header_label):
             result.quantization = name_label
             ev.append(Evidence("gguf.general.file_type", detail))
-            ev.append(Evidence("filename", f"{name_label} refines {header_label} (publisher variant, same bit width)"))
+            ev.append(
+                Evidence(
+                    "filename", f"{name_label} refines {header_label} (publisher variant, same bit width)"
+                )
+            )
         else:
             result.quantization = header_label
             ev.append(Evidence("gguf.general.file_type", detail))

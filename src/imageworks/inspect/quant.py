@@ -116,7 +116,15 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 }
 
 # Nominal bits per weight of a label: the number the quant is named after, not the measured average.
-_NOMINAL_GGUF_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "TQ1_0": 1.58, "TQ2_0": 2.0, "MXFP4": 4.0, "NVFP4": 4.0}
+_NOMINAL_GGUF_BITS = {
+    "F32": 32.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "TQ1_0": 1.58,
+    "TQ2_0": 2.0,
+    "MXFP4": 4.0,
+    "NVFP4": 4.0,
+}
 
 # Filename tokens. The lookarounds make "Q4_K_M" match in "model.Q4_K_M.gguf", "model-q4_k_m-00001-of-00002"
 # and "Q4_K_M/part.gguf", but not inside a longer word.
@@ -251,7 +259,7 @@ def bpw_label(method: str, bits: float | None) -> str:
 
 
 def bpw_from_name(path: str) -> float | None:
-    """"4.0bpw", "6_5bpw", "8bpw" in a path (exl2 repos put the bpw in the branch or folder name)."""
+    """ "4.0bpw", "6_5bpw", "8bpw" in a path (exl2 repos put the bpw in the branch or folder name)."""
     m = _BPW.search(path)
     return float(m.group(1).replace("_", ".")) if m else None
 

@@ -127,7 +127,9 @@ def inspect_safetensors(
     try:
         src, shown, closer = open_source(data_or_path, size)
     except OSError as exc:
-        return FileInspection(path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}")
+        return FileInspection(
+            path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}"
+        )
     try:
         return inspect_safetensors_source(src, path or shown)
     finally:
@@ -157,7 +159,9 @@ def _tensor_table(header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
             raise SafetensorsError(f"malformed entry for tensor {name!r}")
-        if len(shape) > MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if len(shape) > MAX_DIMS or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise SafetensorsError(f"tensor {name!r} has an invalid shape {shape!r}"[:200])
         if (
             len(offsets) != 2
@@ -179,7 +183,9 @@ def _tensor_table(header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...
 def _analyse(result: FileInspection, header: dict[str, Any], header_len: int, size: int | None) -> None:
     meta = header.get("__metadata__")
     if isinstance(meta, dict):
-        result.metadata = {str(k): v for k, v in list(meta.items())[:64] if isinstance(v, str) and len(v) <= 1024}
+        result.metadata = {
+            str(k): v for k, v in list(meta.items())[:64] if isinstance(v, str) and len(v) <= 1024
+        }
     tensors = _tensor_table(header)
     result.tensor_count = len(tensors)
     data_len = max((end for _, _, _, end in tensors.values()), default=0)
@@ -215,7 +221,9 @@ def _analyse(result: FileInspection, header: dict[str, Any], header_len: int, si
     if result.dtype:
         ev.append(Evidence("safetensors.dtypes", ", ".join(f"{d}={n}" for d, n in result.dtypes.items())))
     if packed_bits:
-        ev.append(Evidence("safetensors.parameters", "packed weights counted at 4 bits until the config says"))
+        ev.append(
+            Evidence("safetensors.parameters", "packed weights counted at 4 bits until the config says")
+        )
     if result.metadata.get("format"):
         ev.append(Evidence("safetensors.__metadata__.format", result.metadata["format"]))
 
@@ -232,7 +240,9 @@ def _analyse(result: FileInspection, header: dict[str, Any], header_len: int, si
 
 def _bnb4_state(names: set[str], name: str) -> bool:
     # bitsandbytes 4-bit keeps "<name>.quant_state.bitsandbytes__nf4" (or __fp4) beside "<name>"
-    return f"{name}.quant_state.bitsandbytes__nf4" in names or f"{name}.quant_state.bitsandbytes__fp4" in names
+    return (
+        f"{name}.quant_state.bitsandbytes__nf4" in names or f"{name}.quant_state.bitsandbytes__fp4" in names
+    )
 
 
 def _signature(
@@ -261,7 +271,10 @@ def _signature(
                 return group_label("awq", bits, group)
             ev.append(Evidence("safetensors.tensors", f"packed qweight ({name})"))
             return "gptq"
-        if name.endswith(".q_weight") and (name[: -len(".q_weight")] + ".q_invperm" in names or name[: -len(".q_weight")] + ".q_groups" in names):
+        if name.endswith(".q_weight") and (
+            name[: -len(".q_weight")] + ".q_invperm" in names
+            or name[: -len(".q_weight")] + ".q_groups" in names
+        ):
             ev.append(Evidence("safetensors.tensors", f"EXL2 layout ({name}, q_invperm/q_groups)"))
             return "exl2"
         if ".quant_state.bitsandbytes__" in name:
@@ -274,7 +287,9 @@ def _signature(
         if name.endswith(".weight") and tensors[name][0] == "U32":
             base = name[: -len(".weight")]
             if f"{base}.scales" in names and f"{base}.biases" in names:
-                ev.append(Evidence("safetensors.tensors", f"MLX quantised layout ({name}: U32 + scales/biases)"))
+                ev.append(
+                    Evidence("safetensors.tensors", f"MLX quantised layout ({name}: U32 + scales/biases)")
+                )
                 return "mlx"
         if name.endswith(".weight_packed"):
             ev.append(Evidence("safetensors.tensors", f"compressed-tensors packed weights ({name})"))

@@ -77,7 +77,9 @@ class RangeSource:
         return chunk
 
 
-def open_source(data_or_path: bytes | bytearray | memoryview | str | os.PathLike[str], size: int | None = None) -> tuple[ByteSource, str, FileSource | None]:
+def open_source(
+    data_or_path: bytes | bytearray | memoryview | str | os.PathLike[str], size: int | None = None
+) -> tuple[ByteSource, str, FileSource | None]:
     """(source, display path, file to close) for the public `inspect_*(data_or_path)` functions."""
     if isinstance(data_or_path, (bytes, bytearray, memoryview)):
         return BytesSource(data_or_path, size), "<bytes>", None

@@ -3,9 +3,13 @@ unique substring. The same rule serves every command that takes NAME."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imageworks.errors import AmbiguousName, ModelNotFound
-from imageworks.registry.schema import ModelEntry
-from imageworks.registry.store import Registry
+
+if TYPE_CHECKING:
+    from imageworks.registry.schema import ModelEntry
+    from imageworks.registry.store import Registry
 
 
 def find_entries(registry: Registry, reference: str) -> list[ModelEntry]:

@@ -38,7 +38,9 @@ def merge_layers(
     return merged
 
 
-def field_origins(name: str, discovered: dict[str, dict[str, Any]], curated: dict[str, dict[str, Any]]) -> dict[str, Origin]:
+def field_origins(
+    name: str, discovered: dict[str, dict[str, Any]], curated: dict[str, dict[str, Any]]
+) -> dict[str, Origin]:
     """Which layer each top-level field of the merged entry came from (for `show`)."""
     origins: dict[str, Origin] = {}
     disc = discovered.get(name, {})

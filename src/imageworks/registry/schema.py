@@ -7,6 +7,7 @@ Curated entries are partial (any subset of fields); unknown keys survive untouch
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,9 @@ Provider = Literal["hf", "url", "local", "ollama"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow", validate_assignment=False)
+    # defer_build: building the validators costs ~100 ms, paid on first use rather than at import so
+    # `--help` and commands on an empty registry stay instant.
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class Source(_Model):
@@ -74,13 +77,19 @@ class ModelEntry(_Model):
 
 # Validating a layer's entries through one TypeAdapter is several times faster than one
 # model_validate call per entry: 10k entries must load, merge and save in well under a second.
-_ENTRIES = TypeAdapter(dict[str, ModelEntry])
+@functools.cache
+def _entries_adapter() -> TypeAdapter[dict[str, ModelEntry]]:
+    return TypeAdapter(dict[str, ModelEntry])
 
 
 def validate_entries(raw: dict[str, dict[str, Any]], origin: str) -> dict[str, ModelEntry]:
     """Validate entries (name injected from the key). Errors name the entry and the field."""
     try:
-        return _ENTRIES.validate_python({name: {**entry, "name": name} for name, entry in raw.items()})
+        if not raw:
+            return {}
+        return _entries_adapter().validate_python(
+            {name: {**entry, "name": name} for name, entry in raw.items()}
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"]]

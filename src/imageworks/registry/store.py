@@ -11,8 +11,8 @@ Files in the registry folder:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -22,18 +22,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imageworks.errors import RegistryError, RegistryWriteError
 from imageworks.registry.files import atomic_write_text
 from imageworks.registry.merge import field_origins, merge_layers
-from imageworks.registry.schema import (
-    ModelEntry,
-    dump_layer,
-    parse_layer_text,
-    parse_trusted_layer,
-    validate_entries,
-)
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from imageworks.registry.schema import ModelEntry
 
 CURATED = "model_registry.curated.json"
 DISCOVERED = "model_registry.discovered.json"
@@ -63,7 +61,7 @@ class Registry:
         raw = self.merged_raw()
         missing = {name: entry for name, entry in raw.items() if name not in self._models}
         if missing:
-            self._models.update(validate_entries(missing, "merged registry"))
+            self._models.update(_schema().validate_entries(missing, "merged registry"))
         return {name: self._models[name] for name in raw}
 
     def entries(self) -> list[ModelEntry]:
@@ -75,8 +73,10 @@ class Registry:
             return self._models[name]
         if name not in self.discovered and name not in self.curated:
             return None
-        raw = merge_layers({name: self.discovered[name]} if name in self.discovered else {}, self.curated_subset(name))
-        model = validate_entries(raw, "merged registry")[name]
+        raw = merge_layers(
+            {name: self.discovered[name]} if name in self.discovered else {}, self.curated_subset(name)
+        )
+        model = _schema().validate_entries(raw, "merged registry")[name]
         self._models[name] = model
         return model
 
@@ -102,7 +102,7 @@ class Registry:
         raw = self.discovered.get(name)
         if raw is None:
             return None
-        return validate_entries({name: raw}, "discovered layer")[name]
+        return _schema().validate_entries({name: raw}, "discovered layer")[name]
 
     def merged_layer_dicts(self) -> dict[str, dict[str, Any]]:
         """The merged view as written to model_registry.json: discovered-only entries as stored (they
@@ -110,8 +110,17 @@ class Registry:
         defaults, which also checks the merge result before anything is saved."""
         raw = self.merged_raw()
         touched = {name: raw[name] for name in self.curated}
-        checked = validate_entries(touched, "merged registry") if touched else {}
-        return {name: (checked[name].to_layer_dict() if name in checked else entry) for name, entry in raw.items()}
+        checked = _schema().validate_entries(touched, "merged registry") if touched else {}
+        return {
+            name: (checked[name].to_layer_dict() if name in checked else entry) for name, entry in raw.items()
+        }
+
+
+def _schema() -> ModuleType:
+    # Imported on first use: pydantic is the bulk of start-up time (see registry/__init__.py).
+    from imageworks.registry import schema
+
+    return schema
 
 
 _TOKEN_PATTERNS = [
@@ -180,7 +189,7 @@ class RegistryStore:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise RegistryError(f"{path}: not UTF-8 text") from None
-        return parse_layer_text(text, path)
+        return _schema().parse_layer_text(text, path)
 
     def load(self) -> Registry:
         """Read and validate both layers: a wrong type in either is reported with its file and entry.
@@ -196,10 +205,10 @@ class RegistryStore:
         if discovered_bytes is None:
             discovered: dict[str, dict[str, Any]] = {}
         elif self._fingerprint_matches(discovered_bytes):
-            discovered = parse_trusted_layer(discovered_bytes, self.path(DISCOVERED))
+            discovered = _schema().parse_trusted_layer(discovered_bytes, self.path(DISCOVERED))
         else:
             discovered = self._parse(DISCOVERED, discovered_bytes)
-            validate_entries(discovered, str(self.path(DISCOVERED)))
+            _schema().validate_entries(discovered, str(self.path(DISCOVERED)))
         return Registry(curated=curated, discovered=discovered)
 
     def _current_bytes(self, name: str) -> bytes | None:
@@ -252,8 +261,8 @@ class RegistryStore:
     def _commit(
         self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str | None, *, backup: bool
     ) -> None:
-        discovered_text = dump_layer(registry.discovered)
-        merged_text = dump_layer(registry.merged_layer_dicts())
+        discovered_text = _schema().dump_layer(registry.discovered)
+        merged_text = _schema().dump_layer(registry.merged_layer_dicts())
         targets = {DISCOVERED: discovered_text, MERGED: merged_text}
         changed = {name: text for name, text in targets.items() if self._current_bytes(name) != text}
         if not changed:
@@ -272,8 +281,10 @@ class RegistryStore:
             if before != registry.discovered:
                 self._append_history(before, registry.discovered, command)
         except OSError as exc:
-            reason = "the folder is read-only" if exc.errno in {errno.EACCES, errno.EROFS, errno.EPERM} else (
-                exc.strerror or str(exc)
+            reason = (
+                "the folder is read-only"
+                if exc.errno in {errno.EACCES, errno.EROFS, errno.EPERM}
+                else (exc.strerror or str(exc))
             )
             raise RegistryWriteError(
                 f"cannot save the registry in {self.folder}: {reason}",
@@ -298,7 +309,9 @@ class RegistryStore:
                 with contextlib.suppress(OSError):
                     old.unlink()
 
-    def _append_history(self, before: dict[str, Any], after: dict[str, Any], command: Sequence[str] | str | None) -> None:
+    def _append_history(
+        self, before: dict[str, Any], after: dict[str, Any], command: Sequence[str] | str | None
+    ) -> None:
         patch = layer_patch(before, after)
         if command is None:
             command = sys.argv
@@ -369,4 +382,4 @@ def _validate_partial(curated: dict[str, dict[str, Any]], origin: str) -> None:
     for entry in cleaned.values():
         if isinstance(entry.get("source"), dict):
             entry["source"] = {k: v for k, v in entry["source"].items() if v is not None}
-    validate_entries(cleaned, origin)
+    _schema().validate_entries(cleaned, origin)

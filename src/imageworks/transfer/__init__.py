@@ -71,7 +71,9 @@ def choose_engine(
     if single_stream:
         if kind == "aria2":
             raise UsageError("--no-aria2 contradicts --engine aria2")
-        engine = NativeEngine(single_stream=True, note="native engine, one stream per file (--no-aria2)", **common)
+        engine = NativeEngine(
+            single_stream=True, note="native engine, one stream per file (--no-aria2)", **common
+        )
     elif kind == "native":
         engine = NativeEngine(note="native engine (--engine native)", **common)
     else:

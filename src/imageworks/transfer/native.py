@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from imageworks.errors import ImageworksError, IntegrityError, TransferError
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
+    Events,
     FileJob,
     FileResult,
     MiB,
@@ -47,7 +48,6 @@ from imageworks.transfer.base import (
     check_and_commit,
     covered,
     disk_error,
-    Events,
     existing_result,
     load_state,
     merge_ranges,

@@ -11,7 +11,9 @@ from typing import Any
 
 log = logging.getLogger("imageworks.transfer.process")
 
-_SECRET_OPTION = re.compile(r"^(--(?:rpc-secret|http-passwd|ftp-passwd|https-proxy-passwd|http-proxy-passwd)=).+$")
+_SECRET_OPTION = re.compile(
+    r"^(--(?:rpc-secret|http-passwd|ftp-passwd|https-proxy-passwd|http-proxy-passwd)=).+$"
+)
 _AUTH_HEADER = re.compile(r"(?i)((?:authorization|cookie|proxy-authorization)\s*:\s*).+$")
 _TOKEN = re.compile(r"\b(hf_|token:)[A-Za-z0-9_\-]+")
 

@@ -1,0 +1,203 @@
+"""Build a registry entry from a model folder, and find the entry it should update.
+
+Shared by `download` and by `scan`/`normalize-formats`, so that downloading a model and later scanning its
+folder yields one entry with one name. The API is three functions:
+
+    entry = build_entry(folder, source=Source(...), location="linux_wsl", files=[FileRecord, ...])
+    existing = find_existing(registry, entry)      # same identity, or same folder + same variant
+    stored = record_entry(registry, entry)         # merge into `existing` (keeping its name) and put
+
+`files` are the entry's own files (relative POSIX paths with size, sha256, mtime_ns): a folder may hold
+several GGUF quants, each its own entry, so the folder alone does not say what belongs to an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imageworks.hashing import aggregate_sha256
+from imageworks.naming import entry_identity, model_name, path_key, serve_hints
+from imageworks.registry.schema import FileRecord, ModelEntry, Source
+
+if TYPE_CHECKING:
+    from imageworks.inspect.types import ModelInspection
+    from imageworks.registry import Registry
+
+MAX_EVIDENCE = 12
+# Fields people set by hand (or other commands set) that a re-download or re-scan must not reset.
+_KEPT_FIELDS = ("aliases", "tags", "display_name", "family", "deprecated", "testing", "verified_at")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def entry_variant(inspection: ModelInspection) -> str | None:
+    """The GGUF quant that goes into the name: only when the files hold exactly one quant."""
+    if inspection.format == "gguf" and len(inspection.gguf_quants) == 1:
+        return inspection.gguf_quants[0]
+    return None
+
+
+def _metadata(inspection: ModelInspection) -> dict[str, Any]:
+    evidence = [f"{e.signal}: {e.detail}" for e in inspection.evidence[:MAX_EVIDENCE]]
+    data: dict[str, Any] = {
+        "architecture": inspection.architecture,
+        "model_type": inspection.model_type,
+        "parameters": inspection.parameters,
+        "context_length": inspection.context_length,
+        "bits": inspection.bits,
+        "dtype": inspection.dtype,
+        "group_size": inspection.group_size,
+        "chat_template": inspection.chat_template_source,
+        "gguf_quants": inspection.gguf_quants if len(inspection.gguf_quants) > 1 else None,
+        "evidence": evidence or None,
+        "problems": inspection.problems or None,
+        "reason": inspection.reason,
+    }
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def build_entry(
+    folder: Path,
+    *,
+    source: Source,
+    location: str | None,
+    files: Sequence[FileRecord],
+    format_hint: str | None = None,
+    downloaded_at: str | None = None,
+    verified_at: str | None = None,
+    inspection: ModelInspection | None = None,
+) -> ModelEntry:
+    """An entry for the model made of `files` inside `folder`.
+
+    Format and quantisation come from the files' headers and configs (`inspect_folder`); `format_hint`
+    (the user's `--format`) is used only when nothing is detectable. Pass `inspection` when the caller
+    already ran it."""
+    if inspection is None:
+        from imageworks.inspect import inspect_folder
+
+        inspection = inspect_folder(folder, files=[r.path for r in files])
+    detected = inspection.format if inspection.format and inspection.format != "unknown" else None
+    fmt = detected or (format_hint.lower() if format_hint else None)
+    variant = entry_variant(inspection)
+    quantization = variant or inspection.quantization
+    name = model_name(
+        source.provider,
+        repo_id=source.repo_id,
+        revision=source.revision,
+        quant=variant,
+        url=source.url,
+        folder=folder,
+    )
+    paths = [r.path for r in files]
+    metadata = _metadata(inspection)
+    if format_hint and detected and FORMAT_FAMILY.get(format_hint.lower(), format_hint.lower()) != detected:
+        metadata["format_requested"] = format_hint
+    return ModelEntry(
+        name=name,
+        family=inspection.model_type,
+        source=source,
+        format=fmt,
+        quantization=quantization,
+        location=location,
+        path=str(folder),
+        files=sorted(files, key=lambda r: r.path),
+        size_bytes=sum(r.size for r in files),
+        aggregate_sha256=aggregate_sha256((r.path, r.sha256) for r in files),
+        downloaded_at=downloaded_at,
+        verified_at=verified_at,
+        capabilities=sorted(set(inspection.capabilities)),
+        serve=serve_hints(
+            name=name,
+            format=fmt,
+            quantization=quantization,
+            path=str(folder),
+            files=paths,
+            context_length=inspection.context_length,
+            location=location,
+        ),
+        metadata=metadata,
+    )
+
+
+# `--format` spellings that are the same thing as a detected format.
+FORMAT_FAMILY = {"bitsandbytes": "bnb", "tf": "h5", "tensorflow": "h5", "flax": "msgpack", "pt": "pytorch"}
+
+
+def find_existing(registry: Registry, entry: ModelEntry) -> ModelEntry | None:
+    """The registry entry `entry` should update: the same identity (provider + repo id in any case +
+    revision + GGUF variant), else an entry in the same folder with the same variant (a download of a
+    folder that was scanned earlier, or the reverse). Two quants in one folder stay two entries."""
+    ident = entry_identity(entry)
+    entries = registry.entries()
+    for candidate in entries:
+        if entry_identity(candidate) == ident:
+            return candidate
+    key = path_key(entry.path)
+    if key is None:
+        return None
+    for candidate in entries:
+        if path_key(candidate.path) == key and entry_identity(candidate)[3] == ident[3]:
+            return candidate
+    return None
+
+
+def merge_entry(previous: ModelEntry | None, new: ModelEntry) -> ModelEntry:
+    """`new` as an update of `previous` (a discovered-layer entry): the previous name stays (so aliases and
+    curated overrides keep applying), hand-set fields survive, metadata is updated key by key, and a
+    `local` source does not replace a more specific one (a scan of a downloaded folder)."""
+    if previous is None:
+        return new
+    data = new.model_dump()
+    data["name"] = previous.name
+    for key in _KEPT_FIELDS:
+        value = getattr(previous, key)
+        if value not in (None, [], False, ""):
+            data[key] = value
+    if new.source.provider == "local" and previous.source.provider != "local":
+        data["source"] = previous.source.model_dump()
+    data["metadata"] = {**previous.metadata, **new.metadata}
+    if not new.downloaded_at:
+        data["downloaded_at"] = previous.downloaded_at
+    if data["name"] != new.name and data.get("serve"):
+        # Serve hints embed the name (served-model-name, ollama create): regenerate them for the kept one.
+        data["serve"] = serve_hints(
+            name=data["name"],
+            format=new.format,
+            quantization=new.quantization,
+            path=new.path,
+            files=[f.path for f in new.files],
+            context_length=new.metadata.get("context_length"),
+            location=new.location,
+        )
+    return ModelEntry.model_validate(data)
+
+
+def record_entry(registry: Registry, entry: ModelEntry) -> ModelEntry:
+    """Put `entry` into the discovered layer, updating the entry it matches (see `find_existing`).
+    Returns what was stored. Call inside `RegistryStore.transaction()`."""
+    existing = find_existing(registry, entry)
+    if existing is None and registry.get(entry.name) is not None:
+        # Another model already has this name (two direct URLs ending in the same file name): keep both,
+        # with a suffix derived from the identity so the same model gets the same name next time.
+        digest = hashlib.sha1("\0".join(entry_identity(entry)).encode()).hexdigest()[:8]
+        entry = entry.model_copy(update={"name": f"{entry.name}-{digest}"})
+    previous = registry.discovered_entry(existing.name) if existing is not None else None
+    if existing is not None and previous is None:
+        # Only in curated: the discovered entry takes the curated name, so the curated fields apply.
+        entry = entry.model_copy(update={"name": existing.name})
+    stored = merge_entry(previous, entry)
+    registry.put(stored)
+    return stored
+
+
+def same_content(a: ModelEntry, b: ModelEntry) -> bool:
+    """Whether two entries describe the same files the same way (timestamps aside): a re-run that
+    changes nothing must not write the registry."""
+    ignore = {"downloaded_at", "verified_at"}
+    return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)

@@ -1,0 +1,429 @@
+"""normalize-formats: keep the discovered registry layer true to the disk.
+
+`plan_normalize` reads the disk and returns a plan (what each entry would become, with a readable diff);
+nothing is written until `apply_normalize` executes it (STYLE.md #9), so a dry run is the plan alone.
+
+- Every discovered entry's format and quantisation are recomputed from the files it records, with the
+  shared inspection rules (serve hints follow, since they depend on both).
+- `rebuild` also recomputes files, sizes and SHA-256 from the folder (the entry's own variant when the
+  folder holds several GGUF quants: see `imageworks.scan`), and reports drift per entry: changed, added and
+  missing files. A file whose size and mtime are what was recorded when it was last hashed keeps its
+  digest without being read again, unless `full`.
+- `prune_missing` removes discovered entries whose folder no longer exists; entries that have a curated
+  part are reported for a hand edit and left alone (tools never write the curated layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
+from imageworks.scan import (
+    FieldChange,
+    FileStat,
+    ModelFolder,
+    build_entry,
+    diff_fields,
+    list_model_files,
+    refresh_entry,
+    split_variants,
+)
+
+if TYPE_CHECKING:
+    from imageworks.inspect.types import ModelInspection
+    from imageworks.registry.store import Registry, RegistryStore
+
+Action = Literal["update", "unchanged", "prune", "missing", "curated-missing", "skipped"]
+
+_FORMAT_FIELDS = ("format", "quantization", "serve")
+_REBUILD_FIELDS = (
+    "format",
+    "quantization",
+    "files",
+    "size_bytes",
+    "aggregate_sha256",
+    "capabilities",
+    "family",
+    "serve",
+    "metadata",
+)
+
+
+@dataclass(frozen=True)
+class FileDrift:
+    """How the files on disk differ from the files recorded."""
+
+    changed: list[str] = field(default_factory=list)  # same path, other size or content
+    added: list[str] = field(default_factory=list)  # on disk, not recorded
+    missing: list[str] = field(default_factory=list)  # recorded, not on disk
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.added or self.missing)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"changed": self.changed, "added": self.added, "missing": self.missing}
+
+
+@dataclass
+class EntryPlan:
+    name: str
+    path: str | None
+    action: Action
+    changes: list[FieldChange] = field(default_factory=list)
+    drift: FileDrift | None = None
+    notes: list[str] = field(default_factory=list)
+    entry: ModelEntry | None = field(default=None, repr=False)  # the new discovered entry ("update")
+    before: dict[str, Any] | None = field(default=None, repr=False)  # the discovered entry planned against
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "action": self.action,
+            "changes": [c.as_dict() for c in self.changes],
+            "drift": self.drift.as_dict() if self.drift is not None else None,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class NormalizePlan:
+    entries: list[EntryPlan]
+    rebuild: bool
+    full: bool
+    prune_missing: bool
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+    reused_digests: int = 0  # files whose size+mtime matched the record: not read
+
+    def of(self, action: Action) -> list[EntryPlan]:
+        return [e for e in self.entries if e.action == action]
+
+    @property
+    def writes(self) -> list[EntryPlan]:
+        return [e for e in self.entries if e.action in ("update", "prune")]
+
+    def summary(self) -> dict[str, int]:
+        counts = {a: 0 for a in ("update", "unchanged", "prune", "missing", "curated-missing", "skipped")}
+        for entry in self.entries:
+            counts[entry.action] += 1
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rebuild": self.rebuild,
+            "full": self.full,
+            "prune_missing": self.prune_missing,
+            "summary": self.summary(),
+            "hashed_files": self.hashed_files,
+            "hashed_bytes": self.hashed_bytes,
+            "reused_digests": self.reused_digests,
+            "entries": [e.as_dict() for e in self.entries if e.action != "unchanged"],
+        }
+
+
+@dataclass
+class NormalizeResult:
+    plan: NormalizePlan
+    applied: bool
+    written: list[str] = field(default_factory=list)  # entries updated or pruned
+    conflicts: list[str] = field(default_factory=list)  # changed by another command meanwhile: not touched
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.plan.as_dict(), "applied": self.applied, "written": self.written, "conflicts": self.conflicts}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class _Work:
+    """An entry whose folder exists, between inspection and hashing."""
+
+    plan: EntryPlan
+    base: ModelEntry
+    fresh: ModelEntry
+    stats: dict[str, FileStat]
+    to_hash: list[str] = field(default_factory=list)
+
+
+def plan_normalize(
+    registry: Registry, *, rebuild: bool = False, full: bool = False, prune_missing: bool = False
+) -> NormalizePlan:
+    """What normalize-formats would change, entry by entry. Reads headers (and, with `rebuild`, hashes
+    what changed); writes nothing."""
+    discovered = validate_entries(registry.discovered, "discovered layer") if registry.discovered else {}
+    plan = NormalizePlan([], rebuild, full, prune_missing)
+    work: list[_Work] = []
+    for name in sorted(discovered.keys() | registry.curated.keys()):
+        curated = registry.is_curated(name)
+        entry = discovered.get(name)
+        merged = registry.get(name)
+        path = (merged.path if merged else None) or (entry.path if entry else None)
+        exists = bool(path) and Path(path or "").expanduser().is_dir()
+        if entry is None:
+            # Curated-only: nothing of it is ours to recompute; a missing folder is still worth saying.
+            if prune_missing and path and not exists:
+                plan.entries.append(
+                    EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
+                )
+            continue
+        before = registry.discovered[name]
+        if not path:
+            plan.entries.append(EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before))
+            continue
+        if not exists:
+            if not prune_missing:
+                plan.entries.append(
+                    EntryPlan(name, path, "missing", notes=[f"{path} does not exist; --prune-missing removes the entry"])
+                )
+            elif curated:
+                plan.entries.append(EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)]))
+            else:
+                plan.entries.append(EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before))
+            continue
+        item = _inspect_entry(name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before)
+        if isinstance(item, EntryPlan):
+            plan.entries.append(item)
+        else:
+            work.append(item)
+            plan.entries.append(item.plan)
+
+    if rebuild:
+        _hash_work(work, plan)
+    for item in work:
+        _finish(item, rebuild=rebuild)
+    return plan
+
+
+def _curated_note(name: str, path: str) -> str:
+    return (
+        f"{path} does not exist, but {name} is defined in the curated layer "
+        "(model_registry.curated.json): edit that file by hand; it was not changed"
+    )
+
+
+def _inspect_entry(
+    name: str, entry: ModelEntry, folder: Path, *, rebuild: bool, full: bool, before: dict[str, Any]
+) -> _Work | EntryPlan:
+    from imageworks.inspect import inspect_folder
+
+    plan = EntryPlan(name, str(folder), "unchanged", before=before)
+    if rebuild:
+        listing = list_model_files(folder)
+        if listing.problem:
+            return EntryPlan(name, str(folder), "skipped", notes=[listing.problem], before=before)
+        plan.notes.extend(listing.notes)
+        stats = {f.path: f for f in listing.files}
+        files, inspection = _entry_variant(entry, folder, [f.path for f in listing.files])
+    else:
+        stats = {}
+        recorded = [f.path for f in entry.files]
+        present = []
+        for rel in recorded:
+            try:
+                st = (folder / rel).stat()
+            except OSError:
+                continue
+            stats[rel] = FileStat(rel, st.st_size, st.st_mtime_ns)
+            present.append(rel)
+        if not recorded:  # nothing recorded: judge the folder as a whole
+            listing = list_model_files(folder)
+            stats = {f.path: f for f in listing.files}
+            present = [f.path for f in listing.files]
+        files = present
+        inspection = inspect_folder(folder, files=present)
+        gone = [p for p in recorded if p not in stats]
+        if gone:
+            plan.notes.append(f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift")
+
+    if inspection.format == "unknown":
+        plan.notes.append(f"cannot tell the format from disk ({inspection.reason or 'no usable header'}): kept")
+    for path, error in inspection.errors:
+        if path in files:
+            plan.notes.append(f"unusable weight file {path}: {error}")
+    folder_view = ModelFolder(folder, (), list(stats.values()))
+    fresh = build_entry(
+        folder_view, inspection, files, stats, location=entry.location or "path", testing=entry.testing
+    )
+    if inspection.format == "unknown":
+        fresh = fresh.model_copy(update={"format": entry.format, "quantization": entry.quantization})
+    fresh = fresh.model_copy(update={"path": entry.path})
+    item = _Work(plan, entry, fresh, stats)
+    if rebuild:
+        old = {f.path: f for f in entry.files}
+        records = []
+        for record in fresh.files:
+            prev = old.get(record.path)
+            stat = stats[record.path]
+            if (
+                not full
+                and prev is not None
+                and prev.sha256
+                and prev.size == stat.size
+                and prev.mtime_ns == stat.mtime_ns
+            ):
+                record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
+            else:
+                item.to_hash.append(record.path)
+            records.append(record)
+        item.fresh = fresh.model_copy(update={"files": records})
+    return item
+
+
+def _entry_variant(entry: ModelEntry, folder: Path, all_files: list[str]) -> tuple[list[str], ModelInspection]:
+    """The files of `folder` that make up this entry: every file, or, in a folder holding several GGUF
+    quants, the variant whose weights the entry recorded (else the one of its quantisation)."""
+    from imageworks.inspect import inspect_folder
+
+    inspection = inspect_folder(folder, files=all_files)
+    variants = split_variants(inspection, all_files)
+    if len(variants) == 1:
+        return list(variants[0].files), inspection
+    recorded = {f.path for f in entry.files}
+    best = max(variants, key=lambda v: len(v.weight_files & recorded))
+    if not best.weight_files & recorded:
+        for variant in variants:
+            insp = inspect_folder(folder, files=list(variant.files))
+            if (insp.quantization or "").lower() == (entry.quantization or "").lower():
+                return list(variant.files), insp
+    return list(best.files), inspect_folder(folder, files=list(best.files))
+
+
+def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:
+    from imageworks.hashing import hash_files
+
+    jobs = [(item, rel, Path(item.plan.path or "") / rel) for item in work for rel in item.to_hash]
+    sizes = [item.stats[rel].size for item, rel, _ in jobs]
+    digests = hash_files([p for _, _, p in jobs], sizes=sizes)
+    by_item: dict[int, dict[str, Any]] = {}
+    for (item, rel, _), digest in zip(jobs, digests, strict=True):
+        by_item.setdefault(id(item), {})[rel] = digest
+        if digest.ok:
+            plan.hashed_files += 1
+            plan.hashed_bytes += digest.size or 0
+    plan.reused_digests = sum(len(item.fresh.files) - len(item.to_hash) for item in work)
+    for item in work:
+        done = by_item.get(id(item), {})
+        records: list[FileRecord] = []
+        for record in item.fresh.files:
+            digest = done.get(record.path)
+            if digest is not None:
+                if digest.ok:
+                    record = record.model_copy(
+                        update={"sha256": digest.sha256, "size": digest.size, "mtime_ns": digest.mtime_ns}
+                    )
+                else:
+                    item.plan.notes.append(f"cannot hash {record.path}: {digest.error}")
+            records.append(record)
+        item.fresh = item.fresh.model_copy(update={"files": records})
+
+
+def _drift(old: Sequence[FileRecord], new: Sequence[FileRecord]) -> FileDrift:
+    before = {f.path: f for f in old}
+    after = {f.path: f for f in new}
+    changed = []
+    for path in sorted(before.keys() & after.keys()):
+        a, b = before[path], after[path]
+        if a.size != b.size or (a.sha256 and b.sha256 and a.sha256 != b.sha256):
+            changed.append(path)
+    return FileDrift(
+        changed=changed,
+        added=sorted(after.keys() - before.keys()),
+        missing=sorted(before.keys() - after.keys()),
+    )
+
+
+def _finish(item: _Work, *, rebuild: bool) -> None:
+    plan = item.plan
+    if rebuild:
+        new = refresh_entry(item.base, item.fresh, item.stats)
+        plan.drift = _drift(item.base.files, new.files)
+        fields = _REBUILD_FIELDS
+    else:
+        new = _with_format(item.base, item.fresh)
+        fields = _FORMAT_FIELDS
+    old_raw = plan.before or {}
+    new_raw = new.to_layer_dict()
+    if old_raw == new_raw:
+        return
+    plan.action = "update"
+    plan.entry = new
+    plan.changes = diff_fields(old_raw, new_raw, fields)
+    if not plan.changes and not plan.drift:
+        plan.notes.append("recorded sizes/mtimes refreshed (contents unchanged)")
+    _name_note(plan, new)
+
+
+def _with_format(base: ModelEntry, fresh: ModelEntry) -> ModelEntry:
+    """Only format and quantisation from disk (and the serve hints that depend on them)."""
+    from imageworks.naming import serve_hints
+
+    if (base.format, base.quantization) == (fresh.format, fresh.quantization):
+        return base
+    serve = serve_hints(
+        name=base.name,
+        format=fresh.format,
+        quantization=fresh.quantization,
+        path=base.path,
+        files=[f.path for f in base.files],
+        context_length=base.metadata.get("context_length"),
+        location=base.location,
+    )
+    return base.model_copy(update={"format": fresh.format, "quantization": fresh.quantization, "serve": serve})
+
+
+def _name_note(plan: EntryPlan, entry: ModelEntry) -> None:
+    """Names are never rewritten (they are how people and the change log refer to a model), but a quant
+    suffix that now contradicts the files is worth a hand rename."""
+    _, sep, suffix = entry.name.rpartition(":")
+    if sep and entry.format == "gguf" and entry.quantization and suffix.lower() != entry.quantization.lower():
+        plan.notes.append(
+            f"the name says {suffix} but the files hold {entry.quantization}: "
+            "rename by hand if you want them to agree"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executing
+
+
+def apply_normalize(
+    store: RegistryStore, plan: NormalizePlan, command: Sequence[str] | str | None = None, *, backup: bool = True
+) -> NormalizeResult:
+    """Write the plan through the registry: one transaction, one backup, one change-log line. An entry
+    that another command changed since the plan was made is left alone and reported."""
+    result = NormalizeResult(plan, applied=True)
+    if not plan.writes:
+        return result
+    with store.transaction(command, backup=backup) as registry:
+        for item in plan.writes:
+            if registry.discovered.get(item.name) != item.before:
+                result.conflicts.append(item.name)
+                continue
+            if item.action == "prune":
+                registry.remove(item.name)
+            elif item.entry is not None:
+                registry.put(item.entry)
+            result.written.append(item.name)
+    return result
+
+
+def normalize(
+    store: RegistryStore,
+    *,
+    apply: bool = False,
+    rebuild: bool = False,
+    full: bool = False,
+    prune_missing: bool = False,
+    backup: bool = True,
+    command: Sequence[str] | str | None = None,
+) -> NormalizeResult:
+    plan = plan_normalize(store.load(), rebuild=rebuild, full=full, prune_missing=prune_missing)
+    if not apply:
+        return NormalizeResult(plan, applied=False)
+    return apply_normalize(store, plan, command, backup=backup)

@@ -1,0 +1,577 @@
+"""The aria2c engine: aria2c does the transfer, we drive it over JSON-RPC and verify.
+
+One aria2c process per `fetch()`, listening on a random loopback port with a random RPC secret
+(handed over in a private config file, so it is not in `ps` or our logs). Each file is added with
+`aria2.addUri` and polled with `aria2.tellStatus`: completedLength feeds the progress sink, and the
+piece bitfield tells which bytes are on disk, so the completed contiguous prefix is hashed while
+aria2c writes the rest (`--disk-cache=0`: a piece marked done is in the file, not in aria2's cache).
+Resume across runs is aria2c's own control file (`.<name>.imageworks-partial.aria2`).
+
+Tokens: headers travel over RPC, never on a command line. aria2c forwards headers to wherever a
+redirect leads, so when a job carries Authorization we resolve the redirect ourselves first and give
+aria2c the final URL without the token (the same rule httpx applies).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import random
+import secrets
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from imageworks.errors import IntegrityError, TransferError
+from imageworks.transfer.aria2_control import read_control
+from imageworks.transfer.base import (
+    Events,
+    FileJob,
+    FileResult,
+    MiB,
+    PartialPaths,
+    PrefixHasher,
+    ProgressSink,
+    check_and_commit,
+    covered,
+    disk_error,
+    existing_result,
+    load_state,
+    prefix_end,
+    run_file_tasks,
+)
+from imageworks.transfer.process import spawn
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("imageworks.transfer.aria2")
+
+POLL = 0.1
+STATUS_KEYS = [
+    "status",
+    "totalLength",
+    "completedLength",
+    "bitfield",
+    "numPieces",
+    "pieceLength",
+    "errorCode",
+    "errorMessage",
+]
+# aria2c(1) EXIT STATUS. Transient ones are retried by re-adding the download (it resumes).
+_RETRYABLE = {"1", "2", "5", "6", "7", "19", "22", "29"}
+_NOT_FOUND = {"3", "4"}
+_DISK_FULL = "9"
+_AUTH = "24"
+_DISK = {"14", "15", "16", "17", "18"}
+_RESUME_IMPOSSIBLE = {"8", "10"}
+
+
+class _Halted(Exception):
+    pass
+
+
+class Aria2Engine:
+    name = "aria2"
+
+    def __init__(
+        self,
+        aria2c: str,
+        *,
+        connections: int = 16,
+        max_files: int = 4,
+        stall_timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 1.0,
+        verify: bool = True,
+        note: str = "",
+        piece_selector: str = "inorder",
+        min_split_size: int = 4 * MiB,
+    ) -> None:
+        self.aria2c = aria2c
+        # aria2c refuses more than 16 connections per server.
+        self.connections = max(1, min(16, connections))
+        self.max_files = max(1, max_files)
+        self.stall_timeout = stall_timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.verify = verify
+        self.note = note
+        # "inorder" keeps the written prefix growing at the full rate, which is what lets the hash
+        # keep up; aria2c's default spreads connections over the file and leaves most of it to hash
+        # at the end.
+        self.piece_selector = piece_selector
+        self.min_split_size = min_split_size
+
+    def fetch(
+        self,
+        jobs: Sequence[FileJob],
+        progress: ProgressSink,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> list[FileResult]:
+        import httpx
+
+        stop = threading.Event()
+        events: Events = collections.deque()
+        daemon = _Daemon(self)
+        http = httpx.Client(follow_redirects=False, timeout=max(self.stall_timeout, 10.0))
+        try:
+            daemon.start()
+            tasks = [_Aria2Task(self, job, daemon, http, stop, events) for job in jobs]
+            return run_file_tasks(
+                tasks,
+                events,
+                progress,
+                max_files=self.max_files,
+                stop=stop,
+                cancel=cancel,
+                on_stop=daemon.stop,
+            )
+        finally:
+            daemon.stop()
+            http.close()
+
+    def global_options(self) -> list[str]:
+        return [
+            "--enable-rpc=true",
+            "--rpc-listen-all=false",
+            f"--max-concurrent-downloads={self.max_files}",
+            "--disk-cache=0",
+            "--auto-save-interval=1",
+            "--file-allocation=none",
+            "--console-log-level=error",
+            "--summary-interval=0",
+            "--show-console-readout=false",
+            "--enable-color=false",
+            "--quiet=true",
+            f"--stop-with-process={os.getpid()}",  # no orphan aria2c if we are SIGKILLed
+        ]
+
+    def download_options(self, job: FileJob, paths: PartialPaths, headers: dict[str, str]) -> dict[str, Any]:
+        timeout = str(max(1, round(self.stall_timeout)))
+        return {
+            "dir": str(paths.temp.parent),
+            "out": paths.temp.name,
+            "continue": "true",
+            "allow-overwrite": "false",
+            "auto-file-renaming": "false",
+            "always-resume": "false",  # a server that cannot resume: start over rather than fail
+            "max-resume-failure-tries": "0",
+            "split": str(self.connections),
+            "max-connection-per-server": str(self.connections),
+            "min-split-size": str(self.min_split_size),
+            "stream-piece-selector": self.piece_selector,
+            "header": [f"{k}: {v}" for k, v in headers.items()],
+            "max-tries": str(self.retries + 1),
+            "retry-wait": str(max(1, round(self.backoff))),
+            "timeout": timeout,
+            "connect-timeout": timeout,
+            "remote-time": "false",
+            "conditional-get": "false",
+            "check-integrity": "false",
+            "http-accept-gzip": "false",
+        }
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Daemon:
+    """One aria2c process and its RPC endpoint."""
+
+    def __init__(self, engine: Aria2Engine) -> None:
+        self.engine = engine
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.secret = secrets.token_hex(16)
+        self.port = 0
+        self.ids = itertools.count()
+        self.lock = threading.Lock()
+        self.stderr: Any = None
+        self.client: httpx.Client | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        import httpx
+
+        self.port = _free_port()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        # The secret goes in a 0600 file rather than on the command line, where `ps` would show it.
+        # Being aria2c's config file it also keeps the user's ~/.aria2/aria2.conf out (like --no-conf).
+        fd, conf = tempfile.mkstemp(prefix="imageworks-aria2-", suffix=".conf")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"rpc-secret={self.secret}\n")
+            argv = [
+                self.engine.aria2c,
+                f"--conf-path={conf}",
+                f"--rpc-listen-port={self.port}",
+                *self.engine.global_options(),
+            ]
+            try:
+                self.proc = spawn(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self.stderr,
+                    # Its own process group: Ctrl-C reaches us, and we stop aria2c in order.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise TransferError(f"cannot start aria2c ({self.engine.aria2c}): {exc}") from exc
+            self.client = httpx.Client(
+                base_url=f"http://127.0.0.1:{self.port}", trust_env=False, timeout=10.0
+            )
+            deadline = time.monotonic() + 10.0
+            while True:
+                try:
+                    self.call("aria2.getVersion")
+                    break
+                except TransferError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise TransferError(
+                            f"aria2c did not start: {self._stderr_tail() or 'no output'}"
+                        ) from None
+                    time.sleep(0.02)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(conf)
+
+    def _stderr_tail(self) -> str:
+        if self.stderr is None:
+            return ""
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0)
+            return self.stderr.read()[-2000:].decode("utf-8", "replace").strip()
+        return ""
+
+    def call(self, method: str, *params: Any) -> Any:
+        import httpx
+
+        if self.client is None or self.stopped:
+            raise TransferError("aria2c is not running")
+        payload = {
+            "jsonrpc": "2.0",
+            "id": next(self.ids),
+            "method": method,
+            "params": [f"token:{self.secret}", *params],
+        }
+        try:
+            with self.lock:
+                response = self.client.post("/jsonrpc", json=payload)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            if self.proc is not None and self.proc.poll() is not None and not self.stopped:
+                raise TransferError(
+                    f"aria2c exited unexpectedly (status {self.proc.returncode}): {self._stderr_tail()}"
+                ) from exc
+            raise TransferError(f"aria2c RPC {method} failed: {exc}") from exc
+        if "error" in body:
+            raise Aria2RpcError(method, body["error"].get("message", "error"))
+        return body.get("result")
+
+    def stop(self) -> None:
+        """Stop aria2c: politely (it saves control files), then firmly. Safe to call twice."""
+        if self.stopped or self.proc is None:
+            self.stopped = True
+            return
+        with contextlib.suppress(TransferError):
+            self.call("aria2.forceShutdown")
+        self.stopped = True
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.client is not None:
+            self.client.close()
+        if self.stderr is not None:
+            self.stderr.close()
+
+
+class Aria2RpcError(TransferError):
+    def __init__(self, method: str, message: str) -> None:
+        super().__init__(f"aria2c {method}: {message}")
+        self.rpc_message = message
+
+
+def _prefix_pieces(bitfield: str) -> int:
+    count = 0
+    for char in bitfield:
+        nibble = int(char, 16)
+        if nibble == 0xF:
+            count += 4
+            continue
+        for bit in (8, 4, 2, 1):
+            if not nibble & bit:
+                return count
+            count += 1
+    return count
+
+
+class _Aria2Task:
+    def __init__(
+        self,
+        engine: Aria2Engine,
+        job: FileJob,
+        daemon: _Daemon,
+        http: httpx.Client,
+        stop: threading.Event,
+        events: Events,
+    ) -> None:
+        self.engine = engine
+        self.job = job
+        self.daemon = daemon
+        self.http = http
+        self.stop = stop
+        self.events = events
+        self.paths = PartialPaths.for_dest(job.dest)
+        self.result: FileResult | None = None
+        self.error: BaseException | None = None
+        self.on_disk_bytes = 0
+        self.hasher: PrefixHasher | None = None
+        self.started = False
+
+    def interrupt(self) -> None:
+        pass  # stopping aria2c (run_file_tasks' on_stop) ends every download
+
+    def _emit(self, kind: str, payload: Any) -> None:
+        self.events.append((kind, self, payload))
+
+    def run(self) -> None:
+        try:
+            self.result = self._run()
+            self._emit("done", self.result)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            if self.hasher is not None:
+                self.hasher.close(abort=True)
+
+    def _run(self) -> FileResult:
+        existing = existing_result(self.job, verify=self.engine.verify)
+        if existing is not None:
+            self._emit("started", (existing.size, existing.size))
+            self.on_disk_bytes = existing.size
+            return existing
+        try:
+            self.job.dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(self.job, exc, 0) from exc
+        url, headers = self._target()
+        resumed = self._prepare_partial()
+        failures = 0
+        fresh_start_done = False
+        while True:
+            if self.stop.is_set():
+                raise _Halted()
+            gid = self.daemon.call(
+                "aria2.addUri", [url], self.engine.download_options(self.job, self.paths, headers)
+            )
+            status = self._follow(gid, resumed)
+            if status["status"] == "complete":
+                return self._finish(int(status["totalLength"]), resumed)
+            code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
+            if self.stop.is_set():
+                raise _Halted()
+            if code in _RESUME_IMPOSSIBLE and not fresh_start_done:
+                # The partial bytes cannot be continued (another piece length, a server that will not
+                # resume): start this file over.
+                self._emit("message", f"{self.job.name}: cannot resume ({message}); starting from zero")
+                self.paths.discard()
+                resumed, fresh_start_done = 0, True
+                continue
+            error = self._error(code, message)
+            if error is not None:
+                raise error
+            failures += 1
+            if failures > self.engine.retries:
+                raise TransferError(
+                    f"{self.job.name}: download failed after {self.engine.retries} retries: {message} "
+                    f"(aria2c error {code})",
+                    hint="check the network and run the same command again to resume",
+                )
+            wait = self.engine.backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+            self._emit(
+                "message", f"{self.job.name}: {message or 'aria2c error ' + code}; retrying in {wait:.1f}s"
+            )
+            if self.stop.wait(wait):
+                raise _Halted()
+            resumed = self._resumable_bytes()
+
+    def _error(self, code: str, message: str) -> TransferError | None:
+        """The error to raise for aria2c's errorCode, or None when it is worth retrying."""
+        if code in _RETRYABLE:
+            return None
+        if code in _NOT_FOUND:
+            return TransferError(f"{self.job.name}: not found at {self._host()} ({message})")
+        if code == _AUTH:
+            return TransferError(
+                f"{self.job.name}: {self._host()} refused our credentials ({message})",
+                hint="check your token (HF_TOKEN or `hf auth login`) and that you accepted the licence",
+            )
+        if code == _DISK_FULL:
+            return TransferError(
+                f"{self.job.name}: disk full writing {self.job.dest.parent} "
+                f"({self._resumable_bytes()} bytes kept for resuming)",
+                hint="free some space (or choose another --location) and run the same command again to resume",
+            )
+        if code in _DISK:
+            return TransferError(
+                f"{self.job.name}: cannot write {self.job.dest.parent}: {message}",
+                hint="check the folder's permissions and free space, then run the same command again",
+            )
+        return TransferError(f"{self.job.name}: aria2c error {code}: {message}")
+
+    def _host(self) -> str:
+        return urlsplit(self.job.url).hostname or self.job.url
+
+    def _resumable_bytes(self) -> int:
+        info = read_control(self.paths.control)
+        return covered(info.done) if info is not None else 0
+
+    def _prepare_partial(self) -> int:
+        """Make the partial state safe for aria2c and return how many bytes it will resume from.
+
+        aria2c with --continue and no control file trusts the temp file's length as a contiguous
+        prefix, which a segmented download's sparse file is not: only hand it a file it can trust."""
+        temp, control = self.paths.temp, self.paths.control
+        if temp.exists() and control.exists():
+            info = read_control(control)
+            if info is not None and (self.job.size is None or info.total == self.job.size):
+                self.paths.state.unlink(missing_ok=True)
+                return covered(info.done)
+        elif temp.exists():
+            state = load_state(self.paths, self.job)  # left by the native engine
+            if state is not None and prefix_end(state.done) > 0:
+                keep = prefix_end(state.done)
+                os.truncate(temp, keep)
+                self.paths.state.unlink(missing_ok=True)
+                return keep
+        self.paths.discard()
+        return 0
+
+    def _target(self) -> tuple[str, dict[str, str]]:
+        """The URL and headers to give aria2c. With Authorization, follow redirects here: aria2c
+        would send the token on to the CDN."""
+        headers = dict(self.job.headers)
+        if not any(k.lower() == "authorization" for k in headers):
+            return self.job.url, headers
+        import httpx
+
+        url = self.job.url
+        for _ in range(10):
+            try:
+                response = self.http.head(url, headers=headers)
+            except httpx.HTTPError as exc:
+                raise TransferError(f"{self.job.name}: cannot reach {urlsplit(url).hostname}: {exc}") from exc
+            if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
+                return url, headers
+            target = urljoin(url, response.headers["Location"])
+            if _origin(target) != _origin(url):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                return target, headers
+            url = target
+        raise TransferError(f"{self.job.name}: too many redirects from {urlsplit(self.job.url).hostname}")
+
+    def _follow(self, gid: str, resumed: int) -> dict[str, Any]:
+        """Poll one download until it stops; feeds progress and the hasher."""
+        while True:
+            try:
+                status = self.daemon.call("aria2.tellStatus", gid, STATUS_KEYS)
+            except TransferError:
+                if self.stop.is_set():
+                    raise _Halted() from None
+                raise
+            total = int(status.get("totalLength", "0"))
+            completed = int(status.get("completedLength", "0"))
+            if total and not self.started:
+                try:
+                    self._on_size(total, min(resumed, completed) if completed else resumed)
+                except IntegrityError:
+                    self._abort(gid)
+                    self.paths.discard()
+                    raise
+            self.on_disk_bytes = completed
+            if self.hasher is not None and status.get("bitfield"):
+                piece = int(status["pieceLength"])
+                self.hasher.advance_to(min(total, _prefix_pieces(status["bitfield"]) * piece))
+            state = status["status"]
+            if state in ("complete", "error", "removed"):
+                with contextlib.suppress(TransferError):
+                    self.daemon.call("aria2.removeDownloadResult", gid)
+                if state == "removed":
+                    raise _Halted()
+                return dict(status)
+            if self.stop.wait(POLL):
+                raise _Halted()
+
+    def _abort(self, gid: str) -> None:
+        """Stop one download and wait until aria2c has let go of its files."""
+        with contextlib.suppress(TransferError):
+            self.daemon.call("aria2.forceRemove", gid)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                if self.daemon.call("aria2.tellStatus", gid, ["status"])["status"] in (
+                    "removed",
+                    "error",
+                    "complete",
+                ):
+                    break
+                time.sleep(0.02)
+            self.daemon.call("aria2.removeDownloadResult", gid)
+
+    def _on_size(self, total: int, already: int) -> None:
+        if self.job.size is not None and total != self.job.size:
+            raise IntegrityError(
+                f"{self.job.name}: size mismatch (expected {self.job.size}, the server has {total})",
+                path=str(self.job.dest),
+                expected=str(self.job.size),
+                actual=str(total),
+            )
+        self.started = True
+        self._emit("started", (total, already))
+        if self.engine.verify:
+            self.hasher = PrefixHasher(self.paths.temp, total, want_git=bool(self.job.git_sha1))
+
+    def _finish(self, total: int, resumed: int) -> FileResult:
+        if not self.started:  # an empty file, or one aria2c found complete before our first poll
+            self._on_size(total, resumed)
+        sha256, sha1 = "", None
+        if self.hasher is not None:
+            sha256, sha1 = self.hasher.finish(total)
+        try:
+            size = check_and_commit(self.job, self.paths, sha256, sha1, verify=self.engine.verify)
+        except OSError as exc:
+            raise disk_error(self.job, exc, total) from exc
+        self.on_disk_bytes = size
+        return FileResult(
+            self.job, sha256, size, bytes_fetched=max(0, size - resumed), resumed_from=resumed, skipped=False
+        )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (
+        parts.scheme,
+        (parts.hostname or "").lower(),
+        parts.port or {"http": 80, "https": 443}.get(parts.scheme),
+    )
+
+
+__all__ = ["Aria2Engine"]
