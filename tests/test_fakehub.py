@@ -109,7 +109,9 @@ def test_model_info_and_tree_report_sizes_and_sha256(hub: FakeHub) -> None:
     weights = sample.bytes_of("model.safetensors")
     assert siblings["model.safetensors"].lfs is not None
     assert siblings["model.safetensors"].lfs.sha256 == hashlib.sha256(weights).hexdigest()
-    assert siblings["config.json"].lfs is None and siblings["config.json"].size == len(sample.bytes_of("config.json"))
+    assert siblings["config.json"].lfs is None and siblings["config.json"].size == len(
+        sample.bytes_of("config.json")
+    )
 
     tree = list(api.list_repo_tree("THEBLOKE/llama-3-8b-instruct-awq", recursive=True, expand=True))
     files = {e.path: e for e in tree if isinstance(e, RepoFile)}
@@ -118,7 +120,9 @@ def test_model_info_and_tree_report_sizes_and_sha256(hub: FakeHub) -> None:
     assert files["model.safetensors"].lfs is not None
     assert files["model.safetensors"].lfs.sha256 == hashlib.sha256(weights).hexdigest()
     assert files["config.json"].blob_id == git_blob_sha1(sample.bytes_of("config.json"))
-    assert files["config.json"].last_commit is not None and files["config.json"].last_commit.oid == sample.commit
+    assert (
+        files["config.json"].last_commit is not None and files["config.json"].last_commit.oid == sample.commit
+    )
     assert not [e for e in tree if isinstance(e, RepoFolder)]
 
 
@@ -145,7 +149,9 @@ def test_branches_with_slash_tags_and_commit_shas(hub: FakeHub, tmp_path: Path) 
     from huggingface_hub import HfApi, hf_hub_download
 
     sample = samples.add_sharded_model(hub)
-    pr = hub.add_revision(sample.repo_id, {"config.json": b'{"model_type": "llama", "pr": 1}'}, branch="refs/pr/1")
+    pr = hub.add_revision(
+        sample.repo_id, {"config.json": b'{"model_type": "llama", "pr": 1}'}, branch="refs/pr/1"
+    )
     feature = hub.add_revision(sample.repo_id, {"README.md": None}, branch="feature/x", tag="v1.0")
     api = HfApi(endpoint=hub.endpoint)
 
@@ -153,7 +159,9 @@ def test_branches_with_slash_tags_and_commit_shas(hub: FakeHub, tmp_path: Path) 
     assert api.model_info(sample.repo_id, revision="feature/x").sha == feature
     assert api.model_info(sample.repo_id, revision="v1.0").sha == feature
     assert api.model_info(sample.repo_id, revision=sample.commit).sha == sample.commit
-    assert "README.md" not in {s.rfilename for s in api.model_info(sample.repo_id, revision="v1.0").siblings or []}
+    assert "README.md" not in {
+        s.rfilename for s in api.model_info(sample.repo_id, revision="v1.0").siblings or []
+    }
     path = hf_hub_download(
         sample.repo_id, "config.json", revision="refs/pr/1", endpoint=hub.endpoint, cache_dir=tmp_path
     )
@@ -231,7 +239,11 @@ def test_range_requests_on_hub_and_cdn(hub: FakeHub) -> None:
     for url, data in ((cdn, weights), (small, config)):
         size = len(data)
         r = httpx.get(url, headers={"Range": "bytes=10-19"})
-        assert (r.status_code, r.content, r.headers["content-range"]) == (206, data[10:20], f"bytes 10-19/{size}")
+        assert (r.status_code, r.content, r.headers["content-range"]) == (
+            206,
+            data[10:20],
+            f"bytes 10-19/{size}",
+        )
         r = httpx.get(url, headers={"Range": "bytes=100-"})
         assert (r.status_code, r.content) == (206, data[100:])
         r = httpx.get(url, headers={"Range": "bytes=-7"})
@@ -324,7 +336,11 @@ def test_big_files_are_served_from_disk(hub: FakeHub, tmp_path: Path) -> None:
     r = httpx.get(hub.resolve_url("TheOwner/Disk-Model", "weights.bin"), follow_redirects=True)
     assert r.content == big.read_bytes()
     r = httpx.get(hub.resolve_url("TheOwner/Disk-Model", "notes.txt"), headers={"Range": "bytes=300-300"})
-    assert (r.status_code, r.content, r.headers["etag"]) == (206, bytes([300 % 256]), f'"{git_blob_sha1(big.read_bytes())}"')
+    assert (r.status_code, r.content, r.headers["etag"]) == (
+        206,
+        bytes([300 % 256]),
+        f'"{git_blob_sha1(big.read_bytes())}"',
+    )
 
 
 def test_throttle_caps_bandwidth(hub: FakeHub) -> None:

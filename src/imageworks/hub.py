@@ -44,7 +44,7 @@ MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
-class RemoteFile:
+class ListedFile:
     """One file of a commit as the Hub lists it. `sha256` is the LFS digest (large files); `git_sha1` the
     git blob id of a small file (for an LFS file the blob id is the pointer's, so it is not kept)."""
 
@@ -75,9 +75,9 @@ class Snapshot:
     commit: str
     gated: bool
     private: bool
-    files: tuple[RemoteFile, ...]
+    files: tuple[ListedFile, ...]
 
-    def file(self, path: str) -> RemoteFile | None:
+    def file(self, path: str) -> ListedFile | None:
         return next((f for f in self.files if f.path == path), None)
 
 
@@ -370,20 +370,20 @@ class HubClient:
             raise HubError(f"{repo_id}: the Hub did not say which commit {rev!r} is")
         return RepoInfo(repo_id=info.id, commit=info.sha, gated=bool(info.gated), private=bool(info.private))
 
-    def list_files(self, repo_id: str, commit: str) -> list[RemoteFile]:
+    def list_files(self, repo_id: str, commit: str) -> list[ListedFile]:
         """Every file of the commit (recursive tree, all pages), with sizes and LFS SHA-256."""
         from huggingface_hub.hf_api import RepoFile
 
-        def call() -> list[RemoteFile]:
+        def call() -> list[ListedFile]:
             out = []
             for item in self.api.list_repo_tree(repo_id, revision=commit, recursive=True):
                 if not isinstance(item, RepoFile):
                     continue
                 lfs = item.lfs
                 if lfs is not None:
-                    out.append(RemoteFile(item.path, int(lfs.size), sha256=str(lfs.sha256).lower()))
+                    out.append(ListedFile(item.path, int(lfs.size), sha256=str(lfs.sha256).lower()))
                 else:
-                    out.append(RemoteFile(item.path, int(item.size), git_sha1=str(item.blob_id).lower()))
+                    out.append(ListedFile(item.path, int(item.size), git_sha1=str(item.blob_id).lower()))
             return out
 
         files = self._call(f"{repo_id}@{commit[:12]}: file listing", call, repo_id=repo_id, revision=commit)

@@ -43,10 +43,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.errors import UsageError
+from imageworks.hashing import aggregate_sha256
 from imageworks.naming import entry_identity, path_key
-from imageworks.registry.schema import FileRecord, ModelEntry
+from imageworks.registry.schema import FileRecord, ModelEntry, Source
 
 if TYPE_CHECKING:
+    from imageworks.config import Config
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry.store import Registry, RegistryStore
 
@@ -61,6 +63,9 @@ PLACEHOLDER_PATTERNS: tuple[str, ...] = (
     "*placeholder*",
     "tiny-random-*",
 )
+
+# Hidden files a download in progress leaves beside its target (transfer.base.PartialPaths, aria2, hf).
+_PARTIAL_SUFFIXES = (".imageworks-partial", ".imageworks-partial.json", ".imageworks-partial.aria2", ".incomplete")
 
 # Folders that are never model folders of their own: Hugging Face's cache layout stores blobs under
 # content hashes, so its names say nothing about the model (use `hf cache scan` for it).
@@ -137,56 +142,54 @@ def _safe_str(path: Path | str) -> str:
 
 
 def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
-    """Every regular file below `folder` (following symlinks, never looping). A symlink loop or a dangling
-    link inside is noted and left out; a subfolder that cannot be read makes the listing incomplete,
-    which the caller reports instead of recording a partial model."""
+    """Every regular file below `folder`, by the rules `inspect_folder` lists a folder with (so the two
+    agree on what a model holds): hidden names skipped, symlinked files followed, symlinked subfolders
+    not followed (noted, and called a loop when they point back up), at most MAX_DEPTH levels. A
+    subfolder that cannot be read makes the listing incomplete: the caller reports it rather than record
+    part of a model."""
+    from imageworks.inspect.folder import MAX_DEPTH
+
     files: list[FileStat] = []
     notes: list[str] = []
     partial = 0
-    problem: str | None = None
     try:
         top = os.stat(folder)
     except OSError as exc:
         return FolderListing([], 0, f"cannot read {_safe_str(folder)}: {_describe_os_error(exc)}", [])
-    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
-        (folder, "", frozenset({(top.st_dev, top.st_ino)}))
+    stack: list[tuple[Path, str, int, frozenset[tuple[int, int]]]] = [
+        (folder, "", 0, frozenset({(top.st_dev, top.st_ino)}))
     ]
     while stack:
-        current, prefix, ancestors = stack.pop()
+        current, prefix, depth, ancestors = stack.pop()
         try:
             with os.scandir(current) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            problem = f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}"
-            break
+            return FolderListing(files, partial, f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}", notes)
         for entry in entries:
             rel = prefix + entry.name
             if entry.name.startswith("."):
-                if ".imageworks-partial" in entry.name or entry.name.endswith((".incomplete", ".aria2")):
+                if entry.name.endswith(_PARTIAL_SUFFIXES):
                     partial += 1
                 continue
             if _printable(rel) is None:
-                problem = f"file name is not valid UTF-8: {_safe_str(current / entry.name)}"
-                break
+                return FolderListing(files, partial, f"name is not valid UTF-8: {_safe_str(current / entry.name)}", notes)
             try:
                 st = entry.stat()  # follows symlinks
             except OSError as exc:
                 notes.append(f"ignored {rel}: {_link_problem(entry, exc)}")
                 continue
             if statmod.S_ISDIR(st.st_mode):
-                if not recursive:
-                    continue
                 key = (st.st_dev, st.st_ino)
-                if key in ancestors:
-                    notes.append(f"ignored {rel}: symlink loop (points back to a parent folder)")
-                    continue
-                stack.append((Path(entry.path), rel + "/", ancestors | {key}))
+                if entry.is_symlink():
+                    why = "symlink loop (points back to a parent folder)" if key in ancestors else "symlinked folder (not followed)"
+                    notes.append(f"ignored {rel}: {why}")
+                elif recursive and depth + 1 < MAX_DEPTH:
+                    stack.append((Path(entry.path), rel + "/", depth + 1, ancestors | {key}))
             elif statmod.S_ISREG(st.st_mode):
                 files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
-        if problem:
-            break
     files.sort(key=lambda f: f.path)
-    return FolderListing(files, partial, problem, notes)
+    return FolderListing(files, partial, None, notes)
 
 
 def _link_problem(entry: os.DirEntry[str], exc: OSError) -> str:
@@ -425,7 +428,7 @@ def candidates_for_folder(
     if folder.problem:
         return [], [Skip(where, folder.problem)]
     testing_reason = _placeholder_reason(folder)
-    weights = [f.path for f in folder.files if _is_weight(f.path.rsplit("/", 1)[-1])]
+    weights = [f.path for f in folder.files if _is_weight(f.path)]
     if testing_reason is None and not folder.files:
         testing_reason = "empty folder" + (" (a download is in progress)" if folder.partial_files else "")
     elif testing_reason is None and not weights:
@@ -435,12 +438,11 @@ def candidates_for_folder(
     testing = testing_reason is not None
     by_path = {f.path: f for f in folder.files}
 
-    if not weights:
-        entry = build_entry(folder, None, [], by_path, location=location, testing=testing)
-        return [Candidate(entry, folder, frozenset(), [testing_reason or ""])], []
-
     all_files = [f.path for f in folder.files]
     inspection = inspect_folder(folder.path, files=all_files)
+    if not weights:
+        entry = build_entry(folder, inspection, all_files, by_path, location=location, testing=testing)
+        return [Candidate(entry, folder, frozenset(), [testing_reason or ""])], []
     variants = split_variants(inspection, all_files)
     candidates: list[Candidate] = []
     skips: list[Skip] = []
@@ -464,71 +466,22 @@ def candidates_for_folder(
 
 def build_entry(
     folder: ModelFolder,
-    inspection: ModelInspection | None,
+    inspection: ModelInspection,
     files: Sequence[str],
     stats: dict[str, FileStat],
     *,
     location: str,
     testing: bool,
 ) -> ModelEntry:
-    """The entry for `files` of `folder`. Naming and serve hints come from imageworks.naming, so a
-    scanned folder gets the name `download` gives the same repo."""
-    from imageworks.naming import model_name, serve_hints
+    """The entry for `files` of `folder`, built by `imageworks.entries` (the builder `download` uses), so
+    a scanned folder gets the name and serve hints that downloading the same repo gives."""
+    from imageworks.entries import build_entry as build_shared
 
     provider, repo_id, revision = layout_source(folder.layout)
-    fmt = inspection.format if inspection and inspection.format != "unknown" else None
-    quant = inspection.quantization if inspection else None
-    name_quant = quant if fmt == "gguf" else None
-    if provider == "hf":
-        name = model_name("hf", repo_id=repo_id, revision=revision, quant=name_quant)
-    else:
-        name = model_name("local", folder=folder.path, quant=name_quant)
+    source = Source(provider=provider, repo_id=repo_id, revision=revision)  # type: ignore[arg-type]
     records = [FileRecord(path=p, size=stats[p].size) for p in files]
-    metadata: dict[str, Any] = {}
-    capabilities: list[str] = []
-    if inspection is not None:
-        metadata = inspection_metadata(inspection)
-        capabilities = sorted(inspection.capabilities)
-    path = str(folder.path)
-    return ModelEntry(
-        name=name,
-        family=(inspection.architecture if inspection else None),
-        source={"provider": provider, "repo_id": repo_id, "revision": revision},
-        format=fmt,
-        quantization=quant,
-        location=location,
-        path=path,
-        files=records,
-        size_bytes=sum(r.size for r in records),
-        capabilities=capabilities,
-        serve=serve_hints(
-            name=name,
-            format=fmt,
-            quantization=quant,
-            path=path,
-            files=list(files),
-            context_length=inspection.context_length if inspection else None,
-            location=location,
-        ),
-        testing=testing,
-        metadata=metadata,
-    )
-
-
-def inspection_metadata(inspection: ModelInspection) -> dict[str, Any]:
-    """The inspection facts worth keeping in an entry's free-form metadata (deterministic: no timings)."""
-    data: dict[str, Any] = {
-        "architecture": inspection.architecture,
-        "model_type": inspection.model_type,
-        "parameters": inspection.parameters,
-        "context_length": inspection.context_length,
-        "bits": inspection.bits,
-        "dtype": inspection.dtype,
-        "group_size": inspection.group_size,
-        "gguf_quants": list(inspection.gguf_quants) or None,
-        "evidence": [f"{e.signal}: {e.detail}" for e in inspection.evidence] or None,
-    }
-    return {k: v for k, v in data.items() if v is not None}
+    entry = build_shared(folder.path, source=source, location=location, files=records, inspection=inspection)
+    return entry.model_copy(update={"testing": True}) if testing else entry
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -553,19 +506,22 @@ class EntryIndex:
             self.by_path.setdefault(key, []).append(entry.name)
 
     def match(self, candidate: Candidate) -> ModelEntry | None:
-        """The existing entry for the same model: same identity, or same folder holding the same weights."""
+        """The existing entry for the same model, by the rule of `imageworks.entries.find_existing`
+        (same identity, else same folder and same variant), widened to "same folder and an overlap in
+        the weight files recorded" so an entry whose quant label was decided differently (from a file
+        name, by an older version) is still recognised by its files."""
         entry = candidate.entry
-        name = self.by_identity.get(entry_identity(entry))
+        ident = entry_identity(entry)
+        name = self.by_identity.get(ident)
         if name is not None:
             return self.by_name[name]
         key = path_key(entry.path)
-        for other_name in self.by_path.get(key or "", []):
-            other = self.by_name[other_name]
-            recorded = {f.path for f in other.files}
-            if recorded and candidate.weight_files:
-                if recorded & candidate.weight_files:
-                    return other
-            elif _variant(other) == _variant(entry):
+        same_folder = [self.by_name[n] for n in self.by_path.get(key or "", [])]
+        for other in same_folder:
+            if entry_identity(other)[3] == ident[3]:
+                return other
+        for other in same_folder:
+            if candidate.weight_files & {f.path for f in other.files}:
                 return other
         return None
 
@@ -709,36 +665,19 @@ def _carry_digests(
 
 
 def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat]) -> ModelEntry:
-    """`base` (the discovered layer's entry) with the facts from disk in `fresh`: format, quantisation,
-    files, size, capabilities, serve hints and inspection metadata. Name, source, dates, aliases, tags,
-    testing and hand-added metadata keys stay."""
-    from imageworks.hashing import aggregate_sha256
-    from imageworks.naming import serve_hints
+    """`base` (the discovered layer's entry) updated with the facts from disk in `fresh` (format,
+    quantisation, files, size, capabilities, serve hints, inspection metadata) by the merge `download`
+    uses. What was recorded about where the model came from stays: a folder name knows less than the
+    download did (commit, canonical case). Digests whose files are unchanged are kept."""
+    from imageworks.entries import merge_entry
 
-    files = _carry_digests(fresh.files, base.files, stats)
-    serve = fresh.serve
-    if base.name != fresh.name:
-        serve = serve_hints(
-            name=base.name,
-            format=fresh.format,
-            quantization=fresh.quantization,
-            path=fresh.path,
-            files=[f.path for f in files],
-            context_length=fresh.metadata.get("context_length"),
-            location=fresh.location,
-        )
+    fresh = fresh.model_copy(update={"files": _carry_digests(fresh.files, base.files, stats)})
+    fresh = fresh.model_copy(update={"aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in fresh.files)})
+    merged = merge_entry(base, fresh)
     moved = path_key(base.path) != path_key(fresh.path)
-    return base.model_copy(
+    return merged.model_copy(
         update={
-            "format": fresh.format,
-            "quantization": fresh.quantization,
-            "files": files,
-            "size_bytes": sum(f.size for f in files),
-            "aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in files),
-            "capabilities": fresh.capabilities,
-            "serve": serve,
-            "metadata": {**base.metadata, **fresh.metadata},
-            "family": base.family or fresh.family,
+            "source": base.source,
             "path": fresh.path if moved or not base.path else base.path,
             "location": fresh.location if moved or not base.location else base.location,
         }
@@ -1003,3 +942,27 @@ def scan(
         hashed_files=hashed.files,
         hashed_bytes=hashed.bytes,
     )
+
+
+def resolve_scan_target(config: Config, base: Path | None, location: str | None) -> tuple[Path, str]:
+    """The folder to scan and the location name its entries record: `--location NAME` alone scans that
+    location's root; `--base DIR` alone records the configured location whose root holds DIR (else
+    "path"); neither scans the linux_wsl root."""
+    from imageworks.locations import resolve_location
+
+    if location is not None:
+        loc = resolve_location(config, location)
+        return (Path(base).expanduser().absolute() if base is not None else loc.root), loc.name
+    if base is None:
+        return config.location_root("linux_wsl"), "linux_wsl"
+    base = Path(base).expanduser().absolute()
+    best: tuple[int, str] | None = None
+    for name in config.locations:
+        root = config.location_root(name).expanduser().absolute()
+        for b, r in ((base, root), (_resolved(base), _resolved(root))):
+            if b == r or b.is_relative_to(r):
+                depth = len(b.relative_to(r).parts)
+                if best is None or depth < best[0]:
+                    best = (depth, name)
+                break
+    return base, (best[1] if best else "path")

@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imageworks.errors import HubError, UsageError
 from imageworks.hashing import FileDigest, aggregate_sha256, git_blob_sha1_file, hash_files
-from imageworks.hub import RemoteFile
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
 
 if TYPE_CHECKING:
@@ -77,6 +76,20 @@ PARTIAL_MARKER = ".imageworks-partial"
 
 ProgressFn = Callable[[int, int], None]
 """progress(bytes_just_hashed, total_bytes_to_hash); called from worker threads."""
+
+
+class RemoteFile(Protocol):
+    """What the Hub lists for one file at a commit (`imageworks.hub.HubClient.list_files` items): LFS
+    files carry a SHA-256, small files only their git blob id."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def git_sha1(self) -> str | None: ...
 
 
 RemoteLister = Callable[[str, str], Mapping[str, RemoteFile]]

@@ -1,7 +1,16 @@
 """A local fake Hugging Face Hub (API, resolve, CDN) for tests and benchmarks. See server.FakeHub."""
 
 from .faults import Fault, FaultKind, TokenBucket
-from .model import DEFAULT_LFS_PATTERNS, DEFAULT_LFS_THRESHOLD, Blob, Commit, HubFile, Repo, git_blob_sha1, lfs_pointer
+from .model import (
+    DEFAULT_LFS_PATTERNS,
+    DEFAULT_LFS_THRESHOLD,
+    Blob,
+    Commit,
+    HubFile,
+    Repo,
+    git_blob_sha1,
+    lfs_pointer,
+)
 from .server import FakeHub, RecordedRequest
 
 __all__ = [

@@ -44,15 +44,21 @@ def _folder_files(build: Callable[[Path], object]) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build(root)
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        }
 
 
 @functools.cache
 def _safetensors_files() -> dict[str, bytes]:
     files = _folder_files(lambda d: modelfiles.write_hf_model(d, "plain-bf16"))
     # The same weights several ways, as many older repos ship them.
-    files["pytorch_model.bin"] = _folder_files(lambda d: modelfiles.write_hf_model(d, "pytorch"))["pytorch_model.bin"]
-    files["onnx/model.onnx"] = _folder_files(lambda d: modelfiles.write_hf_model(d, "onnx"))["onnx/model.onnx"]
+    files["pytorch_model.bin"] = _folder_files(lambda d: modelfiles.write_hf_model(d, "pytorch"))[
+        "pytorch_model.bin"
+    ]
+    files["onnx/model.onnx"] = _folder_files(lambda d: modelfiles.write_hf_model(d, "onnx"))[
+        "onnx/model.onnx"
+    ]
     files["tf_model.h5"] = b"\x89HDF\r\n\x1a\n" + bytes(504)  # HDF5 superblock signature
     files["flax_model.msgpack"] = b"\x80"  # an empty msgpack map
     files["README.md"] = README

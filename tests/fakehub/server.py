@@ -42,12 +42,12 @@ from .model import (
     Repo,
     commit_date,
     commit_sha,
-    folder_oid,
     folders_of,
     gitattributes_text,
     iso,
     make_file,
 )
+from .payloads import content_type, entry_json, is_hostile, model_info_json
 
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 _TRUE = {"1", "true", "True"}
@@ -336,7 +336,10 @@ class FakeHub:
             self._servers[role] = server  # type: ignore[index]
             # A short poll keeps stop() (once per test) fast.
             thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fakehub-{role}", daemon=True
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fakehub-{role}",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)
@@ -687,7 +690,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         blobs = query.get("blobs", ["false"])[-1] in _TRUE
         expand = query.get("expand", []) + query.get("expand[]", [])
-        info = _model_info_json(repo, commit, blobs=blobs)
+        info = model_info_json(repo, commit, blobs=blobs)
         if expand:
             info = {k: v for k, v in info.items() if k in ("_id", "id") or k in expand}
         self._send_json(200, info)
@@ -711,14 +714,14 @@ class _Handler(BaseHTTPRequestHandler):
         entries = [("directory", p) for p in folders if wanted(p)]
         # Hostile paths ('/abs', '../x') are listed at the root, verbatim, as a malicious server would.
         entries += [
-            ("file", p) for p in files if wanted(p) or (not folder and p not in folders and _hostile(p))
+            ("file", p) for p in files if wanted(p) or (not folder and p not in folders and is_hostile(p))
         ]
         entries.sort(key=lambda e: e[1])
         page_size = self.server.hub.page_size or (50 if expand else 1000)
         cursor = query.get("cursor", [None])[-1]
         offset = _decode_cursor(cursor) if cursor else 0
         page = entries[offset : offset + page_size]
-        payload = [_entry_json(repo, commit, kind, path, expand) for kind, path in page]
+        payload = [entry_json(repo, commit, kind, path, expand) for kind, path in page]
         headers: dict[str, str] = {}
         if offset + page_size < len(entries):
             params = {k: v[-1] for k, v in query.items() if k != "cursor"}
@@ -726,7 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
             next_url = (
                 f"{self.server.hub.endpoint}{self._record.path if self._record else ''}?{urlencode(params)}"
             )
-            headers["Link-X"] = f'<{next_url}>; rel="next"'
+            headers["Link"] = f'<{next_url}>; rel="next"'
         self._send_json(200, payload, headers)
 
     def _paths_info(self, repo: Repo, commit: Commit, paths: list[str], expand: bool) -> None:
@@ -734,9 +737,9 @@ class _Handler(BaseHTTPRequestHandler):
         out = []
         for path in dict.fromkeys(p.strip("/") if p not in commit.files else p for p in paths):
             if path in commit.files:
-                out.append(_entry_json(repo, commit, "file", path, expand))
+                out.append(entry_json(repo, commit, "file", path, expand))
             elif path in folders:
-                out.append(_entry_json(repo, commit, "directory", path, expand))
+                out.append(entry_json(repo, commit, "directory", path, expand))
         self._send_json(200, out)
 
     def _refs(self, repo: Repo, query: dict[str, list[str]]) -> None:
@@ -815,7 +818,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {
             **base_headers,
             "ETag": f'"{entry.oid}"',
-            "Content-Type": _content_type(name),
+            "Content-Type": content_type(name),
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}; filename=\"{_ascii(name)}\";",
         }
         self._send_blob(method, entry.blob, headers, repo.key, [path])
@@ -971,133 +974,3 @@ class _Handler(BaseHTTPRequestHandler):
             extra["X-Error-Code"] = code
         extra["X-Error-Message"] = _ascii(message)
         self._send_json(status, {"error": message}, extra)
-
-
-def _hostile(path: str) -> bool:
-    return path.startswith("/") or ".." in path.split("/") or "\\" in path or ":" in path
-
-
-def _content_type(name: str) -> str:
-    if name.endswith((".json", ".md", ".txt", ".jinja", ".py", ".yaml", ".yml")) or name.startswith("."):
-        return "text/plain; charset=utf-8"
-    return "application/octet-stream"
-
-
-def _model_info_json(repo: Repo, commit: Commit, *, blobs: bool) -> dict[str, Any]:
-    files = commit.files
-    siblings = []
-    for path in sorted(files):
-        entry = files[path]
-        sibling: dict[str, Any] = {"rfilename": path}
-        if blobs:
-            sibling["blobId"] = entry.oid
-            sibling["size"] = entry.size
-            if entry.lfs:
-                sibling["lfs"] = {
-                    "sha256": entry.sha256,
-                    "size": entry.size,
-                    "pointerSize": entry.pointer_size,
-                }
-        siblings.append(sibling)
-    names = [p.rsplit("/", 1)[-1] for p in files]
-    config = _json_file(files.get("config.json"))
-    tags: list[str] = []
-    library = None
-    if any(n.endswith(".safetensors") for n in names):
-        tags.append("safetensors")
-    if any(n.endswith(".gguf") for n in names):
-        tags.append("gguf")
-        library = "gguf"
-    if any(n.endswith(".bin") for n in names):
-        tags.append("pytorch")
-    if any(n.endswith(".onnx") for n in names):
-        tags.append("onnx")
-    if config is not None:
-        library = "transformers"
-        tags.insert(0, "transformers")
-        if isinstance(config.get("model_type"), str):
-            tags.append(config["model_type"])
-    tags.append("region:us")
-    info: dict[str, Any] = {
-        "_id": repo.object_id,
-        "id": repo.id,
-        "modelId": repo.id,
-        "author": repo.owner,
-        "sha": commit.sha,
-        "lastModified": iso(commit.date),
-        "createdAt": iso(repo.created),
-        "private": repo.private,
-        "gated": repo.gated,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
-        "tags": tags,
-        "siblings": siblings,
-        "spaces": [],
-        "usedStorage": sum(f.size for f in files.values()),
-    }
-    if library:
-        info["library_name"] = library
-    if config is not None:
-        info["config"] = {
-            k: config[k] for k in ("architectures", "model_type", "quantization_config") if k in config
-        }
-    safetensors = _safetensors_params(files)
-    if safetensors:
-        info["safetensors"] = safetensors
-    return info
-
-
-def _json_file(entry: HubFile | None) -> dict[str, Any] | None:
-    if entry is None or entry.size > 1024 * 1024:
-        return None
-    try:
-        value = json.loads(entry.blob.read(0, entry.size))
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _safetensors_params(files: Mapping[str, HubFile]) -> dict[str, Any] | None:
-    """The `safetensors` block of model_info: parameter counts per dtype, read from the file headers."""
-    per_dtype: dict[str, int] = {}
-    for path, entry in files.items():
-        if not path.endswith(".safetensors") or entry.size < 8:
-            continue
-        (length,) = struct.unpack("<Q", entry.blob.read(0, 8))
-        if length > min(entry.size - 8, 25_000_000):
-            return None
-        try:
-            header = json.loads(entry.blob.read(8, 8 + length))
-        except ValueError:
-            return None
-        for name, tensor in header.items():
-            if name == "__metadata__" or not isinstance(tensor, dict):
-                continue
-            count = 1
-            for dim in tensor.get("shape", []):
-                count *= int(dim)
-            per_dtype[tensor.get("dtype", "?")] = per_dtype.get(tensor.get("dtype", "?"), 0) + count
-    if not per_dtype:
-        return None
-    return {"parameters": per_dtype, "total": sum(per_dtype.values())}
-
-
-def _entry_json(repo: Repo, commit: Commit, kind: str, path: str, expand: bool) -> dict[str, Any]:
-    if kind == "directory":
-        out: dict[str, Any] = {"type": "directory", "oid": folder_oid(commit, path), "size": 0, "path": path}
-    else:
-        entry = commit.files[path]
-        out = {"type": "file", "oid": entry.oid, "size": entry.size, "path": path}
-        if entry.lfs:
-            out["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
-    if expand:
-        last = repo.last_change(commit, path)
-        out["lastCommit"] = {"id": last.sha, "title": last.title, "date": iso(last.date)}
-        if kind == "file":
-            out["securityFileStatus"] = {
-                "status": "safe",
-                "avScan": {"virusFound": False, "virusNames": None},
-                "pickleImportScan": None,
-            }
-    return out

@@ -29,7 +29,10 @@ def emit_json(kind: str, data: Any, *, ok: bool = True) -> None:
 def console(stderr: bool = False):  # -> rich.console.Console
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is read by scripts and grep: never fold a model name across lines to fit 80 columns.
+    width = None if stream.isatty() else 400
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
@@ -37,7 +40,7 @@ def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
 
     t = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col in {"name", "path"})
     for row in rows:
         t.add_row(*row)
     console().print(t)

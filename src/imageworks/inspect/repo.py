@@ -31,7 +31,7 @@ README_PREFIX = 16 * 1024
 _SHARD = re.compile(r"^(?P<stem>.+?)-\d{5}-of-\d{5}$")
 _GGUF_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _SIGNATURE_FORMATS = {"gptq": "gptq", "awq": "awq", "exl2": "exl2", "mlx": "mlx", "bnb": "bnb"}
-_PREFERRED_GGUF = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q8_0", "Q6_K")  # which quant's header describes the model
+PREFERRED_GGUF = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q8_0", "Q6_K")  # which quant's header describes the model
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def _primary_gguf(weights: list[FileInspection], label: str | None) -> FileInspe
     read = [r for r in weights if r.architecture is not None and (r.split is None or r.split[0] == 1)]
     if not read:
         return None
-    for want in (label, *_PREFERRED_GGUF):
+    for want in (label, *PREFERRED_GGUF):
         for r in read:
             if want and r.quantization == want:
                 return r

@@ -189,10 +189,30 @@ class ResumeState:
         }
 
 
+STATE_PAD = 4096
+
+
 def save_state(paths: PartialPaths, state: ResumeState) -> None:
+    """Atomic replace; padded to a few KB so that, when the disk is full (the very moment we most
+    need a current record), the existing file can still be rewritten in place without new blocks."""
+    text = json.dumps(state.to_json())
+    data = (text + " " * max(0, STATE_PAD - len(text) - 1) + "\n").encode("utf-8")
     tmp = paths.state.with_name(paths.state.name + ".tmp")
-    tmp.write_text(json.dumps(state.to_json()), encoding="utf-8")
-    os.replace(tmp, paths.state)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, paths.state)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not paths.state.exists():
+            raise
+        if paths.state.stat().st_size < len(data):
+            raise
+        # Not atomic, but a torn write only makes the record unreadable, and then the next run
+        # starts this file afresh: never wrong, at worst slower.
+        with open(paths.state, "r+b") as handle:
+            handle.write(data)
 
 
 def load_state(paths: PartialPaths, job: FileJob) -> ResumeState | None:

@@ -377,7 +377,8 @@ class _FileTask:
             workers += [self._spawn_worker() for _ in range(n - 1)]
 
         last_save = time.monotonic()
-        saved: list[tuple[int, int]] | None = None
+        # Written now, while there is surely room for it: on a full disk it is rewritten in place.
+        saved: list[tuple[int, int]] | None = self._save(None)
         while any(w.is_alive() for w in workers):
             for w in workers:
                 w.join(TICK / len(workers))
@@ -424,7 +425,8 @@ class _FileTask:
         )
 
     def _save(self, saved: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
-        if self.sched is None or self.total is None:
+        # Small files are not worth a resume record: they are fetched again whole.
+        if self.sched is None or self.total is None or self.total < SINGLE_STREAM_BELOW:
             return saved
         with self.lock:
             done = self.sched.on_disk()

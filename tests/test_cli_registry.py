@@ -1,0 +1,196 @@
+"""list / show / remove / history / config / doctor through the real console script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imageworks.registry import FileRecord, ModelEntry, RegistryStore, Source
+from imageworks.registry.store import CURATED, DISCOVERED, MERGED
+
+
+def seed(registry: Path, models_root: Path) -> None:
+    folder = models_root / "Qwen" / "Qwen2-VL-2B-Instruct"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    with RegistryStore(registry).transaction(["seed"]) as reg:
+        reg.put(
+            ModelEntry(
+                name="qwen/qwen2-vl-2b-instruct",
+                source=Source(provider="hf", repo_id="Qwen/Qwen2-VL-2B-Instruct"),
+                format="safetensors",
+                quantization="bf16",
+                location="linux_wsl",
+                path=str(folder),
+                files=[FileRecord(path="model.safetensors", size=100)],
+                size_bytes=100,
+                serve={"vllm": {"command": f"vllm serve {folder}"}},
+            )
+        )
+        reg.put(ModelEntry(name="bartowski/llama-gguf:q4_k_m", format="gguf", quantization="Q4_K_M",
+                           location="windows_lmstudio", path="/nowhere/llama", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
+        reg.put(ModelEntry(name="bartowski/llama-gguf:q8_0", format="gguf", quantization="Q8_0",
+                           source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
+
+
+def test_list_table_filters_and_json(run_cli, isolated_env) -> None:
+    empty = run_cli("list")
+    assert empty.returncode == 0 and "no models" in empty.stdout
+    seed(isolated_env["registry"], isolated_env["models"])
+    out = run_cli("list")
+    assert out.returncode == 0
+    assert "qwen/qwen2-vl-2b-instruct" in out.stdout and "Q4_K_M" in out.stdout
+    data = json.loads(run_cli("list", "--json", "--format", "gguf").stdout)
+    assert data["schema"] == "imageworks.list" and data["version"] == 1
+    assert [m["name"] for m in data["data"]] == ["bartowski/llama-gguf:q4_k_m", "bartowski/llama-gguf:q8_0"]
+    assert all(m["installed"] is False for m in data["data"])
+    data = json.loads(run_cli("list", "--json", "--backend", "vllm").stdout)
+    assert [m["name"] for m in data["data"]] == ["qwen/qwen2-vl-2b-instruct"]
+    assert data["data"][0]["installed"] is True
+    data = json.loads(run_cli("list", "--json", "--location", "windows_lmstudio").stdout)
+    assert [m["name"] for m in data["data"]] == ["bartowski/llama-gguf:q4_k_m"]
+
+
+def test_show_reports_origins_and_resolves_references(run_cli, isolated_env) -> None:
+    seed(isolated_env["registry"], isolated_env["models"])
+    (isolated_env["registry"] / CURATED).write_text(json.dumps(
+        {"schema_version": 1, "models": {"qwen/qwen2-vl-2b-instruct": {"display_name": "Qwen VL", "aliases": ["vl"]}}}
+    ))
+    out = run_cli("show", "vl", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]
+    assert data["entry"]["display_name"] == "Qwen VL"
+    assert data["origins"]["display_name"] == "curated" and data["origins"]["format"] == "discovered"
+    text = run_cli("show", "QWEN/Qwen2-VL-2B-Instruct")
+    assert text.returncode == 0 and "vllm serve" in text.stdout and "(curated)" in text.stdout
+    ambiguous = run_cli("show", "llama-gguf")
+    assert ambiguous.returncode == 2
+    assert "bartowski/llama-gguf:q4_k_m" in ambiguous.stderr and "bartowski/llama-gguf:q8_0" in ambiguous.stderr
+    missing = run_cli("show", "does-not-exist")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no model matches")
+    assert "Traceback" not in missing.stderr
+
+
+def test_remove_discovered_curated_and_files(run_cli, isolated_env) -> None:
+    seed(isolated_env["registry"], isolated_env["models"])
+    (isolated_env["registry"] / CURATED).write_text(json.dumps(
+        {"schema_version": 1, "models": {"bartowski/llama-gguf:q8_0": {"tags": ["pinned"]}}}
+    ))
+    curated_before = (isolated_env["registry"] / CURATED).read_bytes()
+    out = run_cli("remove", "bartowski/llama-gguf:q8_0")
+    assert "curated" in out.stderr
+    assert (isolated_env["registry"] / CURATED).read_bytes() == curated_before
+    # without a terminal, deleting files needs --yes
+    refused = run_cli("remove", "qwen2-vl", "--delete-files")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    folder = isolated_env["models"] / "Qwen" / "Qwen2-VL-2B-Instruct"
+    assert folder.exists()
+    done = run_cli("remove", "qwen2-vl", "--delete-files", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["data"]
+    assert result["removed_from_registry"] is True and result["deleted_bytes"] == 100
+    assert not folder.exists()
+    names = json.loads((isolated_env["registry"] / DISCOVERED).read_text())["models"]
+    assert "qwen/qwen2-vl-2b-instruct" not in names
+    merged = json.loads((isolated_env["registry"] / MERGED).read_text())["models"]
+    assert "qwen/qwen2-vl-2b-instruct" not in merged
+    hist = json.loads(run_cli("history", "--json").stdout)["data"]
+    assert hist[-1]["command"].endswith("--json") and hist[-1]["patch"][0]["op"] == "remove"
+    assert "qwen/qwen2-vl-2b-instruct" in run_cli("history", "-n", "2").stdout
+
+
+def test_remove_refuses_paths_outside_model_roots(run_cli, isolated_env, tmp_path) -> None:
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    with RegistryStore(isolated_env["registry"]).transaction(["seed"]) as reg:
+        reg.put(ModelEntry(name="evil/entry", path=str(outside)))
+    out = run_cli("remove", "evil/entry", "--delete-files", "--yes")
+    assert out.returncode != 0 and "refusing to delete" in out.stderr
+    assert (outside / "keep.txt").exists()
+
+
+def test_malformed_registry_is_one_line_exit_2_and_untouched(run_cli, isolated_env) -> None:
+    folder = isolated_env["registry"]
+    folder.mkdir(parents=True)
+    bad = b'{"schema_version": 1, "models": {"a": {"format": "gguf",}}}'
+    (folder / CURATED).write_bytes(bad)
+    for args in (["list"], ["show", "a"], ["remove", "a"]):
+        out = run_cli(*args)
+        assert out.returncode == 2
+        assert out.stderr.splitlines()[0].startswith("error: ") and "line 1, column" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert (folder / CURATED).read_bytes() == bad
+    assert not (folder / DISCOVERED).exists()
+
+
+def test_config_shows_sources_and_precedence(run_cli, isolated_env, tmp_path) -> None:
+    out = json.loads(run_cli("config", "--json").stdout)["data"]
+    assert out["registry_dir"]["source"] == "IMAGEWORKS_REGISTRY_DIR"
+    assert out["locations.linux_wsl"]["value"] == str(isolated_env["models"])
+    assert out["hf_token"]["value"] == "not set"
+    flag_dir = tmp_path / "flagreg"
+    flag_dir.mkdir()
+    (flag_dir / "imageworks.toml").write_text('[locations]\nnas = "/mnt/nas/models"\nlinux_wsl = "/ignored"\n')
+    out = json.loads(run_cli("--registry-dir", str(flag_dir), "config", "--json", env={"HF_TOKEN": "hf_abcdefghijklmnop"}).stdout)["data"]
+    assert out["registry_dir"] == {"value": str(flag_dir), "source": "--registry-dir"}
+    assert out["locations.nas"]["value"] == "/mnt/nas/models"
+    # env beats the file
+    assert out["locations.linux_wsl"]["source"] == "IMAGEWORKS_MODEL_ROOT"
+    assert out["hf_token"]["source"] == "HF_TOKEN" and "hf_abcdefghijklmnop" not in json.dumps(out)
+    (flag_dir / "imageworks.toml").write_text("[locations\n")
+    bad = run_cli("--registry-dir", str(flag_dir), "config")
+    assert bad.returncode == 2 and "imageworks.toml" in bad.stderr
+
+
+def test_token_file_and_registry_dir_discovery(isolated_env, tmp_path, monkeypatch) -> None:
+    from imageworks.config import resolve_config
+
+    (isolated_env["hf_home"]).mkdir(parents=True, exist_ok=True)
+    (isolated_env["hf_home"] / "token").write_text("hf_fromfile123456\n")
+    monkeypatch.delenv("IMAGEWORKS_REGISTRY_DIR")
+    config = resolve_config(cwd=tmp_path)
+    assert config.token == "hf_fromfile123456" and config.hf_token.source.endswith("token")
+    assert "user data" in config.registry_dir.source
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / CURATED).write_text('{"schema_version": 1, "models": {}}')
+    config = resolve_config(cwd=tmp_path)
+    assert config.registry_path == tmp_path / "configs"
+    assert resolve_config(token="hf_flag", cwd=tmp_path).hf_token.source == "--token"
+    monkeypatch.setenv("HF_TOKEN", "hf_envtoken")
+    assert resolve_config(cwd=tmp_path).token == "hf_envtoken"
+
+
+def test_lmstudio_under_wsl_is_found(isolated_env, tmp_path, monkeypatch) -> None:
+    from imageworks.config import resolve_config
+
+    users = tmp_path / "mnt_c_users"
+    (users / "Public" / ".lmstudio" / "models").mkdir(parents=True)
+    (users / "alice" / ".lmstudio" / "models").mkdir(parents=True)
+    monkeypatch.delenv("IMAGEWORKS_LMSTUDIO_ROOT")
+    monkeypatch.setenv("IMAGEWORKS_WINDOWS_USERS_DIR", str(users))
+    config = resolve_config()
+    assert config.location_root("windows_lmstudio") == users / "alice" / ".lmstudio" / "models"
+
+
+def test_doctor_reports_and_exits(run_cli, isolated_env, fake_hub) -> None:
+    fake_hub.tokens = {"hf_goodtoken123": "alice"}
+    out = run_cli("doctor", "--json", env={"HF_ENDPOINT": fake_hub.endpoint, "HF_TOKEN": "hf_goodtoken123"})
+    data = json.loads(out.stdout)
+    checks = {c["name"]: c for c in data["data"]}
+    assert checks["hub"]["status"] == "ok"
+    assert checks["hub token"]["status"] == "ok" and "alice" in checks["hub token"]["detail"]
+    assert "hf_goodtoken123" not in out.stdout
+    assert out.returncode == 0
+    bad = run_cli("doctor", env={"HF_ENDPOINT": fake_hub.endpoint, "HF_TOKEN": "hf_badtoken999"})
+    assert bad.returncode == 1 and "rejected" in bad.stdout
+    down = run_cli("doctor", "--json", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert down.returncode == 1
+    assert {c["name"]: c for c in json.loads(down.stdout)["data"]}["hub"]["status"] == "fail"
+
+
+def test_help_is_instant_and_errors_are_one_line(run_cli) -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0 and "download" in out.stdout and "normalize-formats" in out.stdout
+    bad = run_cli("list", "--backend", "nope")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
