@@ -117,9 +117,17 @@ def _tensor_plan(
     """(name, element shape in numpy order, GGML type name) for the tensors of a tiny model."""
     main = _MAIN_TENSOR_TYPE.get(file_type if file_type is not None else 1, "F16")
     if arch == "clip":
-        names = ["v.patch_embd.weight", *(f"v.blk.{i}.attn_q.weight" for i in range(n_tensors - 2)), "mm.0.bias"]
+        names = [
+            "v.patch_embd.weight",
+            *(f"v.blk.{i}.attn_q.weight" for i in range(n_tensors - 2)),
+            "mm.0.bias",
+        ]
     else:
-        names = ["token_embd.weight", *(f"blk.{i}.attn_q.weight" for i in range(n_tensors - 2)), "output_norm.weight"]
+        names = [
+            "token_embd.weight",
+            *(f"blk.{i}.attn_q.weight" for i in range(n_tensors - 2)),
+            "output_norm.weight",
+        ]
     if n_tensors == 1:
         names = names[:1]
     n_main = max(len(names) - 1, 1)
@@ -320,12 +328,20 @@ def write_gguf_repo(
             for i in range(1, split_parts + 1):
                 path = folder / gguf_split_name(f"{stem}-{quant}", i, split_parts)
                 written.append(
-                    write_gguf(path, file_type=ftype, split=(i, split_parts), chat_template=chat_template, **kw)
+                    write_gguf(
+                        path, file_type=ftype, split=(i, split_parts), chat_template=chat_template, **kw
+                    )
                 )
         else:
-            written.append(write_gguf(folder / f"{stem}-{quant}.gguf", file_type=ftype, chat_template=chat_template, **kw))
+            written.append(
+                write_gguf(
+                    folder / f"{stem}-{quant}.gguf", file_type=ftype, chat_template=chat_template, **kw
+                )
+            )
     if mmproj:
-        written.append(write_gguf(folder / f"mmproj-{stem}-F16.gguf", arch="clip", name=f"{stem} mmproj", file_type=1))
+        written.append(
+            write_gguf(folder / f"mmproj-{stem}-F16.gguf", arch="clip", name=f"{stem} mmproj", file_type=1)
+        )
     return written
 
 
@@ -363,7 +379,16 @@ _NUMPY_DTYPES = {
     "BOOL": "bool",
 }
 # Widths for the dtypes numpy lacks (safetensors' own names); F4 is packed two per byte.
-_DTYPE_BITS = {"BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+_DTYPE_BITS = {
+    "BF16": 16,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
 
 DEFAULT_TENSORS_SHAPES: dict[str, tuple[int, ...]] = {
     "model.embed_tokens.weight": (64, 128),
@@ -496,7 +521,11 @@ def _llama_config(torch_dtype: str = "bfloat16", **extra: Any) -> dict[str, Any]
 
 
 def _linear_names() -> list[str]:
-    return [f"model.layers.{i}.self_attn.{p}" for i in range(LAYERS) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    return [
+        f"model.layers.{i}.self_attn.{p}"
+        for i in range(LAYERS)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+    ]
 
 
 def _dense_tensors(dtype: str, *, with_linears: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -611,7 +640,10 @@ def write_hf_model(
             for n in part:
                 weight_map[n] = shard
                 total += _nbytes(*tensors[n])
-        _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+        _write_json(
+            folder / "model.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": weight_map},
+        )
     elif kind in ("awq", "gptq"):
         b = int(bits or 4)
         g = group_size or 128
@@ -683,7 +715,10 @@ def write_hf_model(
         tensors = {"model.norm.weight": ("BF16", (HIDDEN,))}
         for i in range(LAYERS):
             tensors[f"model.layers.{i}.input_layernorm.weight"] = ("BF16", (HIDDEN,))
-        for name, rows in [(n, HIDDEN) for n in _linear_names()] + [("model.embed_tokens", VOCAB), ("lm_head", VOCAB)]:
+        for name, rows in [(n, HIDDEN) for n in _linear_names()] + [
+            ("model.embed_tokens", VOCAB),
+            ("lm_head", VOCAB),
+        ]:
             tensors[f"{name}.weight"] = ("U32", (rows, HIDDEN * b // 32))
             tensors[f"{name}.scales"] = ("BF16", (rows, HIDDEN // g))
             tensors[f"{name}.biases"] = ("BF16", (rows, HIDDEN // g))
@@ -691,7 +726,10 @@ def write_hf_model(
         total = sum(_nbytes(*t) for t in tensors.values())
         _write_json(
             folder / "model.safetensors.index.json",
-            {"metadata": {"total_size": total}, "weight_map": dict.fromkeys(sorted(tensors), "model.safetensors")},
+            {
+                "metadata": {"total_size": total},
+                "weight_map": dict.fromkeys(sorted(tensors), "model.safetensors"),
+            },
         )
         (folder / "README.md").write_text(
             "---\nlibrary_name: mlx\nlicense: apache-2.0\ntags:\n- mlx\nbase_model: tiny/llama\n---\n\n# tiny-llama-4bit\n"
@@ -701,7 +739,10 @@ def write_hf_model(
         tensors = _dense_tensors("BF16", with_linears=False)
         for name in _linear_names():
             tensors[f"{name}.weight"] = ("F8_E4M3", (HIDDEN, HIDDEN))
-            tensors[f"{name}.weight_scale"] = ("BF16" if kind == "fp8-compressed-tensors" else "F32", (HIDDEN, 1))
+            tensors[f"{name}.weight_scale"] = (
+                "BF16" if kind == "fp8-compressed-tensors" else "F32",
+                (HIDDEN, 1),
+            )
         if kind == "fp8-compressed-tensors":
             config["quantization_config"] = {
                 "config_groups": {

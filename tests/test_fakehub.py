@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,10 +21,10 @@ def hub(fake_hub: FakeHub) -> FakeHub:
     return fake_hub
 
 
-def _snapshot(hub: FakeHub, repo_id: str, cache: Path, **kw: object) -> Path:
+def _snapshot(hub: FakeHub, repo_id: str, cache: Path) -> Path:
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, endpoint=hub.endpoint, cache_dir=cache, **kw))  # type: ignore[arg-type]
+    return Path(snapshot_download(repo_id, endpoint=hub.endpoint, cache_dir=cache))
 
 
 def test_fixture_points_hf_endpoint_at_the_hub(fake_hub: FakeHub) -> None:
@@ -184,16 +185,18 @@ def test_errors_raise_the_client_error_classes(hub: FakeHub, tmp_path: Path) -> 
     hub.grant(gated.repo_id, "alice")
     api = HfApi(endpoint=hub.endpoint)
 
-    def download(repo_id: str, filename: str, **kw: object) -> str:
-        return hf_hub_download(repo_id, filename, endpoint=hub.endpoint, cache_dir=tmp_path / "c", **kw)  # type: ignore[arg-type]
+    def download(repo_id: str, filename: str, token: str | None = None, revision: str | None = None) -> str:
+        return hf_hub_download(
+            repo_id, filename, revision=revision, token=token, endpoint=hub.endpoint, cache_dir=tmp_path / "c"
+        )
 
-    cases = [
+    cases: list[tuple[Callable[[], object], type[e.HfHubHTTPError], int]] = [
         (lambda: download(gated.repo_id, "model.safetensors"), e.GatedRepoError, 401),
         (lambda: download(gated.repo_id, "model.safetensors", token="hf_bob_token"), e.GatedRepoError, 403),
         (lambda: download("Nobody/Nothing", "config.json"), e.RepositoryNotFoundError, 401),
         (lambda: download("Nobody/Nothing", "config.json", token=TOKEN), e.RepositoryNotFoundError, 404),
         (lambda: download(plain.repo_id, "config.json", revision="nope"), e.RevisionNotFoundError, 404),
-        (lambda: download(plain.repo_id, "nope.json"), e.EntryNotFoundError, 404),
+        (lambda: download(plain.repo_id, "nope.json"), e.RemoteEntryNotFoundError, 404),
         (lambda: api.model_info("Nobody/Nothing"), e.RepositoryNotFoundError, 401),
         (lambda: api.model_info(plain.repo_id, revision="nope"), e.RevisionNotFoundError, 404),
         (lambda: list(api.list_repo_tree(plain.repo_id, revision="nope")), e.RevisionNotFoundError, 404),

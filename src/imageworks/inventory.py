@@ -35,7 +35,9 @@ class ListedModel:
 
 
 def is_installed(entry: ModelEntry) -> bool:
-    return bool(entry.path) and Path(entry.path).expanduser().exists()
+    if not entry.path:
+        return False
+    return Path(entry.path).expanduser().exists()
 
 
 def list_models(

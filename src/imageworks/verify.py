@@ -314,7 +314,8 @@ def _plan_model(
         else:
             check.status = F_NO_DIGEST
 
-    if root.is_dir() and not single_file:
+    # An entry that lists no files cannot have extras: it is reported as having no digests instead.
+    if root.is_dir() and not single_file and (entry.files or (record and not quick)):
         listed = {f.path for f in entry.files}
         claimed = claims.others(entry, root)
         partial = 0

@@ -14,7 +14,7 @@ an `error` on the file) and a reason.
 from imageworks.inspect.folder import inspect_folder
 from imageworks.inspect.formats import FILE_FORMATS, WEIGHT_FORMATS, classify_weight_file
 from imageworks.inspect.gguf import inspect_gguf
-from imageworks.inspect.quant import gguf_label_from_name, normalize_gguf_label, nominal_bits
+from imageworks.inspect.quant import gguf_label_from_name, nominal_bits, normalize_gguf_label
 from imageworks.inspect.remote import inspect_remote
 from imageworks.inspect.safetensors import inspect_safetensors
 from imageworks.inspect.types import Evidence, FileInspection, ModelInspection, Offer, RemoteFile

@@ -44,9 +44,15 @@ class _FolderAccess:
         try:
             src = FileSource(self.root / f.path)
         except OSError as exc:
-            return FileInspection(path=f.path, size=f.size, format="unknown", error=f"unreadable: {exc.strerror or exc}")
+            return FileInspection(
+                path=f.path, size=f.size, format="unknown", error=f"unreadable: {exc.strerror or exc}"
+            )
         with src:
-            result = inspect_gguf_source(src, f.path) if kind == "gguf" else inspect_safetensors_source(src, f.path)
+            result = (
+                inspect_gguf_source(src, f.path)
+                if kind == "gguf"
+                else inspect_safetensors_source(src, f.path)
+            )
         self.bytes_read += result.bytes_read
         return result
 

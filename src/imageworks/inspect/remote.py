@@ -63,7 +63,14 @@ def _gguf_policy(quants: int) -> Callable[[list[RepoFile]], set[str]]:
                 chosen.add(f.path)
                 continue
             by_label.setdefault(gguf_label_from_name(f.path) or "", []).append(f)
-        order = sorted(by_label, key=lambda lb: (lb not in PREFERRED_GGUF, PREFERRED_GGUF.index(lb) if lb in PREFERRED_GGUF else 0, lb))
+        order = sorted(
+            by_label,
+            key=lambda lb: (
+                lb not in PREFERRED_GGUF,
+                PREFERRED_GGUF.index(lb) if lb in PREFERRED_GGUF else 0,
+                lb,
+            ),
+        )
         for label in order[:quants]:
             chosen.update(f.path for f in by_label[label])
         return chosen
@@ -96,4 +103,3 @@ def inspect_remote(
         read_alternatives=all_safetensors,
         name_hint=name_hint,
     )
-

@@ -80,7 +80,9 @@ def gguf_by_name(f: RepoFile) -> FileInspection:
     return result
 
 
-def _safetensors_sets(paths: list[str], index_sets: dict[str, set[str]]) -> tuple[list[list[str]], list[list[str]]]:
+def _safetensors_sets(
+    paths: list[str], index_sets: dict[str, set[str]]
+) -> tuple[list[list[str]], list[list[str]]]:
     """(chosen sets, alternative sets) of safetensors files. A set is the shards of one checkpoint
     (same folder, same stem before -0000N-of-0000M). Within a folder only one set counts: the one an
     index names, else "model", else the largest; Mistral's consolidated.safetensors beside model-*.safetensors
@@ -96,7 +98,7 @@ def _safetensors_sets(paths: list[str], index_sets: dict[str, set[str]]) -> tupl
         by_dir.setdefault(d, []).append(sorted(members))
     chosen: list[list[str]] = []
     alternatives: list[list[str]] = []
-    for d, sets in by_dir.items():
+    for sets in by_dir.values():
         indexed = [s for s in sets if any(set(s) & names for names in index_sets.values())]
         named_model = [s for s in sets if PurePosixPath(s[0]).name.startswith("model")]
         pick = (indexed or named_model or sets)[0]
@@ -151,9 +153,7 @@ def analyse(
     chosen, alternatives = _safetensors_sets([f.path for f in st_files], index_sets)
     chosen_paths = {p for s in chosen for p in s}
     st_results = {
-        f.path: access.safetensors(f)
-        for f in st_files
-        if f.path in chosen_paths or read_alternatives
+        f.path: access.safetensors(f) for f in st_files if f.path in chosen_paths or read_alternatives
     }
 
     results = gguf_results + list(st_results.values())
@@ -162,7 +162,15 @@ def analyse(
             problems.append(f"{r.path}: {r.error}")
     for kind, members in kinds.items():
         if kind not in ("gguf", "safetensors"):
-            results += [FileInspection(path=f.path, size=f.size, format=kind, evidence=[Evidence("filename", f"{kind} by extension")]) for f in members]
+            results += [
+                FileInspection(
+                    path=f.path,
+                    size=f.size,
+                    format=kind,
+                    evidence=[Evidence("filename", f"{kind} by extension")],
+                )
+                for f in members
+            ]
     results.sort(key=lambda r: r.path)
 
     model = ModelInspection(format="unknown", files=results, problems=problems, evidence=evidence)
@@ -173,7 +181,9 @@ def analyse(
     model.chat_template_source = config.chat_template_source
     evidence += config.evidence
 
-    good_gguf = [r for r in gguf_results if r.format == "gguf" and not (r.error and r.error.startswith("unreadable"))]
+    good_gguf = [
+        r for r in gguf_results if r.format == "gguf" and not (r.error and r.error.startswith("unreadable"))
+    ]
     gguf_weights = [r for r in good_gguf if not r.is_projector]
     projectors = [r for r in good_gguf if r.is_projector]
     chosen_st = [st_results[p] for s in chosen for p in s if p in st_results]
@@ -192,7 +202,12 @@ def analyse(
                 model.format = kind
                 if kind == "pytorch" and config.dtype:
                     model.quantization = config.dtype
-                    evidence.append(Evidence("config.torch_dtype", f"{config.dtype} (pytorch weights carry no dtype in their name)"))
+                    evidence.append(
+                        Evidence(
+                            "config.torch_dtype",
+                            f"{config.dtype} (pytorch weights carry no dtype in their name)",
+                        )
+                    )
                 evidence.append(Evidence("filename", f"{len(kinds[kind])} {kind} file(s)"))
                 break
     if model.format == "unknown":
@@ -202,7 +217,11 @@ def analyse(
             broken = [f"{r.path}: {r.error}" for r in results if r.error]
             model.reason = "no usable weight file" + (f" ({'; '.join(broken[:3])})" if broken else "")
 
-    if model.dtype is None and config.dtype:
+    if (
+        model.dtype is None
+        and config.dtype
+        and model.format not in ("gguf", "onnx", "tflite", "h5", "openvino", "unknown")
+    ):
         model.dtype = {"bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64"}.get(config.dtype)
     if model.bits is None:
         model.bits = nominal_bits(model.quantization)
@@ -261,7 +280,9 @@ def _settle_splits(results: list[FileInspection], problems: list[str]) -> None:
         first = parts.get(1)
         missing = [i for i in range(1, counts[stem] + 1) if i not in parts]
         if missing:
-            problems.append(f"{stem}: split parts missing: {', '.join(str(i) for i in missing)} of {counts[stem]}")
+            problems.append(
+                f"{stem}: split parts missing: {', '.join(str(i) for i in missing)} of {counts[stem]}"
+            )
         if first is None or first.quantization is None:
             continue
         for no, r in parts.items():
@@ -342,7 +363,10 @@ def _decide_safetensors(
 ) -> None:
     ev = model.evidence
     model.dtype = _dominant_dtype(st)
-    signature = next((r.quantization for r in st if r.quantization and r.quantization.split("-")[0] in _SIGNATURE_FORMATS), None)
+    signature = next(
+        (r.quantization for r in st if r.quantization and r.quantization.split("-")[0] in _SIGNATURE_FORMATS),
+        None,
+    )
     mlx_meta = any(r.metadata.get("format") == "mlx" for r in st)
     library = None
     if not mlx_meta and signature is None and "README.md" in root_names:
@@ -358,20 +382,34 @@ def _decide_safetensors(
             bpw = bpw_from_name(name_hint) or bpw_from_name(" ".join(r.path for r in st))
             label = bpw_label("exl2", bpw)
             bits = bpw
-            ev.append(Evidence("name", f"{bpw} bpw in {name_hint!r}" if bpw else "bpw unknown (no config, no NNbpw in the name)"))
+            ev.append(
+                Evidence(
+                    "name",
+                    f"{bpw} bpw in {name_hint!r}" if bpw else "bpw unknown (no config, no NNbpw in the name)",
+                )
+            )
         model.format = fmt
         model.quantization = label
-        ev.append(Evidence("safetensors.tensors", f"{fmt} tensor layout without a quantization config -> {label}"))
+        ev.append(
+            Evidence("safetensors.tensors", f"{fmt} tensor layout without a quantization config -> {label}")
+        )
     elif mlx_meta or library == "mlx":
         model.format = "mlx"
         model.quantization = dtype_label(model.dtype) if model.dtype else None
-        ev.append(Evidence("mlx", "safetensors __metadata__ format=mlx" if mlx_meta else "README library_name: mlx"))
+        ev.append(
+            Evidence("mlx", "safetensors __metadata__ format=mlx" if mlx_meta else "README library_name: mlx")
+        )
     else:
         labels = [r.quantization for r in st if r.quantization]
-        label = "fp8" if "fp8" in labels else (max(set(labels), key=labels.count) if labels else None)
-        model.format = "fp8" if label == "fp8" else "safetensors"
-        model.quantization = label
-        ev.append(Evidence("safetensors", f"weights stored as {model.dtype}" + (" (float8 linears)" if label == "fp8" else "")))
+        common = "fp8" if "fp8" in labels else (max(set(labels), key=labels.count) if labels else None)
+        model.format = "fp8" if common == "fp8" else "safetensors"
+        model.quantization = common
+        ev.append(
+            Evidence(
+                "safetensors",
+                f"weights stored as {model.dtype}" + (" (float8 linears)" if common == "fp8" else ""),
+            )
+        )
     bits = bits if bits is not None else nominal_bits(model.quantization)
     model.bits = bits
     model.parameters = _safetensors_parameters(st, bits)
@@ -388,30 +426,40 @@ def _offers(
 ) -> list[Offer]:
     offers: list[Offer] = []
     sizes = {f.path: f.size for members in kinds.values() for f in members}
-    groups: dict[tuple[str, str | None], list[str]] = {}
+    groups: dict[tuple[str, str | None], list[FileInspection]] = {}
     for r in gguf_results:
-        if r.format != "gguf":
-            continue
-        groups.setdefault(("projector" if r.is_projector else "weights", r.quantization), []).append(r.path)
-    for (role, label), paths in sorted(groups.items(), key=lambda kv: (kv[0][0] != "weights", kv[0][1] or "")):
-        offers.append(Offer("gguf", label, tuple(sorted(paths)), sum(sizes[p] for p in paths), role))
+        if r.format == "gguf":
+            groups.setdefault(("projector" if r.is_projector else "weights", r.quantization), []).append(r)
+    for (role, label), members in sorted(
+        groups.items(), key=lambda kv: (kv[0][0] != "weights", kv[0][1] or "")
+    ):
+        counted = [r.parameters for r in members if r.parameters is not None]
+        params = sum(counted) if counted and len(counted) == len(members) else None
+        first = min(members, key=lambda r: r.path)
+        paths = tuple(sorted(r.path for r in members))
+        offers.append(Offer("gguf", label, paths, sum(sizes[p] for p in paths), role, params, first.dtype))
+
     st_format = model.format if model.format not in ("gguf", "unknown", "pytorch", "onnx") else "safetensors"
-    for s in chosen:
-        label = model.quantization if st_format == model.format else _set_label(s, st_results)
-        offers.append(Offer(st_format, label, tuple(s), sum(sizes[p] for p in s)))
-    for s in alternatives:
-        offers.append(Offer("safetensors", _set_label(s, st_results), tuple(s), sum(sizes[p] for p in s), "alternative"))
+    for role, sets in (("weights", chosen), ("alternative", alternatives)):
+        for s in sets:
+            members = [st_results[p] for p in s if p in st_results]
+            readable = len(members) == len(s) and all(r.format == "safetensors" for r in members)
+            if role == "weights" and st_format == model.format:
+                fmt, label, bits = st_format, model.quantization, model.bits
+            else:
+                labels = [r.quantization for r in members if r.quantization]
+                label = max(set(labels), key=labels.count) if labels else None
+                fmt, bits = "safetensors", nominal_bits(label)
+            params = _safetensors_parameters(members, bits) if readable else None
+            dtype = _dominant_dtype(members) if readable else None
+            offers.append(Offer(fmt, label, tuple(s), sum(sizes[p] for p in s), role, params, dtype))
+
     for kind in WEIGHT_FORMATS:
         if kind in ("gguf", "safetensors") or kind not in kinds:
             continue
-        paths = sorted(f.path for f in kinds[kind])
+        paths = tuple(sorted(f.path for f in kinds[kind]))
         label = config.dtype if kind == "pytorch" else None
-        offers.append(Offer(kind, label, tuple(paths), sum(sizes[p] for p in paths)))
+        offers.append(Offer(kind, label, paths, sum(sizes[p] for p in paths)))
     order = {model.format: 0}
     offers.sort(key=lambda o: (order.get(o.format, 1), o.role != "weights"))
     return offers
-
-
-def _set_label(paths: list[str], st_results: dict[str, FileInspection]) -> str | None:
-    labels = [st_results[p].quantization for p in paths if p in st_results and st_results[p].quantization]
-    return max(set(labels), key=labels.count) if labels else None

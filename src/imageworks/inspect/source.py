@@ -25,7 +25,7 @@ class BytesSource:
     def __init__(self, data: bytes | bytearray | memoryview, size: int | None = None) -> None:
         self._data = memoryview(data).cast("B")
         # Without an explicit size the bytes are the whole file; with one, they may be a prefix of it.
-        self.size = len(self._data) if size is None else size
+        self.size: int | None = len(self._data) if size is None else size
         self.bytes_read = 0
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -39,7 +39,7 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
-        self.size = os.fstat(self._f.fileno()).st_size
+        self.size: int | None = os.fstat(self._f.fileno()).st_size
         self.bytes_read = 0
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -64,7 +64,7 @@ class RangeSource:
 
     def __init__(self, path: str, size: int | None, read_range: ReadRange) -> None:
         self.path = path
-        self.size = size
+        self.size: int | None = size
         self.bytes_read = 0
         self._read_range = read_range
 

@@ -52,13 +52,17 @@ class FileInspection:
 @dataclass(frozen=True)
 class Offer:
     """One way a repo or folder holds its weights: a format + quant and the files that make it up.
-    `role` is "weights" or "projector" (a GGUF mmproj)."""
+    `role` is "weights", "projector" (a GGUF mmproj) or "alternative" (a second copy of the same weights,
+    e.g. Mistral's consolidated.safetensors beside model-*.safetensors). `parameters` and `dtype` are
+    known when the headers of all its files were read."""
 
     format: str
     quantization: str | None
     files: tuple[str, ...]
     size: int
     role: str = "weights"
+    parameters: int | None = None
+    dtype: str | None = None
 
 
 @dataclass
