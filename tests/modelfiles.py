@@ -407,10 +407,11 @@ def _nbytes(dtype: str, shape: Sequence[int]) -> int:
     return prod(shape) * _DTYPE_BITS[dtype] // 8
 
 
-def _hand_built_safetensors(
-    tensors: Mapping[str, tuple[str, tuple[int, ...]]], metadata: Mapping[str, str] | None
+def safetensors_header(
+    tensors: Mapping[str, tuple[str, tuple[int, ...]]], metadata: Mapping[str, str] | None = None
 ) -> tuple[bytes, int]:
-    """Header bytes (length prefix + JSON, space-padded to 8 like the Rust writer) and the data length."""
+    """Header bytes (length prefix + JSON, space-padded to 8 like the Rust writer) and the data length
+    that must follow: serve the header then zeros to fake a file of any size."""
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -441,7 +442,7 @@ def safetensors_bytes(
 
         arrays = {name: np.zeros(shape, dtype=_NUMPY_DTYPES[d]) for name, (d, shape) in tensors.items()}
         return save(arrays, metadata=dict(metadata) if metadata else None)
-    head, data_len = _hand_built_safetensors(tensors, metadata)
+    head, data_len = safetensors_header(tensors, metadata)
     return head + bytes(data_len)
 
 
@@ -462,7 +463,7 @@ def write_safetensors(
         return path
     if tensors is None:
         tensors = {name: (dtype, shape) for name, shape in DEFAULT_TENSORS_SHAPES.items()}
-    head, data_len = _hand_built_safetensors(tensors, metadata)
+    head, data_len = safetensors_header(tensors, metadata)
     with open(path, "wb") as f:
         f.write(head)
         f.truncate(len(head) + data_len)
@@ -497,7 +498,7 @@ VOCAB = 64
 LAYERS = 2
 
 
-def _llama_config(torch_dtype: str = "bfloat16", **extra: Any) -> dict[str, Any]:
+def llama_config(torch_dtype: str = "bfloat16", **extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -528,7 +529,7 @@ def _linear_names() -> list[str]:
     ]
 
 
-def _dense_tensors(dtype: str, *, with_linears: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:
+def dense_tensors(dtype: str, *, with_linears: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {
         "model.embed_tokens.weight": (dtype, (VOCAB, HIDDEN)),
         "model.norm.weight": (dtype, (HIDDEN,)),
@@ -544,12 +545,12 @@ def _dense_tensors(dtype: str, *, with_linears: bool = True) -> dict[str, tuple[
 
 def dense_parameter_count() -> int:
     """Parameters of the tiny llama that every `write_hf_model` kind describes (before packing)."""
-    return sum(prod(shape) for _, shape in _dense_tensors("F32").values())
+    return sum(prod(shape) for _, shape in dense_tensors("F32").values())
 
 
 def _write_tokenizer(folder: Path, chat_template: str | None, *, template_file: str | None = None) -> None:
     vocab = {f"tok{i}": i for i in range(VOCAB)}
-    tokenizer = {
+    tokenizer: dict[str, Any] = {
         "version": "1.0",
         "added_tokens": [],
         "normalizer": None,
@@ -625,11 +626,11 @@ def write_hf_model(
     _write_json(folder / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "do_sample": True})
 
     if kind == "plain-bf16":
-        config = _llama_config("bfloat16")
-        write_safetensors(folder / "model.safetensors", _dense_tensors("BF16"), metadata={"format": "pt"})
+        config = llama_config("bfloat16")
+        write_safetensors(folder / "model.safetensors", dense_tensors("BF16"), metadata={"format": "pt"})
     elif kind == "sharded":
-        config = _llama_config("bfloat16")
-        tensors = _dense_tensors("BF16")
+        config = llama_config("bfloat16")
+        tensors = dense_tensors("BF16")
         names = sorted(tensors)
         halves = [names[: len(names) // 2], names[len(names) // 2 :]]
         weight_map: dict[str, str] = {}
@@ -647,8 +648,8 @@ def write_hf_model(
     elif kind in ("awq", "gptq"):
         b = int(bits or 4)
         g = group_size or 128
-        config = _llama_config("float16")
-        tensors = _dense_tensors("F16", with_linears=False)
+        config = llama_config("float16")
+        tensors = dense_tensors("F16", with_linears=False)
         pack = 32 // b
         groups = HIDDEN // g if g > 0 else 1
         for name in _linear_names():
@@ -689,16 +690,16 @@ def write_hf_model(
             _write_json(folder / "quantize_config.json", {k: v for k, v in qc.items() if k != "quant_method"})
         write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     elif kind == "exl2":
-        b = float(bits or 4.0)
-        config = _llama_config("float16")
+        bpw = float(bits or 4.0)
+        config = llama_config("float16")
         config["quantization_config"] = {
             "quant_method": "exl2",
             "version": "0.2.3",
-            "bits": b,
+            "bits": bpw,
             "head_bits": 6,
             "calibration": {"rows": 115, "length": 2048, "dataset": "(default)"},
         }
-        tensors = _dense_tensors("F16", with_linears=False)
+        tensors = dense_tensors("F16", with_linears=False)
         for name in _linear_names():
             tensors[f"{name}.q_weight"] = ("I32", (HIDDEN * 4 // 32, HIDDEN))
             tensors[f"{name}.q_scale"] = ("I32", (HIDDEN // 32 * 4 // 8, HIDDEN // 8))
@@ -711,7 +712,7 @@ def write_hf_model(
         b = int(bits or 4)
         g = group_size or 64
         q = {"group_size": g, "bits": b}
-        config = _llama_config("bfloat16", quantization=q, quantization_config=q)
+        config = llama_config("bfloat16", quantization=q, quantization_config=q)
         tensors = {"model.norm.weight": ("BF16", (HIDDEN,))}
         for i in range(LAYERS):
             tensors[f"model.layers.{i}.input_layernorm.weight"] = ("BF16", (HIDDEN,))
@@ -735,8 +736,8 @@ def write_hf_model(
             "---\nlibrary_name: mlx\nlicense: apache-2.0\ntags:\n- mlx\nbase_model: tiny/llama\n---\n\n# tiny-llama-4bit\n"
         )
     elif kind in ("fp8-compressed-tensors", "fbgemm-fp8"):
-        config = _llama_config("bfloat16")
-        tensors = _dense_tensors("BF16", with_linears=False)
+        config = llama_config("bfloat16")
+        tensors = dense_tensors("BF16", with_linears=False)
         for name in _linear_names():
             tensors[f"{name}.weight"] = ("F8_E4M3", (HIDDEN, HIDDEN))
             tensors[f"{name}.weight_scale"] = (
@@ -788,7 +789,7 @@ def write_hf_model(
             }
         write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     elif kind == "bnb-4bit":
-        config = _llama_config("bfloat16")
+        config = llama_config("bfloat16")
         config["quantization_config"] = {
             "_load_in_4bit": True,
             "_load_in_8bit": False,
@@ -804,7 +805,7 @@ def write_hf_model(
             "load_in_8bit": False,
             "quant_method": "bitsandbytes",
         }
-        tensors = _dense_tensors("BF16", with_linears=False)
+        tensors = dense_tensors("BF16", with_linears=False)
         for name in _linear_names():
             tensors[f"{name}.weight"] = ("U8", (HIDDEN * HIDDEN // 2, 1))
             tensors[f"{name}.weight.absmax"] = ("U8", (HIDDEN * HIDDEN // 64,))
@@ -814,7 +815,7 @@ def write_hf_model(
             tensors[f"{name}.weight.quant_state.bitsandbytes__nf4"] = ("U8", (120,))
         write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     elif kind == "bnb-8bit":
-        config = _llama_config("float16")
+        config = llama_config("float16")
         config["quantization_config"] = {
             "_load_in_4bit": False,
             "_load_in_8bit": True,
@@ -824,21 +825,21 @@ def write_hf_model(
             "load_in_8bit": True,
             "quant_method": "bitsandbytes",
         }
-        tensors = _dense_tensors("F16", with_linears=False)
+        tensors = dense_tensors("F16", with_linears=False)
         for name in _linear_names():
             tensors[f"{name}.weight"] = ("I8", (HIDDEN, HIDDEN))
             tensors[f"{name}.SCB"] = ("F32", (HIDDEN,))
             tensors[f"{name}.weight_format"] = ("U8", ())
         write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     elif kind == "pytorch":
-        config = _llama_config("float16")
+        config = llama_config("float16")
         _pytorch_zip(folder / "pytorch_model.bin")
     elif kind == "onnx":
-        config = _llama_config("float32")
+        config = llama_config("float32")
         (folder / "onnx").mkdir(exist_ok=True)
         (folder / "onnx" / "model.onnx").write_bytes(_onnx_bytes())
     else:  # vision
-        text = _llama_config("bfloat16")
+        text = llama_config("bfloat16")
         for key in ("architectures", "torch_dtype", "transformers_version"):
             text.pop(key)
         config = {
@@ -860,7 +861,7 @@ def write_hf_model(
             "torch_dtype": "bfloat16",
             "transformers_version": "4.46.0",
         }
-        tensors = {f"language_model.{k}": v for k, v in _dense_tensors("BF16").items()}
+        tensors = {f"language_model.{k}": v for k, v in dense_tensors("BF16").items()}
         tensors["vision_tower.vision_model.embeddings.patch_embedding.weight"] = ("BF16", (64, 3, 14, 14))
         tensors["vision_tower.vision_model.post_layernorm.weight"] = ("BF16", (64,))
         tensors["multi_modal_projector.linear_1.weight"] = ("BF16", (HIDDEN, 64))

@@ -154,7 +154,6 @@ def merge_entry(previous: ModelEntry | None, new: ModelEntry) -> ModelEntry:
     if previous is None:
         return new
     data = new.model_dump()
-    data["name"] = previous.name
     for key in _KEPT_FIELDS:
         value = getattr(previous, key)
         if value not in (None, [], False, ""):
@@ -164,18 +163,24 @@ def merge_entry(previous: ModelEntry | None, new: ModelEntry) -> ModelEntry:
     data["metadata"] = {**previous.metadata, **new.metadata}
     if not new.downloaded_at:
         data["downloaded_at"] = previous.downloaded_at
-    if data["name"] != new.name and data.get("serve"):
-        # Serve hints embed the name (served-model-name, ollama create): regenerate them for the kept one.
-        data["serve"] = serve_hints(
-            name=data["name"],
-            format=new.format,
-            quantization=new.quantization,
-            path=new.path,
-            files=[f.path for f in new.files],
-            context_length=new.metadata.get("context_length"),
-            location=new.location,
-        )
-    return ModelEntry.model_validate(data)
+    return renamed(ModelEntry.model_validate(data), previous.name)
+
+
+def renamed(entry: ModelEntry, name: str) -> ModelEntry:
+    """`entry` under another name; serve hints embed the name (served-model-name, ollama create), so they
+    are regenerated."""
+    if entry.name == name:
+        return entry
+    serve = serve_hints(
+        name=name,
+        format=entry.format,
+        quantization=entry.quantization,
+        path=entry.path,
+        files=[f.path for f in entry.files],
+        context_length=entry.metadata.get("context_length"),
+        location=entry.location,
+    )
+    return entry.model_copy(update={"name": name, "serve": serve})
 
 
 def record_entry(registry: Registry, entry: ModelEntry) -> ModelEntry:
@@ -186,11 +191,11 @@ def record_entry(registry: Registry, entry: ModelEntry) -> ModelEntry:
         # Another model already has this name (two direct URLs ending in the same file name): keep both,
         # with a suffix derived from the identity so the same model gets the same name next time.
         digest = hashlib.sha1("\0".join(entry_identity(entry)).encode()).hexdigest()[:8]
-        entry = entry.model_copy(update={"name": f"{entry.name}-{digest}"})
+        entry = renamed(entry, f"{entry.name}-{digest}")
     previous = registry.discovered_entry(existing.name) if existing is not None else None
     if existing is not None and previous is None:
         # Only in curated: the discovered entry takes the curated name, so the curated fields apply.
-        entry = entry.model_copy(update={"name": existing.name})
+        entry = renamed(entry, existing.name)
     stored = merge_entry(previous, entry)
     registry.put(stored)
     return stored

@@ -15,7 +15,7 @@ nothing is written until `apply_normalize` executes it (STYLE.md #9), so a dry r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +33,7 @@ from imageworks.scan import (
 )
 
 if TYPE_CHECKING:
+    from imageworks.hashing import FileDigest
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry.store import Registry, RegistryStore
 
@@ -133,7 +134,12 @@ class NormalizeResult:
     conflicts: list[str] = field(default_factory=list)  # changed by another command meanwhile: not touched
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.plan.as_dict(), "applied": self.applied, "written": self.written, "conflicts": self.conflicts}
+        return {
+            **self.plan.as_dict(),
+            "applied": self.applied,
+            "written": self.written,
+            "conflicts": self.conflicts,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,11 +158,20 @@ class _Work:
 
 
 def plan_normalize(
-    registry: Registry, *, rebuild: bool = False, full: bool = False, prune_missing: bool = False
+    registry: Registry,
+    *,
+    rebuild: bool = False,
+    full: bool = False,
+    prune_missing: bool = False,
+    location_roots: Mapping[str, Path] | None = None,
 ) -> NormalizePlan:
     """What normalize-formats would change, entry by entry. Reads headers (and, with `rebuild`, hashes
-    what changed); writes nothing."""
+    what changed); writes nothing.
+
+    `location_roots` (name -> root folder) guards pruning: an entry whose location's root is itself
+    missing (a drive not mounted, a Windows folder seen from WSL) is reported, never pruned."""
     discovered = validate_entries(registry.discovered, "discovered layer") if registry.discovered else {}
+    roots = dict(location_roots or {})
     plan = NormalizePlan([], rebuild, full, prune_missing)
     work: list[_Work] = []
     for name in sorted(discovered.keys() | registry.curated.keys()):
@@ -164,7 +179,7 @@ def plan_normalize(
         entry = discovered.get(name)
         merged = registry.get(name)
         path = (merged.path if merged else None) or (entry.path if entry else None)
-        exists = bool(path) and Path(path or "").expanduser().is_dir()
+        exists = bool(path) and Path(path or "").expanduser().exists()
         if entry is None:
             # Curated-only: nothing of it is ours to recompute; a missing folder is still worth saying.
             if prune_missing and path and not exists:
@@ -177,14 +192,25 @@ def plan_normalize(
             plan.entries.append(EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before))
             continue
         if not exists:
-            if not prune_missing:
-                plan.entries.append(
-                    EntryPlan(name, path, "missing", notes=[f"{path} does not exist; --prune-missing removes the entry"])
-                )
+            root = roots.get(entry.location or "")
+            if root is not None and not Path(root).expanduser().is_dir():
+                note = f"{path} is unreachable: the {entry.location} root {root} is missing (not mounted?)"
+                plan.entries.append(EntryPlan(name, path, "missing", notes=[note + "; not pruned"]))
+            elif not prune_missing:
+                note = f"{path} does not exist; --prune-missing removes the entry"
+                plan.entries.append(EntryPlan(name, path, "missing", notes=[note]))
             elif curated:
-                plan.entries.append(EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)]))
+                plan.entries.append(
+                    EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
+                )
             else:
-                plan.entries.append(EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before))
+                plan.entries.append(
+                    EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before)
+                )
+            continue
+        if not Path(path).expanduser().is_dir():
+            note = "the recorded path is a file, not a model folder: not normalised"
+            plan.entries.append(EntryPlan(name, path, "skipped", notes=[note], before=before))
             continue
         item = _inspect_entry(name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before)
         if isinstance(item, EntryPlan):
@@ -239,10 +265,14 @@ def _inspect_entry(
         inspection = inspect_folder(folder, files=present)
         gone = [p for p in recorded if p not in stats]
         if gone:
-            plan.notes.append(f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift")
+            plan.notes.append(
+                f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift"
+            )
 
     if inspection.format == "unknown":
-        plan.notes.append(f"cannot tell the format from disk ({inspection.reason or 'no usable header'}): kept")
+        plan.notes.append(
+            f"cannot tell the format from disk ({inspection.reason or 'no usable header'}): kept"
+        )
     for path, error in inspection.errors:
         if path in files:
             plan.notes.append(f"unusable weight file {path}: {error}")
@@ -275,7 +305,9 @@ def _inspect_entry(
     return item
 
 
-def _entry_variant(entry: ModelEntry, folder: Path, all_files: list[str]) -> tuple[list[str], ModelInspection]:
+def _entry_variant(
+    entry: ModelEntry, folder: Path, all_files: list[str]
+) -> tuple[list[str], ModelInspection]:
     """The files of `folder` that make up this entry: every file, or, in a folder holding several GGUF
     quants, the variant whose weights the entry recorded (else the one of its quantisation)."""
     from imageworks.inspect import inspect_folder
@@ -300,7 +332,7 @@ def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:
     jobs = [(item, rel, Path(item.plan.path or "") / rel) for item in work for rel in item.to_hash]
     sizes = [item.stats[rel].size for item, rel, _ in jobs]
     digests = hash_files([p for _, _, p in jobs], sizes=sizes)
-    by_item: dict[int, dict[str, Any]] = {}
+    by_item: dict[int, dict[str, FileDigest]] = {}
     for (item, rel, _), digest in zip(jobs, digests, strict=True):
         by_item.setdefault(id(item), {})[rel] = digest
         if digest.ok:
@@ -311,14 +343,14 @@ def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:
         done = by_item.get(id(item), {})
         records: list[FileRecord] = []
         for record in item.fresh.files:
-            digest = done.get(record.path)
-            if digest is not None:
-                if digest.ok:
+            found = done.get(record.path)
+            if found is not None:
+                if found.ok:
                     record = record.model_copy(
-                        update={"sha256": digest.sha256, "size": digest.size, "mtime_ns": digest.mtime_ns}
+                        update={"sha256": found.sha256, "size": found.size, "mtime_ns": found.mtime_ns}
                     )
                 else:
-                    item.plan.notes.append(f"cannot hash {record.path}: {digest.error}")
+                    item.plan.notes.append(f"cannot hash {record.path}: {found.error}")
             records.append(record)
         item.fresh = item.fresh.model_copy(update={"files": records})
 
@@ -343,7 +375,7 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     if rebuild:
         new = refresh_entry(item.base, item.fresh, item.stats)
         plan.drift = _drift(item.base.files, new.files)
-        fields = _REBUILD_FIELDS
+        fields: tuple[str, ...] = _REBUILD_FIELDS
     else:
         new = _with_format(item.base, item.fresh)
         fields = _FORMAT_FIELDS
@@ -374,7 +406,9 @@ def _with_format(base: ModelEntry, fresh: ModelEntry) -> ModelEntry:
         context_length=base.metadata.get("context_length"),
         location=base.location,
     )
-    return base.model_copy(update={"format": fresh.format, "quantization": fresh.quantization, "serve": serve})
+    return base.model_copy(
+        update={"format": fresh.format, "quantization": fresh.quantization, "serve": serve}
+    )
 
 
 def _name_note(plan: EntryPlan, entry: ModelEntry) -> None:
@@ -393,7 +427,11 @@ def _name_note(plan: EntryPlan, entry: ModelEntry) -> None:
 
 
 def apply_normalize(
-    store: RegistryStore, plan: NormalizePlan, command: Sequence[str] | str | None = None, *, backup: bool = True
+    store: RegistryStore,
+    plan: NormalizePlan,
+    command: Sequence[str] | str | None = None,
+    *,
+    backup: bool = True,
 ) -> NormalizeResult:
     """Write the plan through the registry: one transaction, one backup, one change-log line. An entry
     that another command changed since the plan was made is left alone and reported."""
@@ -422,8 +460,11 @@ def normalize(
     prune_missing: bool = False,
     backup: bool = True,
     command: Sequence[str] | str | None = None,
+    location_roots: Mapping[str, Path] | None = None,
 ) -> NormalizeResult:
-    plan = plan_normalize(store.load(), rebuild=rebuild, full=full, prune_missing=prune_missing)
+    plan = plan_normalize(
+        store.load(), rebuild=rebuild, full=full, prune_missing=prune_missing, location_roots=location_roots
+    )
     if not apply:
         return NormalizeResult(plan, applied=False)
     return apply_normalize(store, plan, command, backup=backup)

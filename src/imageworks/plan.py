@@ -173,7 +173,7 @@ def _choose_quants(labels: Sequence[str], quant: str | None) -> tuple[list[str],
         return list(labels), None
     if quant is not None:
         wanted = [normalize_gguf_label(q) for q in quant.split(",") if q.strip()]
-        chosen = []
+        chosen: list[str] = []
         for want in wanted:
             match = [lab for lab in labels if lab.upper() == want.upper()]
             if not match:

@@ -65,7 +65,12 @@ PLACEHOLDER_PATTERNS: tuple[str, ...] = (
 )
 
 # Hidden files a download in progress leaves beside its target (transfer.base.PartialPaths, aria2, hf).
-_PARTIAL_SUFFIXES = (".imageworks-partial", ".imageworks-partial.json", ".imageworks-partial.aria2", ".incomplete")
+_PARTIAL_SUFFIXES = (
+    ".imageworks-partial",
+    ".imageworks-partial.json",
+    ".imageworks-partial.aria2",
+    ".incomplete",
+)
 
 # Folders that are never model folders of their own: Hugging Face's cache layout stores blobs under
 # content hashes, so its names say nothing about the model (use `hf cache scan` for it).
@@ -138,7 +143,8 @@ def _printable(path: Path | str) -> str | None:
 
 
 def _safe_str(path: Path | str) -> str:
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path for messages: undecodable bytes shown as \\xNN instead of breaking the output."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
@@ -165,7 +171,9 @@ def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
             with os.scandir(current) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            return FolderListing(files, partial, f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}", notes)
+            return FolderListing(
+                files, partial, f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}", notes
+            )
         for entry in entries:
             rel = prefix + entry.name
             if entry.name.startswith("."):
@@ -173,7 +181,9 @@ def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
                     partial += 1
                 continue
             if _printable(rel) is None:
-                return FolderListing(files, partial, f"name is not valid UTF-8: {_safe_str(current / entry.name)}", notes)
+                return FolderListing(
+                    files, partial, f"name is not valid UTF-8: {_safe_str(current / entry.name)}", notes
+                )
             try:
                 st = entry.stat()  # follows symlinks
             except OSError as exc:
@@ -182,7 +192,11 @@ def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
             if statmod.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if entry.is_symlink():
-                    why = "symlink loop (points back to a parent folder)" if key in ancestors else "symlinked folder (not followed)"
+                    why = (
+                        "symlink loop (points back to a parent folder)"
+                        if key in ancestors
+                        else "symlinked folder (not followed)"
+                    )
                     notes.append(f"ignored {rel}: {why}")
                 elif recursive and depth + 1 < MAX_DEPTH:
                     stack.append((Path(entry.path), rel + "/", depth + 1, ancestors | {key}))
@@ -442,7 +456,7 @@ def candidates_for_folder(
     inspection = inspect_folder(folder.path, files=all_files)
     if not weights:
         entry = build_entry(folder, inspection, all_files, by_path, location=location, testing=testing)
-        return [Candidate(entry, folder, frozenset(), [testing_reason or ""])], []
+        return [Candidate(entry, folder, frozenset(), [testing_reason or "", *folder.notes])], []
     variants = split_variants(inspection, all_files)
     candidates: list[Candidate] = []
     skips: list[Skip] = []
@@ -459,9 +473,15 @@ def candidates_for_folder(
             skips.append(Skip(label, f"cannot tell the weight format: {insp.reason or 'no usable header'}"))
             continue
         entry = build_entry(folder, insp, list(variant.files), by_path, location=location, testing=testing)
-        notes = list(insp.problems)
+        notes = _folder_notes(folder, insp.problems)
         candidates.append(Candidate(entry, folder, variant.weight_files, notes))
     return candidates, skips
+
+
+def _folder_notes(folder: ModelFolder, problems: Sequence[str]) -> list[str]:
+    """What the listing ignored plus what the inspection could not use, each file said once."""
+    noted = {n.removeprefix("ignored ").split(":", 1)[0] for n in folder.notes}
+    return [*folder.notes, *(p for p in problems if p.split(":", 1)[0] not in noted)]
 
 
 def build_entry(
@@ -500,7 +520,9 @@ class EntryIndex:
 
     def add(self, entry: ModelEntry) -> None:
         self.by_name[entry.name] = entry
-        self.by_identity.setdefault(entry_identity(entry), entry.name)
+        ident = entry_identity(entry)
+        if ident[1]:
+            self.by_identity.setdefault(ident, entry.name)
         key = path_key(entry.path)
         if key:
             self.by_path.setdefault(key, []).append(entry.name)
@@ -512,7 +534,9 @@ class EntryIndex:
         name, by an older version) is still recognised by its files."""
         entry = candidate.entry
         ident = entry_identity(entry)
-        name = self.by_identity.get(ident)
+        # A local entry has no repo id or URL: its identity is only its folder (naming.identity would
+        # make every local model of one variant "the same").
+        name = self.by_identity.get(ident) if ident[1] else None
         if name is not None:
             return self.by_name[name]
         key = path_key(entry.path)
@@ -672,7 +696,9 @@ def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat
     from imageworks.entries import merge_entry
 
     fresh = fresh.model_copy(update={"files": _carry_digests(fresh.files, base.files, stats)})
-    fresh = fresh.model_copy(update={"aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in fresh.files)})
+    fresh = fresh.model_copy(
+        update={"aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in fresh.files)}
+    )
     merged = merge_entry(base, fresh)
     moved = path_key(base.path) != path_key(fresh.path)
     return merged.model_copy(
@@ -690,8 +716,11 @@ def plan_scan(
     skipped: Sequence[Skip] = (),
     *,
     update_existing: bool,
+    want_digests: bool = False,
 ) -> ScanPlan:
-    """Match each candidate against the registry: add it, refresh the entry it matches, or leave it."""
+    """Match each candidate against the registry: add it, refresh the entry it matches, or leave it.
+    With `want_digests` (scan --hash), a refreshed entry that lacks digests is an update even when
+    nothing else changed, so the hashing step fills them in."""
     index = EntryIndex(registry.entries())
     items: list[ScanItem] = []
     skips = list(skipped)
@@ -703,13 +732,18 @@ def plan_scan(
         if existing is None:
             taken = index.by_name.get(entry.name)
             if taken is not None:
-                skips.append(
-                    Skip(
-                        entry.path or "",
-                        f"name {entry.name} is taken by another entry (path {taken.path or '-'})",
+                # Another model has this name (two local folders with the same last two components):
+                # a suffix from what identifies this one, so it gets the same name next time.
+                entry = _disambiguated(entry)
+                cand.entry = entry
+                if entry.name in index.by_name:
+                    skips.append(
+                        Skip(
+                            entry.path or "",
+                            f"name {entry.name} is taken by another entry (path {taken.path or '-'})",
+                        )
                     )
-                )
-                continue
+                    continue
             items.append(_item("add", entry, cand))
             index.add(entry)
             planned[entry.name] = entry.path or ""
@@ -741,12 +775,37 @@ def plan_scan(
         refreshed = refresh_entry(base, entry, stats)
         old_raw = registry.discovered.get(existing.name, {})
         new_raw = refreshed.to_layer_dict()
-        if old_raw == new_raw:
+        needs_digests = want_digests and any(f.sha256 is None for f in refreshed.files)
+        if old_raw == new_raw and not needs_digests:
             items.append(_item("unchanged", existing, cand, notes=notes))
             continue
         changes = diff_fields(old_raw, new_raw, REFRESHED_FIELDS)
+        if needs_digests:
+            notes.append("SHA-256 of files without one to be recorded")
         items.append(_item("update", refreshed, cand, changes=changes, notes=notes))
     return ScanPlan(items, skips)
+
+
+def _disambiguated(entry: ModelEntry) -> ModelEntry:
+    """`entry` renamed `<name>-<8 hex>` by its identity (its folder when it has no repo id or URL), the
+    suffix rule of `imageworks.entries.record_entry`."""
+    import hashlib
+
+    from imageworks.naming import serve_hints
+
+    ident = entry_identity(entry)
+    key = "\0".join(ident) if ident[1] else "\0".join((*ident, path_key(entry.path) or ""))
+    name = f"{entry.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    serve = serve_hints(
+        name=name,
+        format=entry.format,
+        quantization=entry.quantization,
+        path=entry.path,
+        files=[f.path for f in entry.files],
+        context_length=entry.metadata.get("context_length"),
+        location=entry.location,
+    )
+    return entry.model_copy(update={"name": name, "serve": serve})
 
 
 def _item(
@@ -910,8 +969,6 @@ def discover(base: Path, options: ScanOptions) -> tuple[Path, list[Candidate], l
         )
         candidates.extend(found)
         skips.extend(skipped)
-        for note in folder.notes:
-            skips.append(Skip(str(folder.path), note))
     return discovery.base, candidates, skips
 
 
@@ -923,7 +980,9 @@ def scan(
     command may have written meanwhile), and everything is written in one transaction: one backup, one
     change-log line, and no write at all when nothing changed."""
     base, candidates, skips = discover(base, options)
-    plan = plan_scan(store.load(), candidates, skips, update_existing=options.update_existing)
+    plan = plan_scan(
+        store.load(), candidates, skips, update_existing=options.update_existing, want_digests=options.hash
+    )
     hashed = HashStats()
     if options.hash and not options.dry_run and plan.writes:
         skips = [*skips, *hash_items(plan.writes, hashed)]

@@ -16,6 +16,7 @@ truncated or re-downloaded file but, by design, not a byte changed in place with
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +121,9 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     files: list[FileCheck] = field(default_factory=list)
     hashed_bytes: int = 0
+    # Wall time of the hashing step this model's files were part of (shared by every model of a run:
+    # all files go through one pool).
+    hash_seconds: float = 0.0
     remote: str | None = None  # None: not asked; else "ok", "skipped: …", "mismatch", "error: …"
     verified_at: str | None = None  # set when this run recorded it
     recorded_digests: int = 0
@@ -143,6 +147,7 @@ class VerifyReport:
             "problems": self.problems,
             "files": [f.as_dict() for f in self.files],
             "hashed_bytes": self.hashed_bytes,
+            "hash_seconds": round(self.hash_seconds, 3),
             "remote": self.remote,
             "verified_at": self.verified_at,
             "recorded_digests": self.recorded_digests,
@@ -365,7 +370,8 @@ def hub_lister(config: Config) -> RemoteLister:
     """List a repo's files at a commit through the one Hub client (`imageworks.hub`)."""
     from imageworks.hub import HubClient
 
-    client = HubClient(config)
+    # Fewer rounds than a download: a verify is a one-shot check, and huggingface_hub retries too.
+    client = HubClient(config, retries=2)
 
     def list_files(repo_id: str, commit: str) -> dict[str, RemoteFile]:
         return {f.path: f for f in client.list_files(repo_id, commit)}
@@ -481,11 +487,15 @@ def verify_models(
     pending = [p for plan in plans for p in plan.pending]
     total = sum(p.size for p in pending)
     callback = (lambda n: progress(n, total)) if progress is not None else None
+    started = time.perf_counter()
     digests = hash_files(
         [p.full_path for p in pending], jobs=jobs, progress=callback, sizes=[p.size for p in pending]
     )
+    hash_seconds = time.perf_counter() - started
     by_pending = {id(p): d for p, d in zip(pending, digests, strict=True)}
     for plan in plans:
+        if plan.pending:
+            plan.report.hash_seconds = hash_seconds
         for item in plan.pending:
             _apply_digest(plan, item, by_pending[id(item)])
 

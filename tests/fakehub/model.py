@@ -163,6 +163,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)  # name (main, feature/x, refs/pr/1) -> sha
     tags: dict[str, str] = field(default_factory=dict)
     allowed: set[str] = field(default_factory=set)  # users granted access to a gated or private repo
+    default_branch: str = "main"
 
     @property
     def key(self) -> str:

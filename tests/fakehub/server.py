@@ -139,7 +139,9 @@ class FakeHub:
                 raise ValueError(f"repo {repo_id!r} already exists")
             gated_value: Gated = "manual" if gated is True else gated
             object_id = hashlib.sha1(repo_id.lower().encode()).hexdigest()[:24]
-            repo = Repo(repo_id, gated_value, private, commit_date(self._serial), object_id)
+            repo = Repo(
+                repo_id, gated_value, private, commit_date(self._serial), object_id, default_branch=branch
+            )
             self._repos[repo.key] = repo
             all_files = dict(files)
             if gitattributes and ".gitattributes" not in all_files:
@@ -162,15 +164,17 @@ class FakeHub:
         """Commit `files` to `branch` (e.g. "dev", "feature/x", "refs/pr/1") and/or point `tag` at it.
 
         Like a branch made on the Hub, the commit starts from `base` (a revision; default: the branch's
-        head if it exists, else "main"); `files` then adds or replaces paths (None deletes one). With
-        `replace=True`, `files` is the whole file set instead. With `files=None`, no commit is made: the
-        branch/tag just points at the base commit. Returns the commit sha.
+        head if it exists, else the default branch); `files` then adds or replaces paths (None deletes
+        one). With `replace=True`, `files` is the whole file set instead. With `files=None`, no commit is
+        made: the branch/tag just points at the base commit. Returns the commit sha.
         """
         if branch is None and tag is None:
             raise ValueError("add_revision needs a branch or a tag")
         with self._lock:
             repo = self._get_repo(repo_id)
-            start_rev = base if base is not None else (branch if branch in repo.branches else "main")
+            start_rev = (
+                base if base is not None else (branch if branch in repo.branches else repo.default_branch)
+            )
             parent = repo.resolve(start_rev)
             if parent is None and (base is not None or files is None):
                 raise ValueError(f"unknown revision {start_rev!r} in {repo.id}")
@@ -570,7 +574,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault_gate(method, [unquote(raw_path)])
             user = self._user()
             repo = self._visible_repo(repo_id, user)
-            self._api(method, repo, user, parts[4:], query, body)
+            self._api(method, repo, parts[4:], query, body)
             return
         if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
             repo_id = f"{unquote(parts[0])}/{unquote(parts[1])}"
@@ -651,13 +655,12 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         method: str,
         repo: Repo,
-        user: str | None,
         rest: list[str],
         query: dict[str, list[str]],
         body: bytes,
     ) -> None:
         if not rest and method == "GET":
-            self._model_info(repo, repo.resolve("main"), "main", query)
+            self._model_info(repo, repo.resolve(repo.default_branch), repo.default_branch, query)
             return
         if rest and rest[0] == "revision" and len(rest) >= 2 and method == "GET":
             revision = unquote("/".join(rest[1:]))

@@ -164,11 +164,13 @@ def _render(reports: list[VerifyReport], elapsed: float) -> None:
         for report in reports:
             counts[report.status] = counts.get(report.status, 0) + 1
         hashed = sum(r.hashed_bytes for r in reports)
-        rate = f", {human_size(int(hashed / elapsed))}/s" if hashed and elapsed > 0 else ""
+        seconds = max((r.hash_seconds for r in reports), default=0.0)
+        rate = f" ({human_size(int(hashed / seconds))}/s)" if hashed and seconds > 0 else ""
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         out.print(
             Text(
-                f"{len(reports)} model(s): {parts}; {human_size(hashed)} hashed in {elapsed:.1f} s{rate}",
+                f"{len(reports)} model(s): {parts}; {human_size(hashed)} hashed in {seconds:.1f} s{rate}, "
+                f"{elapsed:.1f} s in all",
                 style="dim",
             )
         )

@@ -202,7 +202,7 @@ def _read_value(cur: _Cursor, vtype: int, depth: int, decode: bool) -> object:
     raise GGUFError(f"unknown value type {vtype}")
 
 
-def read_header(src: ByteSource, *, tensor_info: bool = True) -> GGUFHeader:
+def read_header(src: ByteSource) -> GGUFHeader:
     """Parse a GGUF header from `src`; raises GGUFError with the reason."""
     cur = _Cursor(src)
     try:
@@ -247,9 +247,6 @@ def read_header(src: ByteSource, *, tensor_info: bool = True) -> GGUFHeader:
         value = _read_value(cur, vtype, 0, wanted)
         if wanted and value is not None:
             header.kv[key] = value
-    if not tensor_info:
-        header.header_end = cur.pos
-        return header
 
     types: dict[str, int] = {}
     params = 0
@@ -313,11 +310,11 @@ def inspect_gguf(
             closer.close()
 
 
-def inspect_gguf_source(src: ByteSource, path: str, *, tensor_info: bool = True) -> FileInspection:
+def inspect_gguf_source(src: ByteSource, path: str) -> FileInspection:
     size = src.size or 0
     result = FileInspection(path=path, size=size, format="gguf")
     try:
-        header = read_header(src, tensor_info=tensor_info)
+        header = read_header(src)
     except (GGUFError, OSError) as exc:
         result.format = "unknown"
         result.error = str(exc) if isinstance(exc, GGUFError) else f"unreadable: {exc}"

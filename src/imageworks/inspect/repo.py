@@ -188,7 +188,8 @@ def analyse(
     projectors = [r for r in good_gguf if r.is_projector]
     chosen_st = [st_results[p] for s in chosen for p in s if p in st_results]
     good_st = [r for r in chosen_st if r.format == "safetensors"]
-    non_gguf_weights = bool(st_files) or any(k not in ("gguf", "safetensors") for k in kinds)
+    # a quantisation config describes safetensors/pytorch weights: it decides only when some are usable
+    non_gguf_weights = bool(good_st) or any(k not in ("gguf", "safetensors") for k in kinds)
 
     if config.quant and non_gguf_weights:
         _decide_by_config(model, config.quant, good_st)

@@ -1,0 +1,357 @@
+"""download, analyze: thin commands over `imageworks.download.download` and `imageworks.hub.analyze_repo`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.render import console, emit_json, human_size, table
+
+if TYPE_CHECKING:
+    from imageworks.download import DownloadResult
+    from imageworks.plan import DownloadPlan
+    from imageworks.transfer import FileJob, FileResult
+
+PLAIN_INTERVAL_S = 5.0
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+class RichProgress:
+    """Per-file bars and a total bar with speed and ETA, on stderr (a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console(stderr=True),
+            transient=False,
+        )
+        self._total = self._progress.add_task("total", total=total or None)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        self._tasks[job.name] = self._progress.add_task(job.name, total=total, completed=already)
+        self._progress.advance(self._total, already)
+
+    def advance(self, job: FileJob, n: int) -> None:
+        task = self._tasks.get(job.name)
+        if task is not None:
+            self._progress.advance(task, n)
+        self._progress.advance(self._total, n)
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        task = self._tasks.pop(job.name, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        if result.skipped:
+            self._progress.advance(self._total, result.size)
+        self._progress.console.print(f"  done {job.name} ({human_size(result.size)})", markup=False)
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(text, markup=False)
+
+
+class PlainProgress:
+    """Periodic one-line reports for logs and pipes (no terminal control codes)."""
+
+    def __init__(self, total: int, interval: float = PLAIN_INTERVAL_S) -> None:
+        self.total = total
+        self.done = 0
+        self.interval = interval
+        self._started = time.monotonic()
+        self._last = self._started
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        self.done += already
+        resumed = f", resuming at {human_size(already)}" if already else ""
+        _err(f"  fetching {job.name} ({human_size(total)}{resumed})")
+
+    def advance(self, job: FileJob, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            elapsed = max(now - self._started, 1e-6)
+            speed = self.done / elapsed
+            pct = f"{100 * self.done / self.total:.0f}% " if self.total else ""
+            eta = f", ETA {max(0.0, (self.total - self.done) / speed):.0f} s" if self.total and speed else ""
+            _err(f"  {pct}{human_size(self.done)} of {human_size(self.total)} at {human_size(int(speed))}/s{eta}")
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        if result.skipped:
+            self.done += result.size
+        _err(f"  done {job.name} ({human_size(result.size)})")
+
+    def message(self, text: str) -> None:
+        _err(text)
+
+
+class QuietProgress:
+    def __enter__(self) -> QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        pass
+
+    def advance(self, job: FileJob, n: int) -> None:
+        pass
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class _LazyProgress:
+    """The sink download() gets: the display is chosen once the plan says how much there is to fetch."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.inner: Any = None
+
+    def open(self, total: int) -> None:
+        if self.quiet:
+            self.inner = QuietProgress()
+        elif sys.stderr.isatty():
+            self.inner = RichProgress(total)
+        else:
+            self.inner = PlainProgress(total)
+        self.inner.__enter__()
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.__exit__(None, None, None)
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        if self.inner is None:
+            self.open(0)
+        self.inner.file_started(job, total, already)
+
+    def advance(self, job: FileJob, n: int) -> None:
+        self.inner.advance(job, n)
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        self.inner.file_done(job, result)
+
+    def message(self, text: str) -> None:
+        if self.inner is not None:
+            self.inner.message(text)
+        elif not self.quiet:
+            _err(text)
+
+
+def _plan_header(plan: DownloadPlan) -> str:
+    if plan.provider == "hf":
+        what = f"{plan.repo_id}@{plan.revision} (commit {str(plan.commit)[:12]})"
+    else:
+        what = str(plan.url)
+    quants = f", quant {', '.join(plan.quants)}" if plan.quants else ""
+    return f"{what}: {plan.format or 'no weights'}{quants} -> {plan.folder}"
+
+
+def _render_plan(plan: DownloadPlan) -> None:
+    click.echo(_plan_header(plan))
+    rows = []
+    for f in plan.files:
+        if f.present:
+            state = "present, verified"
+        elif f.partial_bytes:
+            state = f"resume ({human_size(f.partial_bytes)} on disk)"
+        else:
+            state = "fetch"
+        rows.append([f.path, human_size(f.size), f.role, state])
+    table(None, ["file", "size", "role", "state"], rows)
+    click.echo(
+        f"total {human_size(plan.bytes_total)} in {len(plan.files)} files; present {human_size(plan.bytes_present)};"
+        f" to fetch {human_size(plan.bytes_remaining)}; free {human_size(plan.free_bytes)}"
+        f" on the target{'' if plan.enough_space else ' (NOT ENOUGH)'}"
+    )
+    for note in plan.notes:
+        click.echo(f"note: {note}")
+
+
+def _render_result(result: DownloadResult, seconds: float) -> None:
+    plan = result.plan
+    size = human_size(plan.bytes_total)
+    if result.up_to_date:
+        click.echo(f"{result.name} is up to date ({len(plan.files)} files, {size}) at {plan.folder}")
+        if result.recorded:
+            click.echo("recorded it in the registry")
+        return
+    speed = result.bytes_fetched / result.timings["fetch"] if result.timings.get("fetch") else 0
+    resumed = f", {human_size(result.bytes_resumed)} resumed from disk" if result.bytes_resumed else ""
+    click.echo(
+        f"downloaded {result.name}: {result.files_fetched} files, {human_size(result.bytes_fetched)} fetched"
+        f"{resumed} in {seconds:.1f} s ({human_size(int(speed))}/s, {result.engine}), all verified"
+    )
+    entry = result.entry
+    if entry is not None:
+        quant = f" {entry.quantization}" if entry.quantization else ""
+        click.echo(f"  {entry.format}{quant}, {size} at {plan.folder}")
+
+
+@click.command()
+@click.argument("reference")
+@click.option("--format", "format_", help="Weights to fetch: safetensors, gguf, awq, gptq, exl2, mlx, fp8, pytorch, onnx, ...")
+@click.option("--quant", help="GGUF quant (Q4_K_M, Q8_0, ...; several comma-separated, or 'all').")
+@click.option("--location", help="linux_wsl, windows_lmstudio, another configured name, or a folder path.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Also fetch files matching GLOB (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Do not fetch files matching GLOB (repeatable).")
+@click.option("--engine", type=click.Choice(["auto", "aria2", "native"]), default="auto", show_default=True, help="Download engine.")
+@click.option("--connections", type=click.IntRange(1, 64), default=16, show_default=True, help="Connections per file.")
+@click.option("--no-aria2", is_flag=True, help="Native engine, one stream per file (networks that block parallel connections).")
+@click.option("--stall-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds without a byte before a connection is restarted.")
+@click.option("--dry-run", is_flag=True, help="Show the plan (files, sizes, what is on disk) and fetch nothing.")
+@click.option("--force", is_flag=True, help="Fetch every file again, even verified ones.")
+@click.option("--sha256", metavar="HEX", help="Expected SHA-256 of a direct-URL download.")
+@click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; errors only.")
+@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+@pass_app
+@handle_errors
+def download(
+    app: AppContext,
+    reference: str,
+    format_: str | None,
+    quant: str | None,
+    location: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    engine: str,
+    connections: int,
+    no_aria2: bool,
+    stall_timeout: float,
+    dry_run: bool,
+    force: bool,
+    sha256: str | None,
+    token: str | None,
+    as_json: bool,
+    quiet: bool,
+    no_backup: bool,
+) -> None:
+    """Download REFERENCE, verify every file and record the model.
+
+    REFERENCE is OWNER/REPO, OWNER/REPO@REVISION, a huggingface.co URL (.../tree/REV, .../blob/REV/FILE),
+    hf://OWNER/REPO@REV, or any other http(s) URL for a direct download of one file."""
+    from imageworks.download import download as run_download
+    from imageworks.errors import UsageError
+
+    if no_aria2 and engine == "aria2":
+        raise UsageError("--no-aria2 contradicts --engine aria2")
+    if token:
+        app.token = token
+    progress = _LazyProgress(quiet)
+    started = time.monotonic()
+
+    def on_plan(plan: DownloadPlan) -> None:
+        if dry_run:
+            return
+        progress.message(_plan_header(plan))
+        for note in plan.notes:
+            progress.message(f"note: {note}")
+        if plan.to_fetch:
+            progress.open(plan.bytes_remaining)
+
+    try:
+        result = run_download(
+            reference,
+            config=app.config,
+            format=format_,
+            quant=quant,
+            location=location,
+            include=include,
+            exclude=exclude,
+            engine=engine,
+            connections=connections,
+            no_aria2=no_aria2,
+            stall_timeout=stall_timeout,
+            dry_run=dry_run,
+            force=force,
+            sha256=sha256,
+            progress=progress,
+            on_plan=on_plan,
+            command=sys.argv,
+            backup=not no_backup,
+        )
+    finally:
+        progress.close()
+    if as_json:
+        emit_json("download", result.as_dict())
+    elif dry_run:
+        _render_plan(result.plan)
+    elif not quiet:
+        _render_result(result, time.monotonic() - started)
+
+
+@click.command()
+@click.argument("reference")
+@click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -> None:
+    """Show the formats and GGUF quants OWNER/REPO[@REV] offers, with sizes, and what its weights are
+    (dtype, parameters, quantisation) from their headers only: nothing is downloaded."""
+    from imageworks.hub import analyze_repo
+
+    if token:
+        app.token = token
+    analysis = analyze_repo(reference, config=app.config)
+    data = analysis.as_dict()
+    if as_json:
+        emit_json("analyze", data)
+        return
+    click.echo(f"{analysis.repo_id}@{analysis.revision} (commit {analysis.commit[:12]}): {analysis.files} files, {human_size(analysis.total_size)}")
+    rows = [
+        [o["format"], o["quantization"] or "-", o["role"], str(len(o["files"])), human_size(o["size"])]
+        for o in data["offers"]
+    ]
+    if rows:
+        table(None, ["format", "quant", "role", "files", "size"], rows)
+    params = f"{data['parameters']:,}" if data["parameters"] else "-"
+    click.echo(
+        f"weights: {data['format']} {data['quantization'] or ''} (dtype {data['dtype'] or '-'}), parameters {params},"
+        f" architecture {data['architecture'] or '-'}, context {data['context_length'] or '-'}"
+    )
+    if data["capabilities"]:
+        click.echo(f"capabilities: {', '.join(data['capabilities'])}")
+    for problem in data["problems"]:
+        click.echo(f"note: {problem}")
+    click.echo(f"read {human_size(data['bytes_read'])} of headers in {data['seconds']:.2f} s")

@@ -1,0 +1,213 @@
+"""`scan` and `normalize-formats`: bring folders into the registry and keep the registry true to the disk.
+Each command validates its flags, calls one library function and renders the typed result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.render import emit_json, human_size
+from imageworks.errors import EXIT_FAILED, UsageError
+
+if TYPE_CHECKING:
+    from imageworks.normalize import NormalizeResult
+    from imageworks.scan import ScanResult
+
+
+@click.command()
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Folder to scan (default: the --location root, else the linux_wsl root).",
+)
+@click.option("--location", help="Location name the entries record (linux_wsl, windows_lmstudio, ...).")
+@click.option("--include-testing", is_flag=True, help="Also record placeholders (entries get testing=true).")
+@click.option("--update-existing", is_flag=True, help="Refresh format, quant, size, files of known models.")
+@click.option("--hash", "hash_", is_flag=True, help="Record the SHA-256 of every file added or updated.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def scan(
+    app: AppContext,
+    base: Path | None,
+    location: str | None,
+    include_testing: bool,
+    update_existing: bool,
+    hash_: bool,
+    dry_run: bool,
+    no_backup: bool,
+    as_json: bool,
+) -> None:
+    """Add the models found under a folder to the registry.
+
+    \b
+    Layouts: <owner>/<repo>, <owner>/<repo>@<rev>, LM Studio's <publisher>/<model>/*.gguf.
+    A folder holding several GGUF quants gives one entry per quant (<owner>/<repo>:<quant>).
+    Placeholders (test*, demo*, dummy*, example*, tmp*, *placeholder*, folders without weights)
+    are skipped unless --include-testing. Models already registered (same identity or folder)
+    are left alone unless --update-existing.
+    """
+    from imageworks.scan import ScanOptions, resolve_scan_target
+    from imageworks.scan import scan as run_scan
+
+    config = app.config
+    target, location_name = resolve_scan_target(config, base, location)
+    roots = tuple(config.location_root(name) for name in sorted(config.locations))
+    options = ScanOptions(
+        location=location_name,
+        layout_roots=roots,
+        include_testing=include_testing,
+        update_existing=update_existing,
+        hash=hash_,
+        dry_run=dry_run,
+        backup=not no_backup,
+    )
+    result = run_scan(app.store(), target, options, sys.argv)
+    if as_json:
+        emit_json("scan", result.as_dict())
+    else:
+        _render_scan(result)
+
+
+def _render_scan(result: ScanResult) -> None:
+    echo = click.echo
+    verb = {
+        "add": "would add" if result.dry_run else "added",
+        "update": "would update" if result.dry_run else "updated",
+    }
+    echo(f"scan of {result.base} (location {result.location}){' - dry run' if result.dry_run else ''}")
+    for item in [*result.added, *result.updated]:
+        quant = f" {item.quantization}" if item.quantization else ""
+        testing = "  [testing]" if item.testing else ""
+        echo(f"  {verb[item.action]:<12} {item.name}  ({item.format or '-'}{quant}){testing}  {item.path}")
+        for change in item.changes:
+            echo(f"      {change.render()}")
+        for note in item.notes:
+            echo(f"      note: {note}")
+    for item in result.unchanged:
+        for note in item.notes:
+            echo(f"  {'unchanged':<12} {item.name}: {note}")
+    for skip in result.skipped:
+        echo(f"  {'skipped':<12} {skip.path}: {skip.reason}")
+    hashed = (
+        f", hashed {result.hashed_files} files ({human_size(result.hashed_bytes)})"
+        if result.hashed_files
+        else ""
+    )
+    echo(
+        f"{len(result.added)} {verb['add']}, {len(result.updated)} {verb['update']}, "
+        f"{len(result.unchanged)} unchanged, {len(result.skipped)} skipped{hashed}"
+    )
+
+
+@click.command("normalize-formats")
+@click.option("--dry-run", is_flag=True, help="Show the per-entry diff and write nothing (the default).")
+@click.option("--apply", "apply_", is_flag=True, help="Write the changes (backup + one change-log line).")
+@click.option("--rebuild", is_flag=True, help="Also recompute files, sizes and SHA-256; report drift.")
+@click.option(
+    "--full", is_flag=True, help="With --rebuild: hash every file, even those whose size+mtime match."
+)
+@click.option("--prune-missing", is_flag=True, help="Remove discovered entries whose folder is gone.")
+@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def normalize_formats(
+    app: AppContext,
+    dry_run: bool,
+    apply_: bool,
+    rebuild: bool,
+    full: bool,
+    prune_missing: bool,
+    no_backup: bool,
+    as_json: bool,
+) -> None:
+    """Recompute format and quantisation of every discovered entry from the files on disk.
+
+    \b
+    Without --apply this is a dry run: it prints, per entry, what would change (field: old -> new).
+    Curated entries are never changed; those whose folder is missing are listed for a hand edit.
+    """
+    from imageworks.normalize import normalize
+
+    if dry_run and apply_:
+        raise UsageError("--dry-run and --apply contradict each other: give one")
+    if full and not rebuild:
+        raise UsageError("--full only applies to --rebuild (it re-hashes every file)", hint="add --rebuild")
+    result = normalize(
+        app.store(),
+        apply=apply_,
+        rebuild=rebuild,
+        full=full,
+        prune_missing=prune_missing,
+        backup=not no_backup,
+        command=sys.argv,
+        location_roots={name: app.config.location_root(name) for name in app.config.locations},
+    )
+    if as_json:
+        emit_json("normalize-formats", result.as_dict(), ok=not result.conflicts)
+    else:
+        _render_normalize(result)
+    if result.conflicts:
+        sys.exit(EXIT_FAILED)
+
+
+_MARK = {"update": "~", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
+
+
+def _render_normalize(result: NormalizeResult) -> None:
+    echo = click.echo
+    plan = result.plan
+    for item in plan.entries:
+        if item.action == "unchanged" and not item.notes:
+            continue
+        label = {"prune": "remove", "curated-missing": "curated, missing"}.get(item.action, item.action)
+        echo(f"{_MARK.get(item.action, ' ')} {item.name}  [{label}]  {item.path or '-'}")
+        for change in item.changes:
+            echo(f"    {change.render()}")
+        if item.drift:
+            for kind in ("changed", "added", "missing"):
+                paths = getattr(item.drift, kind)
+                if paths:
+                    shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
+                    echo(f"    files {kind}: {shown}")
+        for note in item.notes:
+            echo(f"    note: {note}")
+    counts = plan.summary()
+    written = set(result.written)
+    if result.applied:
+        parts = [
+            f"{sum(1 for e in plan.of('update') if e.name in written)} updated",
+            f"{counts['unchanged']} unchanged",
+        ]
+        if plan.prune_missing:
+            parts.append(f"{sum(1 for e in plan.of('prune') if e.name in written)} removed")
+    else:
+        parts = [f"{counts['update']} to update", f"{counts['unchanged']} unchanged"]
+        if plan.prune_missing:
+            parts.append(f"{counts['prune']} to remove")
+    if counts["missing"]:
+        parts.append(f"{counts['missing']} missing")
+    if counts["curated-missing"]:
+        parts.append(f"{counts['curated-missing']} curated (edit by hand)")
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped")
+    if plan.rebuild:
+        parts.append(
+            f"hashed {plan.hashed_files} files ({human_size(plan.hashed_bytes)}), "
+            f"{plan.reused_digests} unchanged by size+mtime"
+        )
+    echo(", ".join(parts))
+    for name in result.conflicts:
+        echo(
+            f"not written: {name} changed in the registry since the plan was made; run the command again",
+            err=True,
+        )
+    if not result.applied and plan.writes:
+        echo("dry run: nothing written; re-run with --apply to write these changes")

@@ -1,0 +1,465 @@
+"""`download`: resolve -> plan -> fetch -> verify -> record, for Hub repos and direct URLs.
+
+    result = download("Qwen/Qwen2.5-0.5B-Instruct", config=resolve_config())
+
+Layers (STYLE.md #6): the reference is parsed (`refs`), pinned to a commit and listed (`hub`), turned into
+a plan of files with their expected digests and what is already on disk (`plan`); the engine fetches the
+rest to temporary names, verifies and renames them (`transfer`); the model is then inspected and recorded
+in one registry transaction (`entries`). A failure before the record leaves the registry untouched and
+the bytes on disk for the next run to resume from.
+
+Where files go:
+  Hub repos     <location root>/<owner>/<repo>[@<revision>]/<path in repo>
+  direct URLs   <location root>/url/<host>/<file stem>/<file>   (linux_wsl by default)
+                <LM Studio root>/<host>/<file stem>/<file>      (--location windows_lmstudio: LM Studio
+                                                                 lists exactly two folder levels)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from imageworks.entries import build_entry, find_existing, merge_entry, record_entry, same_content, utc_now
+from imageworks.errors import HubError, TransferError, UsageError
+from imageworks.locations import model_folder, resolve_location, safe_component
+from imageworks.naming import path_key
+from imageworks.plan import (
+    DownloadPlan,
+    KnownFile,
+    build_plan,
+    check_space,
+    known_files,
+    select_files,
+    weight_kind,
+)
+from imageworks.refs import HubRef, UrlRef, parse_reference
+from imageworks.registry.schema import FileRecord, ModelEntry, Source
+
+if TYPE_CHECKING:
+    from imageworks.config import Config
+    from imageworks.registry import Registry
+    from imageworks.transfer import ProgressSink
+
+log = logging.getLogger("imageworks.download")
+
+_SECRET_QUERY = re.compile(r"token|key|sig|signature|auth|credential|password|secret|x-amz-|expires", re.IGNORECASE)
+_WEIGHT_SUFFIX = re.compile(r"\.(gguf|safetensors|bin|pt|pth|onnx|ckpt|h5|tflite|msgpack)$", re.IGNORECASE)
+
+
+@dataclass
+class DownloadResult:
+    """What `download` did. `up_to_date`: every file was already present and verified (nothing fetched);
+    `recorded`: the registry changed."""
+
+    reference: str
+    plan: DownloadPlan
+    dry_run: bool = False
+    name: str | None = None
+    entry: ModelEntry | None = None
+    up_to_date: bool = False
+    recorded: bool = False
+    engine: str | None = None
+    engine_note: str | None = None
+    bytes_fetched: int = 0
+    bytes_resumed: int = 0
+    files_fetched: int = 0
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.plan.folder
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "name": self.name,
+            "path": str(self.plan.folder),
+            "location": self.plan.location.name,
+            "dry_run": self.dry_run,
+            "up_to_date": self.up_to_date,
+            "recorded": self.recorded,
+            "engine": self.engine,
+            "engine_note": self.engine_note,
+            "bytes_fetched": self.bytes_fetched,
+            "bytes_resumed": self.bytes_resumed,
+            "files_fetched": self.files_fetched,
+            "format": self.entry.format if self.entry else self.plan.format,
+            "quantization": self.entry.quantization if self.entry else None,
+            "plan": self.plan.as_dict(),
+            "notes": self.notes,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for the registry and logs: no user:password, no signed or token query values."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = urlencode(
+        [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _known_in(registry: Registry, folder: Path) -> dict[str, KnownFile]:
+    """What earlier downloads recorded about files in `folder` (any entry stored there)."""
+    key = path_key(folder)
+    records = [r for e in registry.entries() if e.path and path_key(e.path) == key for r in e.files]
+    return known_files(records)
+
+
+# ------------------------------------------------------------------------------------- resolving
+
+
+@dataclass
+class _Resolved:
+    plan: DownloadPlan
+    source: Source
+    hub: Any = None  # HubClient for Hub refs
+    url: str | None = None  # what the engine GETs for a direct URL
+
+
+def _plan_hub(
+    ref: HubRef,
+    reference: str,
+    *,
+    config: Config,
+    registry: Registry,
+    format: str | None,
+    quant: str | None,
+    location: str | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    hub_options: dict[str, Any],
+) -> _Resolved:
+    from imageworks.hub import HubClient
+
+    hub = HubClient(config, **hub_options)
+    snap = hub.snapshot(ref.repo_id, ref.revision)
+    selection = select_files(
+        snap.files,
+        format=format,
+        quant=quant,
+        include=include,
+        exclude=exclude,
+        path=ref.path,
+        folder=ref.folder,
+    )
+    loc = resolve_location(config, location, prefer_lmstudio=selection.format == "gguf")
+    folder = model_folder(loc.root, snap.repo_id, ref.revision)
+    rows = [
+        (s.file.path, s.file.size, s.file.sha256, None if s.file.lfs else s.file.git_sha1, s.role)
+        for s in selection.files
+    ]
+    notes = list(selection.notes)
+    if snap.repo_id != ref.repo_id:
+        notes.insert(0, f"{ref.repo_id} is {snap.repo_id} on the Hub")
+    plan = build_plan(
+        reference=reference,
+        provider="hf",
+        location=loc,
+        folder=folder,
+        files=rows,
+        known=_known_in(registry, folder),
+        format=selection.format,
+        quants=selection.quants,
+        available_quants=selection.available_quants,
+        notes=notes,
+        repo_id=snap.repo_id,
+        revision=snap.revision,
+        commit=snap.commit,
+    )
+    source = Source(provider="hf", repo_id=snap.repo_id, revision=snap.revision, commit=snap.commit)
+    return _Resolved(plan, source, hub=hub)
+
+
+def _content_disposition_name(value: str | None) -> str | None:
+    if not value:
+        return None
+    from email.message import Message
+
+    message = Message()
+    message["content-disposition"] = value
+    name = message.get_filename()
+    return PurePosixPath(name.replace("\\", "/")).name if name else None
+
+
+def _probe_url(url: str, timeout: float = 30.0) -> tuple[str | None, int | None]:
+    """(file name from Content-Disposition, size) of a direct URL, following redirects; no token is ever
+    sent to a direct URL."""
+    import httpx
+
+    with httpx.Client(follow_redirects=True, timeout=timeout, headers={"User-Agent": "imageworks"}) as client:
+        try:
+            response = client.head(url)
+            if response.status_code in (403, 405, 501):  # servers (and signed URLs) that refuse HEAD
+                with client.stream("GET", url) as streamed:
+                    response = streamed
+        except httpx.HTTPError as exc:
+            raise TransferError(
+                f"cannot reach {redact_url(url)}: {type(exc).__name__}", hint="check the URL and the network"
+            ) from None
+    if response.status_code >= 400:
+        raise HubError(
+            f"{redact_url(url)} answered HTTP {response.status_code}",
+            hint="check the URL; it may need a login in a browser, or may have expired",
+        )
+    size = response.headers.get("Content-Length")
+    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    return (
+        _content_disposition_name(response.headers.get("Content-Disposition")),
+        int(size) if size and size.isdigit() and not encoded else None,
+    )
+
+
+def _plan_url(
+    ref: UrlRef,
+    reference: str,
+    *,
+    config: Config,
+    registry: Registry,
+    format: str | None,
+    quant: str | None,
+    location: str | None,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    sha256: str | None,
+) -> _Resolved:
+    if quant or include or exclude:
+        raise UsageError("--quant, --include and --exclude apply to Hub repos, not to a direct URL")
+    disposition_name, size = _probe_url(ref.url)
+    raw_name = disposition_name or PurePosixPath(urlsplit(ref.url).path).name or "download"
+    name = safe_component(raw_name)
+    host = safe_component(urlsplit(ref.url).hostname or "host")
+    stem = safe_component(_WEIGHT_SUFFIX.sub("", name) or name)
+    loc = resolve_location(config, location)
+    folder = loc.root / host / stem if loc.name == "windows_lmstudio" else loc.root / "url" / host / stem
+    kind = weight_kind(name)
+    plan = build_plan(
+        reference=redact_url(ref.url),
+        provider="url",
+        location=loc,
+        folder=folder,
+        files=[(name, size, sha256, None, "weights" if kind else "included")],
+        known=_known_in(registry, folder),
+        format=kind or (format.lower() if format else None),
+        url=redact_url(ref.url),
+    )
+    source = Source(provider="url", url=redact_url(ref.url))
+    return _Resolved(plan, source, url=ref.url)
+
+
+# ----------------------------------------------------------------------------------------- download
+
+
+def _check_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise UsageError(f"--sha256 {value!r} is not 64 hex digits")
+    return value
+
+
+def download(
+    reference: str,
+    *,
+    config: Config,
+    format: str | None = None,
+    quant: str | None = None,
+    location: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    engine: str = "auto",
+    connections: int = 16,
+    max_files: int = 4,
+    no_aria2: bool = False,
+    stall_timeout: float = 30.0,
+    dry_run: bool = False,
+    force: bool = False,
+    sha256: str | None = None,
+    progress: ProgressSink | None = None,
+    on_plan: Callable[[DownloadPlan], None] | None = None,
+    command: Sequence[str] | str | None = None,
+    backup: bool = True,
+    hub_options: dict[str, Any] | None = None,
+) -> DownloadResult:
+    """Download `reference` (see `imageworks.refs`), verify every file, record the model in the registry.
+
+    Raises `imageworks.errors` exceptions: UsageError (bad reference/flags), HubError subclasses,
+    TransferError, IntegrityError (a file that does not match its digest: nothing is recorded),
+    InsufficientSpace, UnsafePathError (a server path outside the model folder).
+
+    `on_plan` is called with the plan before anything is fetched (the CLI prints the notes there);
+    `progress` receives the engine's per-file progress and its choice of engine as a message."""
+    from imageworks.registry import RegistryStore
+    from imageworks.transfer import NullProgress, PartialPaths, choose_engine
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    sha256 = _check_sha256(sha256)
+    ref = parse_reference(reference, endpoint=str(config.hf_endpoint.value))
+    store = RegistryStore(config.registry_path)
+    registry = store.load()
+    if isinstance(ref, HubRef):
+        if sha256:
+            raise UsageError("--sha256 applies to direct URL downloads (the Hub gives every file's digest)")
+        resolved = _plan_hub(
+            ref,
+            reference,
+            config=config,
+            registry=registry,
+            format=format,
+            quant=quant,
+            location=location,
+            include=include,
+            exclude=exclude,
+            hub_options=hub_options or {},
+        )
+    else:
+        resolved = _plan_url(
+            ref,
+            reference,
+            config=config,
+            registry=registry,
+            format=format,
+            quant=quant,
+            location=location,
+            include=include,
+            exclude=exclude,
+            sha256=sha256,
+        )
+    plan = resolved.plan
+    timings["plan"] = time.monotonic() - started
+    result = DownloadResult(reference=plan.reference, plan=plan, dry_run=dry_run, notes=list(plan.notes))
+    if not plan.files:
+        raise UsageError("nothing to download: the selection is empty", hint="check --include/--exclude")
+    if force:
+        for item in plan.files:
+            item.present, item.partial_bytes, item.local_sha256 = False, 0, None
+    if on_plan is not None:
+        on_plan(plan)
+    if dry_run:
+        result.up_to_date = not plan.to_fetch
+        timings["total"] = time.monotonic() - started
+        result.timings = timings
+        return result
+
+    if force:
+        # A fresh download: what is on disk is neither trusted nor resumed from.
+        for item in plan.files:
+            with contextlib.suppress(FileNotFoundError):
+                item.dest.unlink()
+            PartialPaths.for_dest(item.dest).discard()
+    check_space(plan)
+
+    digests: dict[str, str] = {f.path: f.local_sha256 for f in plan.files if f.present and f.local_sha256}
+    to_fetch = plan.to_fetch
+    if to_fetch:
+        fetch_started = time.monotonic()
+        if resolved.hub is not None:
+            assert plan.repo_id and plan.commit
+            urls = resolved.hub.resolve_file_urls(plan.repo_id, plan.commit, [f.path for f in to_fetch])
+        else:
+            assert resolved.url
+            from imageworks.hub import ResolvedUrl
+
+            urls = {to_fetch[0].path: ResolvedUrl(resolved.url)}
+        from imageworks.transfer import FileJob
+
+        jobs = []
+        for item in to_fetch:
+            item.dest.parent.mkdir(parents=True, exist_ok=True)
+            target = urls[item.path]
+            jobs.append(
+                FileJob(
+                    url=target.url,
+                    dest=item.dest,
+                    size=item.size,
+                    sha256=item.sha256,
+                    git_sha1=item.git_sha1,
+                    headers=dict(target.headers),
+                    label=item.path,
+                )
+            )
+        timings["resolve_urls"] = time.monotonic() - fetch_started
+        chosen = choose_engine(
+            engine,
+            connections=connections,
+            max_files=max_files,
+            single_stream=no_aria2,
+            stall_timeout=stall_timeout,
+        )
+        result.engine, result.engine_note = chosen.name, chosen.note
+        sink = progress or NullProgress()
+        sink.message(f"engine: {chosen.note}")
+        fetch_started = time.monotonic()
+        results = chosen.fetch(jobs, sink)
+        timings["fetch"] = time.monotonic() - fetch_started
+        for done in results:
+            digests[done.job.label] = done.sha256
+            result.bytes_fetched += done.bytes_fetched
+            result.bytes_resumed += done.resumed_from if not done.skipped else 0
+            result.files_fetched += 0 if done.skipped else 1
+    if resolved.hub is not None:
+        resolved.hub.close()
+
+    record_started = time.monotonic()
+    records = []
+    for item in plan.files:
+        st = item.dest.stat()
+        records.append(FileRecord(path=item.path, size=st.st_size, sha256=digests.get(item.path), mtime_ns=st.st_mtime_ns))
+    now = utc_now()
+    entry = build_entry(
+        plan.folder,
+        source=resolved.source,
+        location=plan.location.name,
+        files=records,
+        format_hint=format,
+        downloaded_at=now,
+        verified_at=now,
+    )
+    if command is None:
+        command = f"imageworks.download({reference!r})" if isinstance(ref, HubRef) else "imageworks.download(<url>)"
+    with store.transaction(command, backup=backup) as reg:
+        existing = find_existing(reg, entry)
+        previous = reg.discovered_entry(existing.name) if existing is not None else None
+        if previous is not None and same_content(merge_entry(previous, entry), previous):
+            stored = previous
+        else:
+            stored = record_entry(reg, entry)
+            result.recorded = True
+    timings["record"] = time.monotonic() - record_started
+    result.entry = stored
+    result.name = stored.name
+    result.up_to_date = not to_fetch
+    timings["total"] = time.monotonic() - started
+    result.timings = timings
+    return result
+
+
+class _CallableModule(types.ModuleType):
+    """`imageworks.download(...)` is the library entry point, but importing this submodule makes the
+    import system bind `imageworks.download` to the module itself (after the package's lazy __getattr__
+    handed out the function). Making the module callable keeps `imageworks.download(...)` working in
+    every import order, and `imageworks.download.DownloadResult` too."""
+
+    def __call__(self, reference: str, **kwargs: Any) -> DownloadResult:
+        return download(reference, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

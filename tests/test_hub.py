@@ -1,0 +1,140 @@
+"""HubClient against the fake Hub: canonical ids, pagination, revisions, error mapping, retries, and
+which host gets the token."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from imageworks.config import resolve_config
+from imageworks.errors import AuthError, EntryNotFound, GatedRepo, HubError, HubUnavailable, RepoNotFound, RevisionNotFound
+from imageworks.hub import HubClient, analyze_repo
+from tests.fakehub import FakeHub
+from tests.fakehub import samples
+
+TOKEN = "hf_aliceTOKEN0123456789"
+
+
+def client(token: str | None = None, **kw) -> HubClient:
+    return HubClient(resolve_config(token=token), backoff=0.01, **kw)
+
+
+def test_snapshot_canonical_id_pagination_and_digests(fake_hub: FakeHub) -> None:
+    repo = samples.add_sharded_model(fake_hub)
+    fake_hub.page_size = 3
+    snap = client().snapshot(repo.repo_id.lower())
+    assert snap.repo_id == repo.repo_id and snap.commit == repo.commit and snap.revision == "main"
+    listed = {f.path: f for f in snap.files}
+    assert set(listed) == set(repo.files) | {".gitattributes"}
+    tree_pages = [r for r in fake_hub.requests if "/tree/" in r.path]
+    assert len(tree_pages) == -(-len(listed) // 3)  # every page followed, none twice
+    assert all(repo.commit in r.path for r in tree_pages)  # the listing is pinned to the commit
+    shard = listed["model-00001-of-00002.safetensors"]
+    served = fake_hub.file(repo.repo_id, shard.path)
+    assert shard.lfs and shard.sha256 == served.sha256 and shard.size == served.size and shard.git_sha1 is None
+    config = listed["config.json"]
+    assert not config.lfs and config.git_sha1 == fake_hub.file(repo.repo_id, "config.json").oid
+
+
+def test_branch_with_slash_and_tags(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    pr = fake_hub.add_revision(repo.repo_id, {"extra.json": b"{}"}, branch="refs/pr/1")
+    fake_hub.add_revision(repo.repo_id, branch="feature/x", tag="v1")
+    c = client()
+    snap = c.snapshot(repo.repo_id, "refs/pr/1")
+    assert snap.commit == pr and snap.file("extra.json") is not None
+    assert c.snapshot(repo.repo_id, "feature/x").commit == repo.commit
+    assert c.snapshot(repo.repo_id, "v1").commit == repo.commit
+    assert c.snapshot(repo.repo_id, repo.commit).commit == repo.commit
+
+
+def test_errors_say_what_to_do(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    with pytest.raises(RepoNotFound) as info:
+        client().snapshot("nobody/nothing")
+    assert "hf auth login" in (info.value.hint or "")
+    with pytest.raises(RevisionNotFound, match="no-such-branch"):
+        client().snapshot(repo.repo_id, "no-such-branch")
+    with pytest.raises(AuthError, match="rejected the token"):
+        client("hf_wrong").snapshot(repo.repo_id)
+    snap = client().snapshot(repo.repo_id)
+    with pytest.raises(EntryNotFound):
+        client().resolve_file_url(snap.repo_id, snap.commit, "missing.bin")
+
+
+def test_gated_repo_with_and_without_token(fake_hub: FakeHub) -> None:
+    repo = samples.add_gated_model(fake_hub)
+    fake_hub.tokens[TOKEN] = "alice"
+    with pytest.raises(GatedRepo) as info:
+        client().snapshot(repo.repo_id)
+    assert "hf auth login" in (info.value.hint or "") and "licence" in (info.value.hint or "")
+    c = client(TOKEN)
+    snap = c.snapshot(repo.repo_id)  # the listing is public, the files are not
+    with pytest.raises(GatedRepo) as info:
+        c.resolve_file_url(snap.repo_id, snap.commit, "model.safetensors")
+    assert "accept the licence" in (info.value.hint or "")
+    fake_hub.grant(repo.repo_id, "alice")
+    assert c.resolve_file_url(snap.repo_id, snap.commit, "model.safetensors").cross_host
+
+
+def test_token_goes_to_the_hub_never_to_the_cdn(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    fake_hub.tokens[TOKEN] = "alice"
+    c = client(TOKEN)
+    snap = c.snapshot(repo.repo_id)
+    big = c.resolve_file_url(snap.repo_id, snap.commit, "model.safetensors")
+    assert big.cross_host and big.url.startswith(fake_hub.cdn_url) and "Authorization" not in big.headers
+    small = c.resolve_file_url(snap.repo_id, snap.commit, "config.json")
+    assert not small.cross_host and small.headers == {"Authorization": f"Bearer {TOKEN}"}
+    hub_requests = [r for r in fake_hub.requests if r.server == "hub"]
+    assert hub_requests and all(r.authorized for r in hub_requests)
+    # Reading through the resolved URL: the CDN refuses requests that carry a token, so this also
+    # proves none was sent.
+    data = c.read_range(big, 0, 8)
+    assert data == repo.bytes_of("model.safetensors")[:8]
+    assert not any(r.authorized for r in fake_hub.requests if r.server == "cdn")
+
+
+def test_429_waits_for_retry_after(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    fault = fake_hub.fail("/api/models/*", "status", status=429, retry_after=1, times=1)
+    waits: list[float] = []
+    c = HubClient(resolve_config(), backoff=0.01, sleep=waits.append)
+    assert c.snapshot(repo.repo_id).commit == repo.commit
+    assert fault.hits == 1 and waits == [1.0]
+    fake_hub.fail("/api/models/*", "status", status=429, retry_after=3600, times=1)
+    with pytest.raises(HubError, match="3600 s"):
+        c.snapshot(repo.repo_id)
+
+
+def test_5xx_backs_off_then_says_the_hub_is_down(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    fake_hub.fail("/api/models/*", "status", status=503, times=2)
+    c = client()
+    assert c.snapshot(repo.repo_id).commit == repo.commit
+    fake_hub.fail("/api/models/*", "status", status=500, times=None)
+    started = time.monotonic()
+    with pytest.raises(HubUnavailable) as info:
+        client(retries=2).snapshot(repo.repo_id)
+    assert time.monotonic() - started < 5
+    assert info.value.exit_code == 1 and "later" in (info.value.hint or "")
+
+
+def test_resolve_retries_5xx_on_the_hub(fake_hub: FakeHub) -> None:
+    repo = samples.add_safetensors_model(fake_hub)
+    c = client()
+    snap = c.snapshot(repo.repo_id)
+    fault = fake_hub.fail("config.json", "status", status=502, server="hub", times=1)
+    assert c.resolve_file_urls(snap.repo_id, snap.commit, ["config.json", "model.safetensors"])["config.json"]
+    assert fault.hits == 1
+
+
+def test_analyze_reads_headers_only(fake_hub: FakeHub) -> None:
+    repo = samples.add_gguf_model(fake_hub)
+    analysis = analyze_repo(repo.repo_id.swapcase(), config=resolve_config())
+    data = analysis.as_dict()
+    assert data["repo_id"] == repo.repo_id and data["format"] == "gguf"
+    assert {"Q4_K_M", "Q8_0", "Q5_K_S"} <= set(data["gguf_quants"])
+    assert analysis.bytes_read < analysis.total_size
+    assert not any(r.authorized for r in fake_hub.requests if r.server == "cdn")

@@ -1,0 +1,224 @@
+"""normalize-formats: recompute formats from disk, rebuild files with drift, prune missing folders; dry run
+by default, one transaction with --apply."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imageworks.normalize import apply_normalize, plan_normalize
+from imageworks.registry import RegistryStore
+from imageworks.registry.store import CURATED, DISCOVERED
+from imageworks.scan import ScanOptions, scan
+from tests.modelfiles import write_gguf, write_gguf_repo, write_hf_model
+from tests.test_scan import registry_bytes
+
+
+@pytest.fixture
+def scanned(isolated_env: dict[str, Path]) -> dict[str, Path]:
+    """A registry filled by `scan --hash` over a small tree of real models."""
+    models = isolated_env["models"]
+    write_hf_model(models / "Qwen" / "Qwen2-VL-2B", "plain-bf16")
+    write_hf_model(models / "TheBloke" / "Llama-AWQ", "awq")
+    write_gguf_repo(models / "bartowski" / "Llama-GGUF", "Llama", quants=("Q4_K_M", "Q8_0"), mmproj=True)
+    write_gguf_repo(models / "unsloth" / "Gone-GGUF", "Gone", quants=("Q4_K_M",))
+    result = scan(
+        RegistryStore(isolated_env["registry"]), models, ScanOptions(location="linux_wsl", hash=True)
+    )
+    assert len(result.added) == 5
+    return isolated_env
+
+
+def edit_discovered(registry: Path, name: str, **fields) -> None:
+    """Edit the discovered layer the way a stale tool version (or a hand) would have left it."""
+    path = registry / DISCOVERED
+    doc = json.loads(path.read_text())
+    doc["models"][name].update(fields)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def normalize_json(run_cli, *args: str, code: int = 0) -> dict:
+    proc = run_cli("normalize-formats", "--json", *args)
+    assert proc.returncode == code, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "imageworks.normalize-formats"
+    return doc["data"]
+
+
+def test_dry_run_by_default_shows_field_diffs_and_apply_writes_once(scanned, run_cli) -> None:
+    registry = scanned["registry"]
+    edit_discovered(registry, "bartowski/llama-gguf:q8_0", quantization="Q4_0")
+    edit_discovered(registry, "thebloke/llama-awq", format="safetensors", quantization="f16")
+    store = RegistryStore(registry)
+    history_before = len(store.history())
+    before = registry_bytes(registry)
+
+    proc = run_cli("normalize-formats")
+    assert proc.returncode == 0, proc.stderr
+    assert "quantization: Q4_0 -> Q8_0" in proc.stdout
+    assert "format: safetensors -> awq" in proc.stdout
+    assert "quantization: f16 -> awq-4bit-g128" in proc.stdout
+    assert "dry run: nothing written" in proc.stdout
+    assert registry_bytes(registry) == before
+
+    data = normalize_json(run_cli, "--dry-run")
+    assert {e["name"] for e in data["entries"]} == {"bartowski/llama-gguf:q8_0", "thebloke/llama-awq"}
+    assert data["summary"]["update"] == 2 and not data["applied"]
+    assert registry_bytes(registry) == before
+
+    proc = run_cli("normalize-formats", "--apply")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 updated" in proc.stdout
+    loaded = store.load()
+    awq = loaded.get("thebloke/llama-awq")
+    assert awq is not None and (awq.format, awq.quantization) == ("awq", "awq-4bit-g128")
+    assert "--quantization awq" in awq.serve["vllm"]["command"]
+    assert loaded.get("bartowski/llama-gguf:q8_0").quantization == "Q8_0"  # type: ignore[union-attr]
+    history = store.history()
+    assert len(history) == history_before + 1
+    assert "normalize-formats" in history[-1]["command"]
+    assert list((registry / "backups").glob("*.model_registry.discovered.json"))
+
+    after = registry_bytes(registry)
+    assert normalize_json(run_cli, "--apply")["summary"]["update"] == 0
+    assert registry_bytes(registry) == after
+
+
+def test_rebuild_reports_drift_and_hashes_only_what_changed(scanned, run_cli) -> None:
+    models = scanned["models"]
+    qwen = models / "Qwen" / "Qwen2-VL-2B"
+    # Changed after download: a byte flipped in the weights, a file added, a file deleted.
+    weights = qwen / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    (qwen / "notes.txt").write_text("my notes\n")
+    (qwen / "generation_config.json").unlink()
+
+    unchanged = normalize_json(run_cli, "--rebuild")
+    (entry,) = unchanged["entries"]
+    assert entry["name"] == "qwen/qwen2-vl-2b"
+    assert entry["drift"] == {
+        "changed": ["model.safetensors"],
+        "added": ["notes.txt"],
+        "missing": ["generation_config.json"],
+    }
+    # Only the two files whose size/mtime moved were read; every other digest was reused.
+    assert unchanged["hashed_files"] == 2
+    assert unchanged["hashed_bytes"] == weights.stat().st_size + (qwen / "notes.txt").stat().st_size
+
+    text = run_cli("normalize-formats", "--rebuild").stdout
+    assert "files changed: model.safetensors" in text
+    assert "files added: notes.txt" in text
+    assert "files missing: generation_config.json" in text
+
+    applied = normalize_json(run_cli, "--rebuild", "--apply")
+    assert applied["written"] == ["qwen/qwen2-vl-2b"]
+    stored = RegistryStore(scanned["registry"]).load().get("qwen/qwen2-vl-2b")
+    assert stored is not None
+    recorded = {f.path: f.sha256 for f in stored.files}
+    assert recorded["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert "generation_config.json" not in recorded and "notes.txt" in recorded
+
+    # Nothing changed since: a rebuild reads no file at all.
+    quiet = normalize_json(run_cli, "--rebuild")
+    assert quiet["hashed_files"] == 0 and quiet["summary"]["update"] == 0
+
+
+def test_full_catches_an_in_place_change_that_kept_size_and_mtime(scanned) -> None:
+    store = RegistryStore(scanned["registry"])
+    weights = scanned["models"] / "TheBloke" / "Llama-AWQ" / "model.safetensors"
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    quick = plan_normalize(store.load(), rebuild=True)
+    assert quick.hashed_files == 0 and not quick.writes  # size+mtime match: trusted, as documented
+
+    full = plan_normalize(store.load(), rebuild=True, full=True)
+    assert full.hashed_files == sum(len(e.files) for e in store.load().entries())
+    (item,) = full.writes
+    assert item.name == "thebloke/llama-awq"
+    assert item.drift is not None and item.drift.changed == ["model.safetensors"]
+
+
+def test_prune_missing_removes_discovered_and_reports_curated(scanned, run_cli) -> None:
+    registry = scanned["registry"]
+    curated_text = json.dumps(
+        {
+            "schema_version": 1,
+            "models": {
+                "bartowski/llama-gguf:q8_0": {"tags": ["favourite"]},
+                "hand/written": {"path": str(scanned["models"] / "hand" / "written"), "format": "gguf"},
+            },
+        },
+        indent=2,
+    )
+    (registry / CURATED).write_text(curated_text)
+    shutil.rmtree(scanned["models"] / "unsloth" / "Gone-GGUF")
+    shutil.rmtree(scanned["models"] / "bartowski" / "Llama-GGUF")
+
+    without = normalize_json(run_cli)
+    actions = {e["name"]: e["action"] for e in without["entries"]}
+    assert actions["unsloth/gone-gguf:q4_k_m"] == "missing"  # reported, not removed without the flag
+
+    plan = normalize_json(run_cli, "--prune-missing")
+    actions = {e["name"]: e["action"] for e in plan["entries"]}
+    assert actions == {
+        "unsloth/gone-gguf:q4_k_m": "prune",
+        "bartowski/llama-gguf:q4_k_m": "prune",
+        "bartowski/llama-gguf:q8_0": "curated-missing",
+        "hand/written": "curated-missing",
+    }
+    text = run_cli("normalize-formats", "--prune-missing").stdout
+    assert "edit that file by hand" in text
+
+    normalize_json(run_cli, "--prune-missing", "--apply", "--no-backup")
+    loaded = RegistryStore(registry).load()
+    assert "unsloth/gone-gguf:q4_k_m" not in loaded.discovered
+    assert "bartowski/llama-gguf:q4_k_m" not in loaded.discovered
+    assert "bartowski/llama-gguf:q8_0" in loaded.discovered  # has a curated part: left for a hand edit
+    assert (registry / CURATED).read_text() == curated_text
+    assert not (registry / "backups").exists()
+
+
+def test_flag_combinations_are_usage_errors(scanned, run_cli) -> None:
+    both = run_cli("normalize-formats", "--dry-run", "--apply")
+    assert both.returncode == 2 and "contradict" in both.stderr
+    full = run_cli("normalize-formats", "--full")
+    assert full.returncode == 2 and "--rebuild" in full.stderr
+
+
+def test_one_quant_of_a_shared_folder_is_rebuilt_from_its_own_files(scanned) -> None:
+    folder = scanned["models"] / "bartowski" / "Llama-GGUF"
+    write_gguf(folder / "Llama-Q6_K.gguf", file_type="Q6_K")  # a new quant arrives in the folder
+    plan = plan_normalize(RegistryStore(scanned["registry"]).load(), rebuild=True)
+    assert not plan.writes  # neither existing quant entry takes the new file as "added"
+
+
+def test_entries_changed_meanwhile_are_not_overwritten(scanned) -> None:
+    store = RegistryStore(scanned["registry"])
+    edit_discovered(scanned["registry"], "thebloke/llama-awq", quantization="wrong")
+    plan = plan_normalize(store.load())
+    assert [e.name for e in plan.writes] == ["thebloke/llama-awq"]
+    edit_discovered(scanned["registry"], "thebloke/llama-awq", quantization="edited-by-someone")
+    result = apply_normalize(store, plan, "normalize-formats --apply")
+    assert result.conflicts == ["thebloke/llama-awq"] and not result.written
+    assert store.load().get("thebloke/llama-awq").quantization == "edited-by-someone"  # type: ignore[union-attr]
+
+
+def test_an_unmounted_location_root_is_never_pruned(scanned, run_cli) -> None:
+    """The whole linux_wsl root is gone (a drive not mounted): its entries are unreachable, not deleted."""
+    shutil.move(scanned["models"], scanned["models"].with_name("unplugged"))
+    data = normalize_json(run_cli, "--prune-missing", "--apply")
+    assert {e["action"] for e in data["entries"]} == {"missing"}
+    assert "not mounted" in data["entries"][0]["notes"][0]
+    assert data["written"] == []
+    assert len(RegistryStore(scanned["registry"]).load().discovered) == 5

@@ -1,0 +1,431 @@
+"""scan: realistic model trees built in tmp_path with real GGUF/safetensors files (tests/modelfiles.py),
+through the real CLI (a subprocess) and through the library."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imageworks.registry import FileRecord, RegistryStore, Source
+from imageworks.scan import ScanOptions, find_model_folders, placeholder_pattern, scan
+from tests.modelfiles import write_gguf, write_gguf_repo, write_hf_model
+
+
+def build_tree(models: Path, lmstudio: Path) -> None:
+    """Several owners, GGUF and safetensors, an @branch folder, a multi-quant GGUF folder with a
+    projector, a split GGUF, placeholders, a symlink loop, a dangling link, a truncated weight file, and
+    an LM Studio tree."""
+    write_hf_model(models / "Qwen" / "Qwen2-VL-2B", "plain-bf16")
+    write_hf_model(models / "TheBloke" / "Llama-AWQ", "awq")
+    write_hf_model(models / "TheBloke" / "Llama-AWQ@gptq-4bit", "gptq")
+    write_gguf_repo(models / "bartowski" / "Llama-GGUF", "Llama", quants=("Q4_K_M", "Q8_0"), mmproj=True)
+    write_gguf_repo(models / "unsloth" / "Split-GGUF", "Split", quants=("Q4_K_M",), split_parts=2)
+    write_gguf(models / "test-models" / "foo" / "foo-Q4_K_M.gguf")
+    write_gguf(models / "someone" / "demo-model" / "demo-Q4_K_M.gguf")
+    (models / "acme" / "no-weights").mkdir(parents=True)
+    (models / "acme" / "no-weights" / "README.md").write_text("coming soon\n")
+    (models / "acme" / "empty").mkdir()
+    (models / "acme" / "loop").symlink_to("..")  # acme/loop -> acme: a loop
+    (models / "acme" / "gone").symlink_to(models / "nowhere")
+    truncated = write_gguf(models / "broken" / "Trunc-GGUF" / "Trunc-Q8_0.gguf")
+    with open(truncated, "r+b") as f:
+        f.truncate(truncated.stat().st_size // 2)
+    write_gguf_repo(lmstudio / "lmstudio-community" / "Qwen-GGUF", "Qwen", quants=("Q4_K_M",))
+
+
+@pytest.fixture
+def tree(isolated_env: dict[str, Path]) -> dict[str, Path]:
+    build_tree(isolated_env["models"], isolated_env["lmstudio"])
+    return isolated_env
+
+
+def registry_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file in the registry folder (backups included), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def scan_json(run_cli, *args: str) -> dict:
+    proc = run_cli("scan", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "imageworks.scan" and doc["version"] == 1
+    return doc["data"]
+
+
+EXPECTED_NAMES = {
+    "qwen/qwen2-vl-2b",
+    "thebloke/llama-awq",
+    "thebloke/llama-awq@gptq-4bit",
+    "bartowski/llama-gguf:q4_k_m",
+    "bartowski/llama-gguf:q8_0",
+    "unsloth/split-gguf:q4_k_m",
+}
+
+
+def test_scan_cli_finds_models_skips_the_rest_and_is_idempotent(tree, run_cli) -> None:
+    data = scan_json(run_cli)
+    assert {i["name"] for i in data["added"]} == EXPECTED_NAMES
+    assert data["summary"] == {"added": 6, "updated": 0, "unchanged": 0, "skipped": len(data["skipped"])}
+    reasons = {Path(s["path"]).relative_to(tree["models"]).as_posix(): s["reason"] for s in data["skipped"]}
+    assert "placeholder name 'test-models'" in reasons["test-models/foo"]
+    assert "placeholder name 'demo-model'" in reasons["someone/demo-model"]
+    assert reasons["acme/no-weights"] == "no weight files"
+    assert reasons["acme/empty"] == "empty folder"
+    assert "symlink loop" in reasons["acme/loop"]
+    assert "dangling symlink" in reasons["acme/gone"]
+    assert reasons["broken/Trunc-GGUF"].startswith("unusable weight file Trunc-Q8_0.gguf: truncated")
+
+    by_name = {i["name"]: i for i in data["added"]}
+    assert by_name["thebloke/llama-awq"]["quantization"] == "awq-4bit-g128"
+    assert by_name["thebloke/llama-awq@gptq-4bit"]["format"] == "gptq"
+    assert by_name["qwen/qwen2-vl-2b"]["format"] == "safetensors"
+
+    registry = RegistryStore(tree["registry"]).load()
+    awq_dev = registry.get("thebloke/llama-awq@gptq-4bit")
+    assert awq_dev is not None
+    assert awq_dev.source.model_dump(include={"provider", "repo_id", "revision"}) == {
+        "provider": "hf",
+        "repo_id": "TheBloke/Llama-AWQ",
+        "revision": "gptq-4bit",
+    }
+    assert awq_dev.location == "linux_wsl"
+    assert len(RegistryStore(tree["registry"]).history()) == 1
+
+    before = registry_bytes(tree["registry"])
+    again = scan_json(run_cli)
+    assert again["summary"]["added"] == 0 and again["summary"]["unchanged"] == 6
+    assert registry_bytes(tree["registry"]) == before  # not one byte: no rewrite, no backup, no log line
+    # Even --update-existing finds nothing to change on an unchanged tree.
+    scan_json(run_cli, "--update-existing")
+    assert registry_bytes(tree["registry"]) == before
+
+
+def test_multi_quant_folder_gives_one_entry_per_quant_with_shared_files(tree) -> None:
+    scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions(location="linux_wsl"))
+    registry = RegistryStore(tree["registry"]).load()
+    q4 = registry.get("bartowski/llama-gguf:q4_k_m")
+    q8 = registry.get("bartowski/llama-gguf:q8_0")
+    assert q4 is not None and q8 is not None
+    assert [f.path for f in q4.files] == ["Llama-Q4_K_M.gguf", "mmproj-Llama-F16.gguf"]
+    assert [f.path for f in q8.files] == ["Llama-Q8_0.gguf", "mmproj-Llama-F16.gguf"]
+    assert q4.path == q8.path == str(tree["models"] / "bartowski" / "Llama-GGUF")
+    assert (q4.quantization, q8.quantization) == ("Q4_K_M", "Q8_0")
+    assert (
+        "FROM" in q4.serve["ollama"]["modelfile"] and "Llama-Q4_K_M.gguf" in q4.serve["ollama"]["modelfile"]
+    )
+    split = registry.get("unsloth/split-gguf:q4_k_m")
+    assert split is not None
+    assert [f.path for f in split.files] == [
+        "Split-Q4_K_M-00001-of-00002.gguf",
+        "Split-Q4_K_M-00002-of-00002.gguf",
+    ]
+
+
+def test_lmstudio_layout_under_its_root(tree, run_cli) -> None:
+    data = scan_json(run_cli, "--location", "windows_lmstudio")
+    assert [i["name"] for i in data["added"]] == ["lmstudio-community/qwen-gguf:q4_k_m"]
+    entry = RegistryStore(tree["registry"]).load().get("lmstudio-community/qwen-gguf:q4_k_m")
+    assert entry is not None
+    assert entry.location == "windows_lmstudio"
+    assert entry.source.repo_id == "lmstudio-community/Qwen-GGUF"
+    assert entry.serve["lmstudio"]["visible"] is True
+
+
+def test_base_inside_a_location_keeps_the_owner_repo_layout(tree, run_cli) -> None:
+    data = scan_json(run_cli, "--base", str(tree["models"] / "TheBloke"))
+    assert {i["name"] for i in data["added"]} == {"thebloke/llama-awq", "thebloke/llama-awq@gptq-4bit"}
+    assert data["location"] == "linux_wsl"
+    one = scan_json(run_cli, "--base", str(tree["models"] / "Qwen" / "Qwen2-VL-2B"), "--dry-run")
+    assert [i["name"] for i in one["added"]] == ["qwen/qwen2-vl-2b"]
+
+
+def test_include_testing_records_placeholders_marked_testing(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", include_testing=True))
+    testing = {i.name for i in result.added if i.testing}
+    assert testing == {
+        "test-models/foo:q4_k_m",
+        "someone/demo-model:q4_k_m",
+        "acme/no-weights",
+        "acme/empty",
+    }
+    entry = store.load().get("acme/no-weights")
+    assert entry is not None and entry.testing and entry.format is None
+    assert {s.reason for s in result.skipped} >= {"dangling symlink (-> %s)" % (tree["models"] / "nowhere")}
+    assert all(not i.testing for i in result.added if i.name in EXPECTED_NAMES)
+
+
+def test_placeholder_patterns() -> None:
+    for name in (
+        "test",
+        "Test-Models",
+        "demo-llm",
+        "dummy",
+        "example_model",
+        "tmp123",
+        "qwen-placeholder",
+        "tiny-random-llama",
+        "model-test",
+    ):
+        assert placeholder_pattern(name), name
+    for name in ("Qwen2-VL-2B", "Llama-3-8B", "latest-model", "contest-7b", "attempt"):
+        assert placeholder_pattern(name) is None, name
+
+
+def test_dry_run_writes_nothing(tree, run_cli) -> None:
+    data = scan_json(run_cli, "--dry-run")
+    assert data["dry_run"] and len(data["added"]) == 6
+    assert not tree["registry"].exists() or registry_bytes(tree["registry"]) == {}
+    text = run_cli("scan", "--dry-run").stdout
+    assert "would add" in text and "6 would add, 0 would update, 0 unchanged" in text
+
+
+def test_hash_records_sha256_and_backup_and_one_log_line(tree, run_cli) -> None:
+    store = RegistryStore(tree["registry"])
+    scan_json(run_cli, "--no-backup")
+    assert not (tree["registry"] / "backups").exists()
+    data = scan_json(run_cli, "--update-existing", "--hash")
+    assert data["summary"]["updated"] == 6 and data["hashed_files"] > 0
+    entry = store.load().get("thebloke/llama-awq")
+    assert entry is not None
+    for record in entry.files:
+        path = Path(entry.path or "") / record.path
+        assert record.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert record.mtime_ns == path.stat().st_mtime_ns
+    assert entry.aggregate_sha256
+    assert len(list((tree["registry"] / "backups").glob("*.model_registry.discovered.json"))) == 1
+    assert len(store.history()) == 2
+    # Hashing again finds every digest still valid by size+mtime: nothing is read, nothing written.
+    before = registry_bytes(tree["registry"])
+    again = scan_json(run_cli, "--update-existing", "--hash")
+    assert again["hashed_files"] == 0 and again["summary"]["updated"] == 0
+    assert registry_bytes(tree["registry"]) == before
+
+
+def simulate_download(store: RegistryStore, folder: Path, repo_id: str, files: list[str]) -> str:
+    """Record an entry as `download` does (the shared entries builder, the canonical repo id, the commit
+    and digests), without the network."""
+    from imageworks.entries import build_entry, record_entry
+
+    records = []
+    for rel in files:
+        path = folder / rel
+        st = path.stat()
+        records.append(
+            FileRecord(
+                path=rel,
+                size=st.st_size,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                mtime_ns=st.st_mtime_ns,
+            )
+        )
+    source = Source(provider="hf", repo_id=repo_id, revision="main", commit="a" * 40)
+    entry = build_entry(
+        folder, source=source, location="linux_wsl", files=records, downloaded_at="2026-01-01T00:00:00Z"
+    )
+    with store.transaction("download " + repo_id) as registry:
+        return record_entry(registry, entry).name
+
+
+def test_downloaded_model_then_scanned_is_one_entry(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    folder = tree["models"] / "bartowski" / "Llama-GGUF"
+    name = simulate_download(
+        store, folder, "bartowski/Llama-GGUF", ["Llama-Q4_K_M.gguf", "mmproj-Llama-F16.gguf"]
+    )
+    assert name == "bartowski/llama-gguf:q4_k_m"
+    downloaded = store.load().discovered[name]
+
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    assert name in {i.name for i in result.unchanged}
+    assert name not in {i.name for i in result.added}
+    assert "bartowski/llama-gguf:q8_0" in {i.name for i in result.added}  # the other quant: its own entry
+    registry = store.load()
+    assert registry.discovered[name] == downloaded
+    assert sum(1 for e in registry.entries() if e.path == str(folder)) == 2
+
+    # --update-existing refreshes from disk but keeps what only the download knew.
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", update_existing=True))
+    assert name in {i.name for i in result.unchanged}
+    entry = store.load().get(name)
+    assert entry is not None
+    assert entry.source.commit == "a" * 40 and entry.downloaded_at == "2026-01-01T00:00:00Z"
+    assert all(f.sha256 for f in entry.files)
+
+
+def test_update_existing_refreshes_changed_files(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    options = ScanOptions(location="linux_wsl")
+    scan(store, tree["models"], options)
+    folder = tree["models"] / "unsloth" / "Split-GGUF"
+    # The model was re-quantised in place: the split Q4_K_M is replaced by a single Q5_K_M file... named
+    # as the old one, so only the headers can tell.
+    for part in folder.glob("*.gguf"):
+        part.unlink()
+    write_gguf(folder / "Split-Q4_K_M-00001-of-00002.gguf", file_type="Q5_K_M")
+
+    untouched = scan(store, tree["models"], options)
+    assert "unsloth/split-gguf:q4_k_m" in {i.name for i in untouched.unchanged}
+    assert store.load().get("unsloth/split-gguf:q4_k_m").quantization == "Q4_K_M"  # type: ignore[union-attr]
+
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", update_existing=True))
+    (item,) = result.updated
+    assert item.name == "unsloth/split-gguf:q4_k_m"
+    changes = {c.field: (c.old, c.new) for c in item.changes}
+    assert changes["quantization"] == ("Q4_K_M", "Q5_K_M")
+    assert changes["files"] == ("2 files, 0 hashed", "1 files, 0 hashed")
+    entry = store.load().get("unsloth/split-gguf:q4_k_m")
+    assert entry is not None and entry.quantization == "Q5_K_M"
+    assert [f.path for f in entry.files] == ["Split-Q4_K_M-00001-of-00002.gguf"]
+
+
+def test_moved_model_is_matched_by_identity(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    old = tree["models"] / "Qwen" / "Qwen2-VL-2B"
+    new_root = tree["models"].parent / "elsewhere"
+    (new_root / "Qwen").mkdir(parents=True)
+    shutil.move(old, new_root / "Qwen" / "Qwen2-VL-2B")
+    result = scan(store, new_root, ScanOptions(location="path"))
+    (item,) = result.unchanged
+    assert item.name == "qwen/qwen2-vl-2b" and "no longer exists" in item.notes[0]
+    scan(store, new_root, ScanOptions(location="path", update_existing=True))
+    entry = store.load().get("qwen/qwen2-vl-2b")
+    assert (
+        entry is not None
+        and entry.path == str(new_root / "Qwen" / "Qwen2-VL-2B")
+        and entry.location == "path"
+    )
+
+
+def test_a_second_copy_is_reported_not_merged(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    copy_root = tree["models"].parent / "copy"
+    shutil.copytree(tree["models"] / "TheBloke" / "Llama-AWQ", copy_root / "TheBloke" / "Llama-AWQ")
+    result = scan(store, copy_root, ScanOptions(location="path", update_existing=True))
+    assert not result.items
+    (skip,) = result.skipped
+    assert "another copy of thebloke/llama-awq" in skip.reason
+
+
+def test_undecodable_names_are_skipped(tree) -> None:
+    bad = Path(os.fsdecode(bytes(tree["models"]) + b"/own\xffer"))
+    write_gguf(bad / "repo" / "m-Q4_K_M.gguf")
+    result = scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions(location="linux_wsl"))
+    assert any(s.reason == "name is not valid UTF-8" and "own\\xffer" in s.path for s in result.skipped)
+    assert {i.name for i in result.added} == EXPECTED_NAMES
+
+
+def test_hidden_partial_download_is_not_a_model(tree) -> None:
+    folder = tree["models"] / "acme" / "downloading"
+    folder.mkdir()
+    (folder / ".model.safetensors.imageworks-partial").write_bytes(b"\0" * 64)
+    folders = {f.path.name: f for f in find_model_folders(tree["models"]).folders}
+    assert folders["downloading"].files == [] and folders["downloading"].partial_files == 1
+    result = scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions())
+    assert any(s.reason == "empty folder (a download is in progress)" for s in result.skipped)
+
+
+def test_missing_base_is_a_usage_error(run_cli, tmp_path) -> None:
+    proc = run_cli("scan", "--base", str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert "cannot scan" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_unreadable_folder_is_reported_and_the_scan_goes_on(tree, run_cli) -> None:
+    """A folder the scanning user cannot read. Tests run as root, which chmod does not stop, so as root
+    the folder is owned by an unmapped uid and the CLI runs in a user namespace (unshare
+    --map-root-user): there, root's override does not apply to files of uids outside the namespace, and
+    opening the folder fails with a real EACCES."""
+    locked = tree["models"] / "locked" / "Secret-GGUF"
+    write_gguf(locked / "Secret-Q4_K_M.gguf")
+    locked_owner = tree["models"] / "private"
+    write_gguf(locked_owner / "repo" / "x-Q4_K_M.gguf")
+    if os.geteuid() == 0:
+        if not _unshare_works():
+            pytest.skip(
+                "needs unprivileged user namespaces (unshare --user) to make a folder unreadable to root"
+            )
+        for folder in (locked, locked_owner):
+            os.chown(folder, 54321, 54321)
+        prefix = ["unshare", "--user", "--map-root-user"]
+    else:
+        prefix = []
+    for folder in (locked, locked_owner):
+        folder.chmod(0)
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "imageworks.cli.main", "scan", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        for folder in (locked, locked_owner):
+            folder.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)["data"]
+    reasons = {s["path"]: s["reason"] for s in data["skipped"]}
+    assert "Permission denied" in reasons[str(locked)]
+    assert "Permission denied" in reasons[str(locked_owner)]
+    assert {i["name"] for i in data["added"]} == EXPECTED_NAMES
+
+
+def test_local_folders_are_told_apart_by_path(tree) -> None:
+    """Weights one level down are `local` models: no repo id, so only the folder identifies them."""
+    store = RegistryStore(tree["registry"])
+    for folder in ("solo-a", "solo-b"):
+        write_gguf(tree["models"] / folder / "model-Q4_K_M.gguf")
+    other = tree["models"].parent / "disk2" / "models"  # same last two components as ./models/solo-a
+    write_gguf(other / "solo-a" / "model-Q4_K_M.gguf")
+
+    first = scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    assert {"local/models/solo-a:q4_k_m", "local/models/solo-b:q4_k_m"} <= {i.name for i in first.added}
+    second = scan(store, other, ScanOptions(location="path"))
+    (added,) = second.added
+    assert added.name.startswith("local/models/solo-a:q4_k_m-") and added.path == str(other / "solo-a")
+
+    before = registry_bytes(tree["registry"])
+    assert not scan(store, other, ScanOptions(location="path")).added
+    assert not scan(store, tree["models"], ScanOptions(location="linux_wsl")).added
+    assert registry_bytes(tree["registry"]) == before
+
+
+def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, run_cli) -> None:
+    """Download from the fake Hub (two quants of a GGUF repo into one folder, a safetensors repo), then
+    scan the same root: one entry per model, nothing to add or change, and a rebuild finds no drift."""
+    from tests.fakehub.samples import GGUF_REPO, SAFETENSORS_REPO
+
+    for args in ((GGUF_REPO, "--quant", "Q4_K_M"), (GGUF_REPO, "--quant", "Q8_0"), (SAFETENSORS_REPO,)):
+        proc = run_cli("download", *args, "--location", "linux_wsl", "--engine", "native", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    store = RegistryStore(isolated_env["registry"])
+    downloaded = {e.name for e in store.load().entries()}
+    assert len(downloaded) == 3
+    before = registry_bytes(isolated_env["registry"])
+
+    data = scan_json(run_cli)
+    assert data["summary"] == {"added": 0, "updated": 0, "unchanged": 3, "skipped": 0}, data
+    assert {i["name"] for i in data["unchanged"]} == downloaded
+    scan_json(run_cli, "--update-existing")
+    assert registry_bytes(isolated_env["registry"]) == before
+
+    proc = run_cli("normalize-formats", "--rebuild", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = json.loads(proc.stdout)["data"]
+    assert rebuilt["summary"]["update"] == 0 and rebuilt["hashed_files"] == 0, rebuilt["entries"]

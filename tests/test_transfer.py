@@ -1,0 +1,601 @@
+"""The download engines against a real loopback HTTP server (no mocked client): both engines, every
+failure the issue names (drops, stalls, 429, corrupt bytes, kill -9, a full disk, a token and a
+cross-host redirect)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from imageworks.errors import IntegrityError, TransferError, UsageError
+from imageworks.transfer import FileJob, FileResult, NullProgress, PartialPaths, choose_engine
+from imageworks.transfer.aria2_control import read_control
+from imageworks.transfer.base import merge_ranges, missing_ranges, prefix_end
+from imageworks.transfer.process import redact_argv
+
+MiB = 1024 * 1024
+ARIA2C = shutil.which("aria2c")
+ENGINES = [
+    "native",
+    pytest.param("aria2", marks=pytest.mark.skipif(ARIA2C is None, reason="aria2c not on PATH")),
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small ranged file server with fault knobs.
+
+
+@dataclass
+class Fault:
+    kind: str  # "drop" (close mid-body) | "stall" (pause mid-body) | "status" (answer `status` instead)
+    after: int = 0
+    seconds: float = 0.0
+    status: int = 503
+    retry_after: int | None = None
+    times: int = 1
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FileServer:
+    files: dict[str, bytes] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)
+    no_range: set[str] = field(default_factory=set)
+    rate: float | None = None  # bytes/s per connection
+    requests: list[Request] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}/{path}"
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return self.url(path)
+
+    def fail(self, path: str, kind: str, **kw: object) -> None:
+        self.faults.setdefault(path, []).append(Fault(kind, **kw))  # type: ignore[arg-type]
+
+    def take_fault(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
+        with self.lock:
+            for fault in self.faults.get(path, []):
+                if fault.kind in kinds and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def gets(self, path: str) -> list[Request]:
+        return [r for r in self.requests if r.method == "GET" and r.path == "/" + path]
+
+
+def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def _serve(self, body: bool) -> None:
+            server.requests.append(Request(self.command, self.path, dict(self.headers.items())))
+            path = self.path.lstrip("/")
+            if path in server.redirects:
+                self.send_response(302)
+                self.send_header("Location", server.redirects[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = server.files.get(path)
+            if data is None:
+                self._status(404)
+                return
+            fault = server.take_fault(path, ("status",))
+            if fault is not None:
+                self._status(fault.status, fault.retry_after)
+                return
+            etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+            start, end = 0, len(data)
+            rng = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            partial = bool(rng) and path not in server.no_range and (if_range is None or if_range == etag)
+            if partial:
+                first, _, last = rng.removeprefix("bytes=").partition("-")
+                start = int(first)
+                end = min(len(data), int(last) + 1) if last else len(data)
+                if start >= len(data):
+                    self._status(416)
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(end - start))
+            self.send_header("ETag", etag)
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            if body:
+                self._body(path, data, start, end)
+
+        def _status(self, status: int, retry_after: int | None = None) -> None:
+            self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", str(retry_after))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _body(self, path: str, data: bytes, start: int, end: int) -> None:
+            drop = stall = None
+            if end - start > 0:
+                fault = server.take_fault(path, ("drop", "stall"))
+                if fault is not None and fault.after < end - start:
+                    drop, stall = (fault, None) if fault.kind == "drop" else (None, fault)
+            sent = 0
+            chunk = 64 * 1024
+            began = time.monotonic()
+            try:
+                while start + sent < end:
+                    n = min(chunk, end - start - sent)
+                    for fault in (drop, stall):
+                        if fault is not None and sent < fault.after:
+                            n = min(n, fault.after - sent)
+                    if drop is not None and sent >= drop.after:
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    if stall is not None and sent >= stall.after:
+                        self.wfile.flush()
+                        time.sleep(stall.seconds)
+                        stall = None
+                    self.wfile.write(data[start + sent : start + sent + n])
+                    sent += n
+                    if server.rate:
+                        ahead = began + sent / server.rate - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
+            except OSError:
+                self.close_connection = True
+
+    return Handler
+
+
+@pytest.fixture
+def make_server() -> Iterator[object]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def make(host: str = "127.0.0.1") -> FileServer:
+        state = FileServer(host=host)
+        httpd = ThreadingHTTPServer((host, 0), _handler(state))
+        httpd.daemon_threads = True
+        state.port = httpd.server_address[1]
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return state
+
+    yield make
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server(make_server) -> FileServer:
+    return make_server()
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    # Non-repeating content, so a byte landing at the wrong offset changes the digest.
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%d-%d" % (seed, counter)).digest() * 64
+        counter += 1
+    return bytes(out[:n])
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def engine_for(kind: str, **kw: object):
+    opts: dict = {"connections": 4, "stall_timeout": 5.0, "retries": 3, "backoff": 0.1}
+    opts.update(kw)
+    return choose_engine(kind, **opts)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int | None, int]] = []
+        self.advanced = 0
+        self.done: list[FileResult] = []
+        self.messages: list[str] = []
+        self.threads: set[int] = set()
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        self.threads.add(threading.get_ident())
+        self.started.append((job.name, total, already))
+
+    def advance(self, job: FileJob, n: int) -> None:
+        self.threads.add(threading.get_ident())
+        self.advanced += n
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        self.done.append(result)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_range_helpers() -> None:
+    assert merge_ranges([(5, 10), (0, 5), (20, 30), (25, 26)]) == [(0, 10), (20, 30)]
+    assert missing_ranges([(0, 10), (20, 30)], 40) == [(10, 20), (30, 40)]
+    assert prefix_end([(3, 9)]) == 0 and prefix_end([(0, 4), (4, 9), (12, 13)]) == 9
+
+
+def test_redaction_hides_secrets() -> None:
+    line = redact_argv(
+        ["aria2c", "--rpc-secret=s3cret", "--header=Authorization: Bearer hf_abcdefghijkl", "x token:zzz"]
+    )
+    assert "s3cret" not in line and "hf_abcdefghijkl" not in line and "zzz" not in line
+    assert "--rpc-secret=<redacted>" in line
+
+
+def test_choose_engine_explains_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    engine = choose_engine("auto")
+    assert engine.name == "native" and "not found" in engine.note
+    with pytest.raises(UsageError):
+        choose_engine("aria2")
+    assert choose_engine("native", single_stream=True).note.endswith("(--no-aria2)")
+    with pytest.raises(UsageError):
+        choose_engine("aria2", single_stream=True)
+    if ARIA2C:
+        assert choose_engine("auto", aria2c_path=ARIA2C).name == "aria2"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Both engines
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_multi_segment_download(kind: str, server: FileServer, tmp_path: Path) -> None:
+    big, small = blob(12 * MiB + 12345, 1), b'{"model_type": "llama"}\n'
+    jobs = [
+        FileJob(server.add("model.safetensors", big), tmp_path / "m" / "model.safetensors", len(big), sha(big)),
+        FileJob(server.add("config.json", small), tmp_path / "m" / "config.json", len(small), git_sha1=git_sha1(small)),
+    ]
+    progress = Recorder()
+    results = engine_for(kind).fetch(jobs, progress)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == big
+    assert (tmp_path / "m" / "config.json").read_bytes() == small
+    assert [r.sha256 for r in results] == [sha(big), sha(small)]
+    assert results[0].bytes_fetched == len(big) and not results[0].skipped
+    ranges = {r.headers.get("Range") for r in server.gets("model.safetensors")}
+    assert len(ranges) >= 4, "the big file should have been fetched over several ranges"
+    assert leftovers(tmp_path / "m") == []
+    assert progress.advanced == len(big) + len(small)
+    assert progress.threads == {threading.get_ident()}
+    assert len(progress.done) == 2
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_drop_mid_body_is_retried_in_the_same_run(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(6 * MiB, 2)
+    url = server.add("w.bin", data)
+    server.fail("w.bin", "drop", after=300_000, times=3)
+    [result] = engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    assert (tmp_path / "w.bin").read_bytes() == data and result.sha256 == sha(data)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_resume_across_runs_after_a_drop(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(8 * MiB, 3)
+    url = server.add("w.bin", data)
+    server.rate = 8 * MiB  # slow enough that the drop happens while other ranges are in flight
+    server.fail("w.bin", "drop", after=2 * MiB, times=100)
+    job = FileJob(url, tmp_path / "w.bin", len(data), sha(data))
+    with pytest.raises(TransferError):
+        engine_for(kind, retries=0, connections=1).fetch([job], NullProgress())
+    assert not job.dest.exists()
+    paths = PartialPaths.for_dest(job.dest)
+    assert paths.temp.exists() and (paths.state.exists() or paths.control.exists())
+    server.faults.clear()
+    server.rate = None
+    before = len(server.gets("w.bin"))
+    [result] = engine_for(kind).fetch([job], NullProgress())
+    assert job.dest.read_bytes() == data
+    assert result.resumed_from >= MiB and result.bytes_fetched <= len(data) - MiB
+    first_range = server.gets("w.bin")[before].headers.get("Range", "")
+    assert not first_range.startswith("bytes=0-")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_stalled_connection_is_restarted(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(6 * MiB, 4)
+    url = server.add("w.bin", data)
+    server.fail("w.bin", "stall", after=100_000, seconds=20, times=2)
+    began = time.monotonic()
+    engine_for(kind, stall_timeout=1.0).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    assert time.monotonic() - began < 10
+    assert (tmp_path / "w.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_429_then_success(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(100_000, 5)
+    url = server.add("w.bin", data)
+    server.fail("w.bin", "status", status=429, retry_after=1, times=2)
+    began = time.monotonic()
+    engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    assert (tmp_path / "w.bin").read_bytes() == data
+    if kind == "native":  # aria2c does not expose Retry-After; it backs off on its own
+        assert time.monotonic() - began >= 1.0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_5xx_exhausting_retries_is_a_transfer_error(kind: str, server: FileServer, tmp_path: Path) -> None:
+    url = server.add("w.bin", b"x" * 1000)
+    server.fail("w.bin", "status", status=503, times=100)
+    with pytest.raises(TransferError):
+        engine_for(kind, retries=1).fetch([FileJob(url, tmp_path / "w.bin", 1000)], NullProgress())
+    assert not (tmp_path / "w.bin").exists()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_corrupt_bytes_are_discarded(kind: str, server: FileServer, tmp_path: Path) -> None:
+    good = blob(5 * MiB, 6)
+    bad = bytearray(good)
+    bad[3 * MiB] ^= 0xFF
+    url = server.add("w.bin", bytes(bad))
+    job = FileJob(url, tmp_path / "w.bin", len(good), sha(good), label="w.bin")
+    with pytest.raises(IntegrityError) as info:
+        engine_for(kind).fetch([job], NullProgress())
+    assert info.value.expected == sha(good) and info.value.actual == sha(bytes(bad))
+    assert "w.bin" in str(info.value)
+    assert not job.dest.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_wrong_size_is_an_integrity_error(kind: str, server: FileServer, tmp_path: Path) -> None:
+    url = server.add("w.bin", b"y" * 5000)
+    with pytest.raises(IntegrityError):
+        engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", 4000)], NullProgress())
+    assert not (tmp_path / "w.bin").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_small_file_git_sha1(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = b"hello tokenizer\n" * 100
+    url = server.add("tokenizer.json", data)
+    good = FileJob(url, tmp_path / "tokenizer.json", len(data), git_sha1=git_sha1(data))
+    [result] = engine_for(kind).fetch([good], NullProgress())
+    assert result.sha256 == sha(data)
+    bad = FileJob(url, tmp_path / "other.json", len(data), git_sha1="0" * 40)
+    with pytest.raises(IntegrityError):
+        engine_for(kind).fetch([bad], NullProgress())
+    assert not bad.dest.exists()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_up_to_date_rerun_fetches_nothing(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(5 * MiB, 7)
+    url = server.add("w.bin", data)
+    job = FileJob(url, tmp_path / "w.bin", len(data), sha(data))
+    engine = engine_for(kind)
+    engine.fetch([job], NullProgress())
+    count = len(server.requests)
+    [again] = engine.fetch([job], NullProgress())
+    assert again.skipped and again.bytes_fetched == 0 and again.sha256 == sha(data)
+    assert len(server.requests) == count
+    # A destination with other bytes is not "up to date": it is fetched again and replaced.
+    job.dest.write_bytes(b"z" * len(data))
+    [third] = engine.fetch([job], NullProgress())
+    assert not third.skipped and job.dest.read_bytes() == data
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_server_without_range_support(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(6 * MiB, 8)
+    url = server.add("w.bin", data)
+    server.no_range.add("w.bin")
+    [result] = engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    assert (tmp_path / "w.bin").read_bytes() == data and result.sha256 == sha(data)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_no_token_on_cross_host_redirect(kind: str, make_server, tmp_path: Path) -> None:
+    hub, cdn = make_server("127.0.0.1"), make_server("localhost")
+    data = blob(5 * MiB, 9)
+    hub.redirects["org/model/resolve/main/w.bin"] = cdn.add("blobs/abc", data)
+    job = FileJob(
+        hub.url("org/model/resolve/main/w.bin"),
+        tmp_path / "w.bin",
+        len(data),
+        sha(data),
+        headers={"Authorization": "Bearer hf_secret_token", "X-Client": "imageworks"},
+    )
+    engine_for(kind).fetch([job], NullProgress())
+    assert job.dest.read_bytes() == data
+    assert hub.requests and all(r.headers.get("Authorization") == "Bearer hf_secret_token" for r in hub.requests)
+    assert cdn.requests and not any("Authorization" in r.headers for r in cdn.requests)
+    assert len(cdn.gets("blobs/abc")) >= 2
+
+
+def test_native_single_stream(server: FileServer, tmp_path: Path) -> None:
+    data = blob(9 * MiB, 10)
+    url = server.add("w.bin", data)
+    choose_engine("native", single_stream=True).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    assert (tmp_path / "w.bin").read_bytes() == data
+    assert len(server.gets("w.bin")) == 1
+
+
+def test_native_unknown_size_and_no_digest(server: FileServer, tmp_path: Path) -> None:
+    data = blob(7 * MiB, 11)
+    url = server.add("direct.gguf", data)
+    progress = Recorder()
+    [result] = engine_for("native").fetch([FileJob(url, tmp_path / "direct.gguf", None)], progress)
+    assert result.sha256 == sha(data) and result.size == len(data)
+    assert progress.started == [("direct.gguf", len(data), 0)]
+    assert len(server.gets("direct.gguf")) > 2
+
+
+def test_native_restarts_when_the_file_changed(server: FileServer, tmp_path: Path) -> None:
+    old, new = blob(6 * MiB, 12), blob(6 * MiB, 13)
+    url = server.add("w.bin", old)
+    server.fail("w.bin", "drop", after=3 * MiB, times=100)
+    job = FileJob(url, tmp_path / "w.bin", len(new))
+    with pytest.raises(TransferError):
+        engine_for("native", retries=0, connections=1).fetch([job], NullProgress())
+    server.faults.clear()
+    server.files["w.bin"] = new  # same size, new ETag: If-Range makes the server send it whole
+    [result] = engine_for("native").fetch([job], NullProgress())
+    assert job.dest.read_bytes() == new and result.resumed_from == 0
+
+
+def test_cancel_keeps_partial_state(server: FileServer, tmp_path: Path) -> None:
+    data = blob(8 * MiB, 14)
+    url = server.add("w.bin", data)
+    server.rate = 1 * MiB
+    cancel = threading.Event()
+    threading.Timer(2.5, cancel.set).start()
+    job = FileJob(url, tmp_path / "w.bin", len(data), sha(data))
+    with pytest.raises(TransferError, match="cancelled"):
+        engine_for("native").fetch([job], NullProgress(), cancel=cancel)
+    state = json.loads(PartialPaths.for_dest(job.dest).state.read_text())
+    assert sum(b - a for a, b in state["done"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole processes: kill -9, a full disk.
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from imageworks.transfer import FileJob, NullProgress, choose_engine
+    spec = json.loads(sys.argv[1])
+    job = FileJob(spec["url"], Path(spec["dest"]), spec["size"], spec["sha256"])
+    engine = choose_engine(spec["kind"], connections=4, stall_timeout=5.0, retries=2, backoff=0.1)
+    out = []
+    for attempt in range(spec.get("runs", 1)):
+        if attempt and spec.get("filler"):
+            Path(spec["filler"]).unlink()
+        try:
+            [r] = engine.fetch([job], NullProgress())
+            out.append({"ok": True, "resumed_from": r.resumed_from, "bytes_fetched": r.bytes_fetched})
+        except Exception as exc:
+            out.append({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_kill_9_then_rerun_resumes(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(8 * MiB, 15)
+    url = server.add("w.bin", data)
+    server.rate = MiB // 4  # 4 connections: about 8 s for the whole file, we kill it after ~2
+    dest = tmp_path / "w.bin"
+    spec = {"url": url, "dest": str(dest), "size": len(data), "sha256": sha(data), "kind": kind}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(spec)], start_new_session=True, stdout=subprocess.PIPE
+    )
+    paths = PartialPaths.for_dest(dest)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        record = read_control(paths.control) if kind == "aria2" else None
+        if kind == "native" and paths.state.exists():
+            done = json.loads(paths.state.read_text())["done"]
+            if sum(b - a for a, b in done) >= MiB:
+                break
+        if record is not None and sum(b - a for a, b in record.done) >= MiB:
+            break
+        time.sleep(0.05)
+    else:
+        child.kill()
+        pytest.fail("no resumable state appeared")
+    os.killpg(child.pid, signal.SIGKILL)  # the whole group: aria2c dies as abruptly as we do
+    child.wait()
+    assert not dest.exists()
+    server.rate = None
+    [result] = engine_for(kind).fetch([FileJob(url, dest, len(data), sha(data))], NullProgress())
+    assert dest.read_bytes() == data
+    assert result.resumed_from >= MiB and result.bytes_fetched < len(data)
+    assert leftovers(tmp_path) == []
+
+
+def _unshare_works() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="a full disk is simulated with a tmpfs in a user namespace (unshare -rm), unavailable here")
+@pytest.mark.parametrize("kind", ENGINES)
+def test_disk_full_keeps_partial_and_resumes(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(6 * MiB, 16)
+    url = server.add("w.bin", data)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    dest, filler = mount / "w.bin", mount / "filler"
+    spec = {
+        "url": url, "dest": str(dest), "size": len(data), "sha256": sha(data), "kind": kind,
+        "runs": 2, "filler": str(filler),
+    }  # fmt: skip
+    script = (
+        f"mount -t tmpfs -o size=8m none {mount} && head -c {4 * MiB} /dev/zero > {filler} && "
+        f'exec "$0" -c "$1" "$2"'
+    )
+    out = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, sys.executable, CHILD, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    first, second = json.loads(out.stdout)
+    assert first["ok"] is False and first["error"] == "TransferError", first
+    assert "disk full" in first["message"]
+    assert second["ok"] is True, second
+    assert second["resumed_from"] > 0 and second["bytes_fetched"] < len(data)
