@@ -155,7 +155,9 @@ def registry_with_model(folder: Path, model_dir: Path, paths: list[Path], digest
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=2048, help="total model size in MiB (default 2048)")
     parser.add_argument("--files", type=int, default=4, help="number of files (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per method (default 3)")
@@ -179,7 +181,9 @@ def main() -> None:
         cores = default_jobs()
 
         def ours_cli() -> None:
-            out = run([sys.executable, "-m", "imageworks.cli.loader", "verify", "--json", "--no-backup", NAME], env)
+            out = run(
+                [sys.executable, "-m", "imageworks.cli.loader", "verify", "--json", "--no-backup", NAME], env
+            )
             doc = json.loads(out)
             assert doc["ok"] is True, doc
 
@@ -201,7 +205,10 @@ def main() -> None:
         def sha256sum_parallel() -> None:
             listing = "\0".join(map(str, paths))
             result = subprocess.run(
-                ["xargs", "-0", "-n1", f"-P{cores}", "sha256sum"], input=listing, capture_output=True, text=True
+                ["xargs", "-0", "-n1", f"-P{cores}", "sha256sum"],
+                input=listing,
+                capture_output=True,
+                text=True,
             )
             got = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()}
             assert [got[str(p)] for p in paths] == expected, result.stderr
@@ -252,13 +259,14 @@ def main() -> None:
             elif can_drop_caches():
                 modes.append("cold")
             else:
-                skip_notes.append("cold cache: cannot write /proc/sys/vm/drop_caches (not root?): warm numbers only")
+                skip_notes.append(
+                    "cold cache: cannot write /proc/sys/vm/drop_caches (not root?): warm numbers only"
+                )
 
             results: dict[str, dict[str, list[float]]] = {m: {name: [] for name in methods} for m in modes}
+            for fn in methods.values():  # one untimed run each: imports, the fake Hub's first hashes
+                fn()
             for mode in modes:
-                for name, fn in methods.items():  # one untimed run each: imports, the fake Hub's hashes
-                    if mode == "warm":
-                        fn()
                 for _ in range(args.reps):
                     # Interleaved, so that drift (thermal, a neighbour VM) spreads over every method.
                     for name, fn in methods.items():
@@ -270,9 +278,10 @@ def main() -> None:
                         fn()
                         results[mode][name].append(time.perf_counter() - started)
 
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"\nverify benchmark: {len(paths)} files, {total / MiB:.0f} MiB in all, {args.reps} reps, "
-            f"{os.cpu_count()} CPUs (hash_files jobs={cores}), median seconds"
+            f"{os.cpu_count()} CPUs (hash_files jobs={cores}), median seconds; load average at the end {load}"
         )
         for mode in results:
             print(f"\n{mode} cache:")

@@ -222,3 +222,12 @@ def test_an_unmounted_location_root_is_never_pruned(scanned, run_cli) -> None:
     assert "not mounted" in data["entries"][0]["notes"][0]
     assert data["written"] == []
     assert len(RegistryStore(scanned["registry"]).load().discovered) == 5
+
+
+def test_a_deleted_quant_is_missing_not_replaced_by_its_neighbour(scanned) -> None:
+    (scanned["models"] / "bartowski" / "Llama-GGUF" / "Llama-Q8_0.gguf").unlink()
+    plan = plan_normalize(RegistryStore(scanned["registry"]).load(), rebuild=True)
+    (item,) = plan.writes
+    assert item.name == "bartowski/llama-gguf:q8_0"
+    assert item.drift is not None
+    assert (item.drift.missing, item.drift.added) == (["Llama-Q8_0.gguf"], [])

@@ -407,16 +407,20 @@ def test_local_folders_are_told_apart_by_path(tree) -> None:
 
 
 def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, run_cli) -> None:
-    """Download from the fake Hub (two quants of a GGUF repo into one folder, a safetensors repo), then
-    scan the same root: one entry per model, nothing to add or change, and a rebuild finds no drift."""
-    from tests.fakehub.samples import GGUF_REPO, SAFETENSORS_REPO
+    """Download from the fake Hub (one quant of a GGUF repo, two quants of another recorded as one entry,
+    a safetensors repo), then scan the same root: one entry per download, nothing to add or change, and
+    a rebuild finds no drift."""
+    from imageworks.config import resolve_config
+    from imageworks.download import download
+    from tests.fakehub.samples import GGUF_REPO, SAFETENSORS_REPO, add_gguf_model
 
-    for args in ((GGUF_REPO, "--quant", "Q4_K_M"), (GGUF_REPO, "--quant", "Q8_0"), (SAFETENSORS_REPO,)):
-        proc = run_cli("download", *args, "--location", "linux_wsl", "--engine", "native", "--quiet")
-        assert proc.returncode == 0, proc.stderr
+    add_gguf_model(sample_hub[0], "Other/Tiny-GGUF")
+    config = resolve_config()
+    for reference, quant in ((GGUF_REPO, "Q4_K_M"), ("Other/Tiny-GGUF", "Q4_K_M,Q8_0"), (SAFETENSORS_REPO, None)):
+        download(reference, config=config, quant=quant, location="linux_wsl", engine="native", command="test")
     store = RegistryStore(isolated_env["registry"])
     downloaded = {e.name for e in store.load().entries()}
-    assert len(downloaded) == 3
+    assert downloaded == {"theowner/tiny-llama-gguf:q4_k_m", "other/tiny-gguf", "theowner/tiny-llama"}
     before = registry_bytes(isolated_env["registry"])
 
     data = scan_json(run_cli)

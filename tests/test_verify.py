@@ -162,7 +162,9 @@ def test_truncated_file_is_caught_by_full_and_quick(run_cli, model: Path) -> Non
         result = run_cli(*args)
         assert result.returncode == 1, args
         assert "size differs" in result.stdout
-        assert "model-00001-of-00002.safetensors  recorded 700000 bytes, on disk 500000 bytes" in result.stdout
+        assert (
+            "model-00001-of-00002.safetensors  recorded 700000 bytes, on disk 500000 bytes" in result.stdout
+        )
 
 
 def test_extra_file_is_reported_but_our_partials_and_hf_metadata_are_not(run_cli, model: Path) -> None:
@@ -229,6 +231,23 @@ def test_record_on_an_entry_without_a_file_list_lists_the_folder(
     assert report.status == "ok"
 
 
+def test_record_on_a_single_file_entry(isolated_env: dict[str, Path], store: RegistryStore) -> None:
+    folder = isolated_env["lmstudio"] / "url"
+    folder.mkdir(parents=True)
+    gguf = folder / "tiny.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF" + WEIGHTS[:5000])
+    (folder / "someone-elses.gguf").write_bytes(b"GGUF")  # a sibling is not this entry's business
+    put(store, ModelEntry(name="url/tiny:q4_k_m", path=str(gguf)))
+
+    [report] = verify_models(store, ["url/tiny"], record=True)
+    assert report.status == "recorded"
+    [record] = discovered(store, "url/tiny:q4_k_m")["files"]
+    assert record["path"] == "tiny.Q4_K_M.gguf"
+    assert record["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    [report] = verify_models(store, ["url/tiny"])
+    assert report.status == "ok" and report.verified_at
+
+
 def test_ambiguous_and_unknown_names_exit_2_before_hashing(
     run_cli, isolated_env: dict[str, Path], store: RegistryStore
 ) -> None:
@@ -245,7 +264,9 @@ def test_ambiguous_and_unknown_names_exit_2_before_hashing(
     assert unknown.returncode == 2
     assert "no model matches 'no-such-model'" in unknown.stderr
     assert unknown.stdout == ""
-    assert all(e["verified_at"] is None for e in json.loads(store.path(DISCOVERED).read_text())["models"].values())
+    assert all(
+        e["verified_at"] is None for e in json.loads(store.path(DISCOVERED).read_text())["models"].values()
+    )
 
 
 @pytest.mark.parametrize(
@@ -287,7 +308,8 @@ def test_json_contract(run_cli, model: Path) -> None:
     assert result.returncode == 1
     assert doc["schema"] == "imageworks.verify" and doc["version"] == 1 and doc["ok"] is False
     [report] = doc["data"]["models"]
-    assert set(report) >= {"name", "path", "mode", "status", "ok", "problems", "files", "notes", "verified_at"}
+    keys = {"name", "path", "mode", "status", "ok", "problems", "files", "notes", "verified_at", "remote"}
+    assert keys <= set(report)
     assert report["name"] == NAME and report["mode"] == "full" and report["ok"] is False
     assert report["problems"] == ["changed", "extra"]
     by_path = {f["path"]: f for f in report["files"]}
@@ -296,7 +318,10 @@ def test_json_contract(run_cli, model: Path) -> None:
     assert changed["status"] == "size differs"
     assert changed["expected_size"] == len(FILES["config.json"])
     assert by_path["model-00001-of-00002.safetensors"]["status"] == "ok"
-    assert by_path["model-00001-of-00002.safetensors"]["actual_sha256"] == hashlib.sha256(WEIGHTS[:700_000]).hexdigest()
+    assert (
+        by_path["model-00001-of-00002.safetensors"]["actual_sha256"]
+        == hashlib.sha256(WEIGHTS[:700_000]).hexdigest()
+    )
     assert doc["data"]["hashed_bytes"] == len(WEIGHTS) + len(FILES["tokenizer/tokenizer.json"])
 
     (model / "notes.txt").unlink()
@@ -366,7 +391,9 @@ def test_gguf_quants_sharing_a_folder_are_not_extra_for_each_other(
     assert [r.status for r in reports] == ["extra", "extra"]
 
 
-def test_hand_edited_aggregate_is_reported(isolated_env: dict[str, Path], store: RegistryStore, model: Path) -> None:
+def test_hand_edited_aggregate_is_reported(
+    isolated_env: dict[str, Path], store: RegistryStore, model: Path
+) -> None:
     entry = store.load().get(NAME)
     assert entry is not None
     put(store, entry.model_copy(update={"aggregate_sha256": "0" * 64}))
@@ -422,7 +449,10 @@ def test_remote_failure_is_reported_per_model(
 ) -> None:
     entry = store.load().get(NAME)
     assert entry is not None
-    put(store, entry.model_copy(update={"source": Source(provider="hf", repo_id="Nobody/Nothing", commit="a" * 40)}))
+    put(
+        store,
+        entry.model_copy(update={"source": Source(provider="hf", repo_id="Nobody/Nothing", commit="a" * 40)}),
+    )
     result = run_cli("verify", "--remote", NAME)
     assert result.returncode == 1
     assert "remote unavailable" in result.stdout.lower()
@@ -431,30 +461,30 @@ def test_remote_failure_is_reported_per_model(
 
 # ------------------------------------------------------------------------------------- download
 def test_model_downloaded_from_the_fake_hub_then_tampered(
-    run_cli, sample_hub, isolated_env: dict[str, Path], store: RegistryStore
+    run_cli, fake_hub, isolated_env: dict[str, Path], store: RegistryStore
 ) -> None:
-    """The whole runbook: download with imageworks-download, verify, flip a byte, verify again."""
+    """The runbook end to end: `imageworks-download download`, verify (also --remote), flip a byte."""
     import importlib.util
 
     if importlib.util.find_spec("imageworks.cli.download_cmd") is None:
         pytest.skip("imageworks.cli.download_cmd (the download helper's command) does not exist yet")
-    hub, repos = sample_hub
-    repo = repos["safetensors"] if "safetensors" in repos else next(iter(repos.values()))
-    result = run_cli("download", repo.repo_id, "--location", "linux_wsl")
+    from tests.fakehub import samples
+
+    repo = samples.add_sharded_model(fake_hub)
+    result = run_cli("download", repo.repo_id, "--location", "linux_wsl", "--quiet", "--no-backup")
     if result.returncode != 0:
         pytest.skip(f"`imageworks-download download` does not work yet: {result.stderr.strip()[-300:]}")
-    listing = json.loads(run_cli("list", "--json").stdout)["data"]
-    [downloaded] = [m for m in listing if (m["path"] or "").startswith(str(isolated_env["models"]))]
-    name = downloaded["name"]
+    [name] = [e.name for e in store.load().entries()]
 
-    first = run_cli("verify", name)
+    first = run_cli("verify", "--remote", name)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "remote: ok" in first.stdout
     assert discovered(store, name)["verified_at"]
 
     entry = store.load().get(name)
     assert entry is not None and entry.path
     biggest = max(entry.files, key=lambda f: f.size)
-    assert biggest.sha256
+    assert biggest.sha256 and biggest.mtime_ns
     flip_byte_keep_mtime(Path(entry.path) / biggest.path, biggest.size // 2)
     second = run_cli("verify", name)
     assert second.returncode == 1

@@ -77,7 +77,8 @@ def build_entry(
 
     Format and quantisation come from the files' headers and configs (`inspect_folder`); `format_hint`
     (the user's `--format`) is used only when nothing is detectable. Pass `inspection` when the caller
-    already ran it."""
+    already ran it. The name follows `imageworks.naming.model_name`; a direct download is named after its
+    file."""
     if inspection is None:
         from imageworks.inspect import inspect_folder
 
@@ -86,12 +87,14 @@ def build_entry(
     fmt = detected or (format_hint.lower() if format_hint else None)
     variant = entry_variant(inspection)
     quantization = variant or inspection.quantization
+    # A direct download is named after its file: the URL's last segment may be a CDN hash or "download".
+    name_url = files[0].path if source.provider == "url" and len(files) == 1 else source.url
     name = model_name(
         source.provider,
         repo_id=source.repo_id,
         revision=source.revision,
         quant=variant,
-        url=source.url,
+        url=name_url,
         folder=folder,
     )
     paths = [r.path for r in files]

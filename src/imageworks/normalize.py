@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from imageworks.naming import path_key
 from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
 from imageworks.scan import (
     FieldChange,
@@ -172,6 +173,12 @@ def plan_normalize(
     missing (a drive not mounted, a Windows folder seen from WSL) is reported, never pruned."""
     discovered = validate_entries(registry.discovered, "discovered layer") if registry.discovered else {}
     roots = dict(location_roots or {})
+    folder_files: dict[str | None, list[tuple[str, set[str]]]] = {}
+    if rebuild:  # which entries share a folder (one per GGUF quant), to tell their files apart
+        for other in registry.entries():
+            folder_files.setdefault(path_key(other.path), []).append(
+                (other.name, {f.path for f in other.files})
+            )
     plan = NormalizePlan([], rebuild, full, prune_missing)
     work: list[_Work] = []
     for name in sorted(discovered.keys() | registry.curated.keys()):
@@ -212,7 +219,12 @@ def plan_normalize(
             note = "the recorded path is a file, not a model folder: not normalised"
             plan.entries.append(EntryPlan(name, path, "skipped", notes=[note], before=before))
             continue
-        item = _inspect_entry(name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before)
+        others = set().union(
+            *(files for other, files in folder_files.get(path_key(path), []) if other != name)
+        )
+        item = _inspect_entry(
+            name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before, others=others
+        )
         if isinstance(item, EntryPlan):
             plan.entries.append(item)
         else:
@@ -234,7 +246,14 @@ def _curated_note(name: str, path: str) -> str:
 
 
 def _inspect_entry(
-    name: str, entry: ModelEntry, folder: Path, *, rebuild: bool, full: bool, before: dict[str, Any]
+    name: str,
+    entry: ModelEntry,
+    folder: Path,
+    *,
+    rebuild: bool,
+    full: bool,
+    before: dict[str, Any],
+    others: set[str],
 ) -> _Work | EntryPlan:
     from imageworks.inspect import inspect_folder
 
@@ -245,7 +264,7 @@ def _inspect_entry(
             return EntryPlan(name, str(folder), "skipped", notes=[listing.problem], before=before)
         plan.notes.extend(listing.notes)
         stats = {f.path: f for f in listing.files}
-        files, inspection = _entry_variant(entry, folder, [f.path for f in listing.files])
+        files, inspection = _entry_variant(entry, folder, [f.path for f in listing.files], others)
     else:
         stats = {}
         recorded = [f.path for f in entry.files]
@@ -306,24 +325,36 @@ def _inspect_entry(
 
 
 def _entry_variant(
-    entry: ModelEntry, folder: Path, all_files: list[str]
+    entry: ModelEntry, folder: Path, all_files: list[str], others: set[str]
 ) -> tuple[list[str], ModelInspection]:
-    """The files of `folder` that make up this entry: every file, or, in a folder holding several GGUF
-    quants, the variant whose weights the entry recorded (else the one of its quantisation)."""
+    """The files of `folder` that make up this entry. A folder may hold several GGUF quants, each its own
+    entry: the entry keeps the variants whose weights it recorded (several when a download recorded them
+    as one entry). When none of those is left, it takes an unclaimed variant of its quantisation, or,
+    alone in its folder, whatever weights are there now (replaced in place); else only the shared files
+    remain, and the drift shows its weights missing. `others` are the files other entries of the same
+    folder recorded."""
     from imageworks.inspect import inspect_folder
 
     inspection = inspect_folder(folder, files=all_files)
     variants = split_variants(inspection, all_files)
-    if len(variants) == 1:
-        return list(variants[0].files), inspection
     recorded = {f.path for f in entry.files}
-    best = max(variants, key=lambda v: len(v.weight_files & recorded))
-    if not best.weight_files & recorded:
-        for variant in variants:
-            insp = inspect_folder(folder, files=list(variant.files))
-            if (insp.quantization or "").lower() == (entry.quantization or "").lower():
-                return list(variant.files), insp
-    return list(best.files), inspect_folder(folder, files=list(best.files))
+    mine = [v for v in variants if v.weight_files & recorded]
+    if len(variants) == 1 and (mine or not others or not recorded):
+        return list(variants[0].files), inspection
+    if mine:
+        files = sorted({f for v in mine for f in v.files})
+        return files, inspection if files == all_files else inspect_folder(folder, files=files)
+    for variant in variants:
+        if variant.weight_files & others:
+            continue
+        insp = inspect_folder(folder, files=list(variant.files))
+        if (insp.quantization or "").lower() == (entry.quantization or "").lower():
+            return list(variant.files), insp
+    if not recorded:
+        return all_files, inspection
+    weights = {f for v in variants for f in v.weight_files}
+    shared = [f for f in all_files if f not in weights]
+    return shared, inspect_folder(folder, files=shared)
 
 
 def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:

@@ -659,6 +659,7 @@ class ScanItem:
 class ScanPlan:
     items: list[ScanItem]
     skipped: list[Skip]
+    candidates: list[Candidate] = field(default_factory=list)  # as planned (after any merge)
 
     @property
     def writes(self) -> list[ScanItem]:
@@ -725,6 +726,7 @@ def plan_scan(
     items: list[ScanItem] = []
     skips = list(skipped)
     planned: dict[str, str] = {}  # entry name -> folder, for the candidates of this scan
+    candidates = _fold_into_existing(candidates, index)
     for cand in candidates:
         entry = cand.entry
         stats = {f.path: f for f in cand.folder.files}
@@ -783,7 +785,54 @@ def plan_scan(
         if needs_digests:
             notes.append("SHA-256 of files without one to be recorded")
         items.append(_item("update", refreshed, cand, changes=changes, notes=notes))
-    return ScanPlan(items, skips)
+    return ScanPlan(items, skips, candidates)
+
+
+def _fold_into_existing(candidates: Sequence[Candidate], index: EntryIndex) -> list[Candidate]:
+    """An existing entry defines its own grouping: when it holds several variants of one folder (a
+    download of two quants recorded as one entry), the candidates it covers become one candidate for
+    it, instead of a second entry per quant."""
+    owners: dict[tuple[str, str], list[int]] = {}
+    for position, cand in enumerate(candidates):
+        existing = index.match(cand)
+        if existing is not None:
+            owners.setdefault((existing.name, str(cand.folder.path)), []).append(position)
+    shared = {positions[0]: positions for positions in owners.values() if len(positions) > 1}
+    if not shared:
+        return list(candidates)
+    folded = {p for positions in shared.values() for p in positions}
+    out: list[Candidate] = []
+    for position, cand in enumerate(candidates):
+        if position in shared:
+            out.append(merge_candidates([candidates[p] for p in shared[position]]))
+        elif position not in folded:
+            out.append(cand)
+    return out
+
+
+def merge_candidates(cands: Sequence[Candidate]) -> Candidate:
+    """One candidate holding the files of several variants of the same folder."""
+    from imageworks.inspect import inspect_folder
+
+    folder = cands[0].folder
+    files = sorted({r.path for c in cands for r in c.entry.files})
+    stats = {f.path: f for f in folder.files}
+    inspection = inspect_folder(folder.path, files=files)
+    entry = build_entry(
+        folder,
+        inspection,
+        files,
+        stats,
+        location=cands[0].entry.location or "path",
+        testing=any(c.entry.testing for c in cands),
+    )
+    hashed = {r.path: r for c in cands for r in c.entry.files if r.sha256}
+    records = [hashed.get(r.path, r) for r in entry.files]
+    entry = entry.model_copy(
+        update={"files": records, "aggregate_sha256": aggregate_sha256((r.path, r.sha256) for r in records)}
+    )
+    notes = list(dict.fromkeys(n for c in cands for n in c.notes))
+    return Candidate(entry, folder, frozenset().union(*(c.weight_files for c in cands)), notes)
 
 
 def _disambiguated(entry: ModelEntry) -> ModelEntry:
@@ -986,7 +1035,7 @@ def scan(
     hashed = HashStats()
     if options.hash and not options.dry_run and plan.writes:
         skips = [*skips, *hash_items(plan.writes, hashed)]
-        candidates = [c for c in candidates if c.rejected is None]
+        candidates = [c for c in plan.candidates if c.rejected is None]
         plan = plan_scan(store.load(), candidates, skips, update_existing=options.update_existing)
     if not options.dry_run and plan.writes:
         with store.transaction(command, backup=options.backup) as registry:

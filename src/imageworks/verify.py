@@ -319,6 +319,14 @@ def _plan_model(
         else:
             check.status = F_NO_DIGEST
 
+    if single_file and not entry.files and record and not quick:
+        # `path` names the model's one file (a direct-URL GGUF, say): --record makes it the file list.
+        full = Path(entry.path or "").expanduser()
+        size = full.stat().st_size
+        check = FileCheck(full.name, F_OK, actual_size=size)
+        report.files.append(check)
+        plan.pending.append(_Pending(check, full, size, None))
+        plan.listed_from_disk = True
     # An entry that lists no files cannot have extras: it is reported as having no digests instead.
     if root.is_dir() and not single_file and (entry.files or (record and not quick)):
         listed = {f.path for f in entry.files}

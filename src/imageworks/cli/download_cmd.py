@@ -307,7 +307,7 @@ def download(
             sha256=sha256,
             progress=progress,
             on_plan=on_plan,
-            command=sys.argv,
+            command=["imageworks-download", *sys.argv[1:]],
             backup=not no_backup,
         )
     finally:
@@ -350,6 +350,8 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
         f"weights: {data['format']} {data['quantization'] or ''} (dtype {data['dtype'] or '-'}), parameters {params},"
         f" architecture {data['architecture'] or '-'}, context {data['context_length'] or '-'}"
     )
+    if len(data["gguf_quants"]) > 1:
+        click.echo(f"GGUF quants: {', '.join(data['gguf_quants'])} (pick one with download --quant)")
     if data["capabilities"]:
         click.echo(f"capabilities: {', '.join(data['capabilities'])}")
     for problem in data["problems"]:

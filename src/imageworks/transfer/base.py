@@ -325,8 +325,12 @@ class PrefixHasher:
 
     def finish(self, size: int) -> tuple[str, str | None]:
         """Hash up to `size` bytes and return (sha256, git sha1 or None)."""
+        began, behind = time.perf_counter(), size - self.hashed
         self.advance_to(size)
         self.close()
+        log.debug(
+            "%s: %d bytes left to hash at the end, %.3f s", self._path.name, behind, time.perf_counter() - began
+        )
         if self._error is not None:
             raise self._error
         if self.hashed != size:
