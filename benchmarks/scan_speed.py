@@ -58,7 +58,9 @@ def run_cli(env: dict[str, str], *args: str) -> tuple[float, subprocess.Complete
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one library scan")
@@ -90,7 +92,8 @@ def main() -> None:
             first.append(t)
             t, proc = run_cli(env, "scan", "--json")
             data = json.loads(proc.stdout)["data"]
-            assert data["summary"]["unchanged"] == args.models and not data["summary"]["added"], data["summary"]
+            summary = data["summary"]
+            assert summary["unchanged"] == args.models and not summary["added"], summary
             again.append(t)
 
             env["IMAGEWORKS_REGISTRY_DIR"] = str(work / f"registry-hash-{rep}")
@@ -107,7 +110,9 @@ def main() -> None:
             )
 
         print()
-        print(f"{args.models} model folders, medians of {args.reps} runs through the CLI (start-up included):")
+        print(
+            f"{args.models} model folders, medians of {args.reps} runs through the CLI (start-up included):"
+        )
         print(f"  scan (empty registry)             {statistics.median(first):6.2f} s   target <= 10 s")
         print(f"  re-scan (nothing new)             {statistics.median(again):6.2f} s   target <= 3 s")
         print(

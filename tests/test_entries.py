@@ -13,7 +13,9 @@ def records(folder: Path, names: list[str] | None = None) -> list[FileRecord]:
     out = []
     for rel in paths:
         st = (folder / rel).stat()
-        out.append(FileRecord(path=rel, size=st.st_size, sha256=sha256_file(folder / rel), mtime_ns=st.st_mtime_ns))
+        out.append(
+            FileRecord(path=rel, size=st.st_size, sha256=sha256_file(folder / rel), mtime_ns=st.st_mtime_ns)
+        )
     return out
 
 
@@ -36,8 +38,15 @@ def test_entry_from_an_awq_folder(tmp_path: Path) -> None:
 def test_gguf_quant_in_the_name_only_for_one_quant(tmp_path: Path) -> None:
     folder = tmp_path / "Owner" / "Tiny-GGUF"
     modelfiles.write_gguf_repo(folder, "Tiny", ("Q4_K_M", "Q8_0"))
-    q4 = build_entry(folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q4_K_M.gguf"]))
-    q8 = build_entry(folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q8_0.gguf"]))
+    q4 = build_entry(
+        folder,
+        source=hf("Owner/Tiny-GGUF"),
+        location="linux_wsl",
+        files=records(folder, ["Tiny-Q4_K_M.gguf"]),
+    )
+    q8 = build_entry(
+        folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q8_0.gguf"])
+    )
     both = build_entry(folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder))
     assert (q4.name, q4.quantization) == ("owner/tiny-gguf:q4_k_m", "Q4_K_M")
     assert q8.name == "owner/tiny-gguf:q8_0"
@@ -50,10 +59,14 @@ def test_format_hint_is_only_a_fallback(tmp_path: Path) -> None:
     folder = tmp_path / "o" / "r"
     folder.mkdir(parents=True)
     (folder / "weights.dat").write_bytes(b"\0" * 32)
-    entry = build_entry(folder, source=hf("o/r"), location="linux_wsl", files=records(folder), format_hint="exl2")
+    entry = build_entry(
+        folder, source=hf("o/r"), location="linux_wsl", files=records(folder), format_hint="exl2"
+    )
     assert entry.format == "exl2"
     st_folder = modelfiles.write_hf_model(tmp_path / "o" / "st", "plain-bf16")
-    entry = build_entry(st_folder, source=hf("o/st"), location="linux_wsl", files=records(st_folder), format_hint="awq")
+    entry = build_entry(
+        st_folder, source=hf("o/st"), location="linux_wsl", files=records(st_folder), format_hint="awq"
+    )
     assert entry.format == "safetensors" and entry.metadata["format_requested"] == "awq"
 
 
@@ -61,7 +74,12 @@ def test_record_updates_the_same_entry_and_keeps_hand_set_fields(tmp_path: Path)
     folder = tmp_path / "Owner" / "Tiny-GGUF"
     modelfiles.write_gguf_repo(folder, "Tiny", ("Q4_K_M", "Q8_0"))
     store = RegistryStore(tmp_path / "registry")
-    q4 = build_entry(folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q4_K_M.gguf"]))
+    q4 = build_entry(
+        folder,
+        source=hf("Owner/Tiny-GGUF"),
+        location="linux_wsl",
+        files=records(folder, ["Tiny-Q4_K_M.gguf"]),
+    )
     with store.transaction("test") as reg:
         record_entry(reg, q4)
     with store.transaction("test") as reg:
@@ -69,8 +87,15 @@ def test_record_updates_the_same_entry_and_keeps_hand_set_fields(tmp_path: Path)
         assert stored is not None
         reg.put(stored.model_copy(update={"aliases": ["tiny-q4"], "tags": ["favourite"]}))
     # Same model again, the repo id typed in another case: the same entry, aliases kept.
-    again = build_entry(folder, source=hf("owner/tiny-gguf"), location="linux_wsl", files=records(folder, ["Tiny-Q4_K_M.gguf"]))
-    q8 = build_entry(folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q8_0.gguf"]))
+    again = build_entry(
+        folder,
+        source=hf("owner/tiny-gguf"),
+        location="linux_wsl",
+        files=records(folder, ["Tiny-Q4_K_M.gguf"]),
+    )
+    q8 = build_entry(
+        folder, source=hf("Owner/Tiny-GGUF"), location="linux_wsl", files=records(folder, ["Tiny-Q8_0.gguf"])
+    )
     with store.transaction("test") as reg:
         assert find_existing(reg, again).name == q4.name
         assert find_existing(reg, q8) is None  # same folder, another quant: its own entry
@@ -87,7 +112,9 @@ def test_a_scan_of_a_downloaded_folder_finds_the_download(tmp_path: Path) -> Non
     downloaded = build_entry(folder, source=hf("Owner/Model"), location="linux_wsl", files=records(folder))
     with store.transaction("download") as reg:
         record_entry(reg, downloaded)
-    scanned = build_entry(folder, source=Source(provider="local"), location="linux_wsl", files=records(folder))
+    scanned = build_entry(
+        folder, source=Source(provider="local"), location="linux_wsl", files=records(folder)
+    )
     assert scanned.name != downloaded.name
     with store.transaction("scan") as reg:
         stored = record_entry(reg, scanned)

@@ -8,10 +8,17 @@ import time
 import pytest
 
 from imageworks.config import resolve_config
-from imageworks.errors import AuthError, EntryNotFound, GatedRepo, HubError, HubUnavailable, RepoNotFound, RevisionNotFound
+from imageworks.errors import (
+    AuthError,
+    EntryNotFound,
+    GatedRepo,
+    HubError,
+    HubUnavailable,
+    RepoNotFound,
+    RevisionNotFound,
+)
 from imageworks.hub import HubClient, analyze_repo
-from tests.fakehub import FakeHub
-from tests.fakehub import samples
+from tests.fakehub import FakeHub, samples
 
 TOKEN = "hf_aliceTOKEN0123456789"
 
@@ -32,7 +39,9 @@ def test_snapshot_canonical_id_pagination_and_digests(fake_hub: FakeHub) -> None
     assert all(repo.commit in r.path for r in tree_pages)  # the listing is pinned to the commit
     shard = listed["model-00001-of-00002.safetensors"]
     served = fake_hub.file(repo.repo_id, shard.path)
-    assert shard.lfs and shard.sha256 == served.sha256 and shard.size == served.size and shard.git_sha1 is None
+    assert (
+        shard.lfs and shard.sha256 == served.sha256 and shard.size == served.size and shard.git_sha1 is None
+    )
     config = listed["config.json"]
     assert not config.lfs and config.git_sha1 == fake_hub.file(repo.repo_id, "config.json").oid
 

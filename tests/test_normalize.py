@@ -66,10 +66,8 @@ def test_dry_run_by_default_shows_field_diffs_and_apply_writes_once(scanned, run
     assert "dry run: nothing written" in proc.stdout
     assert registry_bytes(registry) == before
 
-    data = normalize_json(run_cli, "--dry-run")
-    assert {e["name"] for e in data["entries"]} == {"bartowski/llama-gguf:q8_0", "thebloke/llama-awq"}
-    assert data["summary"]["update"] == 2 and not data["applied"]
-    assert registry_bytes(registry) == before
+    plan = plan_normalize(store.load())
+    assert {e.name for e in plan.writes} == {"bartowski/llama-gguf:q8_0", "thebloke/llama-awq"}
 
     proc = run_cli("normalize-formats", "--apply")
     assert proc.returncode == 0, proc.stderr
@@ -126,8 +124,8 @@ def test_rebuild_reports_drift_and_hashes_only_what_changed(scanned, run_cli) ->
     assert "generation_config.json" not in recorded and "notes.txt" in recorded
 
     # Nothing changed since: a rebuild reads no file at all.
-    quiet = normalize_json(run_cli, "--rebuild")
-    assert quiet["hashed_files"] == 0 and quiet["summary"]["update"] == 0
+    quiet = plan_normalize(RegistryStore(scanned["registry"]).load(), rebuild=True)
+    assert quiet.hashed_files == 0 and not quiet.writes
 
 
 def test_full_catches_an_in_place_change_that_kept_size_and_mtime(scanned) -> None:
@@ -177,8 +175,8 @@ def test_prune_missing_removes_discovered_and_reports_curated(scanned, run_cli) 
         "bartowski/llama-gguf:q8_0": "curated-missing",
         "hand/written": "curated-missing",
     }
-    text = run_cli("normalize-formats", "--prune-missing").stdout
-    assert "edit that file by hand" in text
+    curated_notes = [e["notes"][0] for e in plan["entries"] if e["action"] == "curated-missing"]
+    assert all("edit that file by hand" in note for note in curated_notes)
 
     normalize_json(run_cli, "--prune-missing", "--apply", "--no-backup")
     loaded = RegistryStore(registry).load()

@@ -80,9 +80,18 @@ def test_safetensors_preferred_over_the_same_weights_in_other_formats() -> None:
     assert "onnx/config.json" in sel.skipped and "original/params.json" in sel.skipped
 
 
-@pytest.mark.parametrize(("fmt", "expected"), [("pytorch", "pytorch_model.bin"), ("onnx", "onnx/model.onnx"), ("awq", "model.safetensors")])
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [("pytorch", "pytorch_model.bin"), ("onnx", "onnx/model.onnx"), ("awq", "model.safetensors")],
+)
 def test_format_flag_picks_the_weights(fmt: str, expected: str) -> None:
-    listing = [*SUPPORT, lfs("model.safetensors"), lfs("pytorch_model.bin"), lfs("onnx/model.onnx"), small("onnx/config.json")]
+    listing = [
+        *SUPPORT,
+        lfs("model.safetensors"),
+        lfs("pytorch_model.bin"),
+        lfs("onnx/model.onnx"),
+        small("onnx/config.json"),
+    ]
     sel = select_files(listing, format=fmt)
     weights = [s.file.path for s in sel.files if s.role == "weights"]
     assert weights == [expected]
@@ -156,6 +165,18 @@ def test_single_file_reference_brings_support_files_and_split_siblings() -> None
         select_files(listing, path="nope.gguf")
 
 
+def test_tree_url_folder_restricts_the_weights() -> None:
+    sel = select_files([*SUPPORT, *GGUF[1:]], folder="Q6_K")
+    assert sel.quants == ["Q6_K"]
+    assert [s.file.path for s in sel.files if s.role == "weights"] == [
+        "Q6_K/Model-7B-Q6_K-00001-of-00002.gguf",
+        "Q6_K/Model-7B-Q6_K-00002-of-00002.gguf",
+    ]
+    assert "config.json" in paths(sel)
+    with pytest.raises(EntryNotFound):
+        select_files(GGUF, folder="nope")
+
+
 def test_include_exclude_and_hidden_files() -> None:
     listing = [*SUPPORT, lfs("model.safetensors"), small("images/chart.png"), small(".github/workflow.yml")]
     sel = select_files(listing, include=["*.png"], exclude=["LICENSE", "chat_template.*"])
@@ -198,7 +219,9 @@ def _plan(tmp_path: Path, rows, known=None):
     )
 
 
-@pytest.mark.parametrize("bad", ["../evil.txt", "/tmp/evil.txt", "sub/../../evil.txt", "C:/evil.txt", "a\\..\\b"])
+@pytest.mark.parametrize(
+    "bad", ["../evil.txt", "/tmp/evil.txt", "sub/../../evil.txt", "C:/evil.txt", "a\\..\\b"]
+)
 def test_server_paths_outside_the_folder_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UnsafePathError):
         _plan(tmp_path, [("config.json", 2, None, None, "support"), (bad, 2, None, None, "support")])
@@ -222,7 +245,12 @@ def test_present_files_are_verified_against_their_digests(tmp_path: Path) -> Non
         ],
     )
     state = {f.path: f.present for f in plan.files}
-    assert state == {"good.safetensors": True, "bad.safetensors": False, "config.json": True, "missing.json": False}
+    assert state == {
+        "good.safetensors": True,
+        "bad.safetensors": False,
+        "config.json": True,
+        "missing.json": False,
+    }
     assert plan.bytes_remaining == 105 and plan.bytes_present == 102
 
 

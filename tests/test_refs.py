@@ -34,7 +34,10 @@ ENDPOINT = "http://127.0.0.1:8123"
             "https://huggingface.co/owner/repo/resolve/v2/model.gguf?download=true",
             HubRef("owner/repo", "v2", path="model.gguf"),
         ),
-        ("https://huggingface.co/owner/repo/resolve/main/a%20b.gguf", HubRef("owner/repo", "main", path="a b.gguf")),
+        (
+            "https://huggingface.co/owner/repo/resolve/main/a%20b.gguf",
+            HubRef("owner/repo", "main", path="a b.gguf"),
+        ),
         (f"{ENDPOINT}/owner/repo/tree/dev", HubRef("owner/repo", "dev")),
         ("https://example.com/files/model.gguf", UrlRef("https://example.com/files/model.gguf")),
         ("http://127.0.0.2:8123/repos/x/y", UrlRef("http://127.0.0.2:8123/repos/x/y")),
@@ -47,7 +50,9 @@ def test_parse_reference(text: str, expected: object) -> None:
 
 
 def test_mirror_with_a_path_prefix() -> None:
-    ref = parse_reference("https://mirror.example/hf/owner/repo/tree/dev", endpoint="https://mirror.example/hf")
+    ref = parse_reference(
+        "https://mirror.example/hf/owner/repo/tree/dev", endpoint="https://mirror.example/hf"
+    )
     assert ref == HubRef("owner/repo", "dev")
 
 

@@ -142,8 +142,13 @@ def test_base_inside_a_location_keeps_the_owner_repo_layout(tree, run_cli) -> No
     data = scan_json(run_cli, "--base", str(tree["models"] / "TheBloke"))
     assert {i["name"] for i in data["added"]} == {"thebloke/llama-awq", "thebloke/llama-awq@gptq-4bit"}
     assert data["location"] == "linux_wsl"
-    one = scan_json(run_cli, "--base", str(tree["models"] / "Qwen" / "Qwen2-VL-2B"), "--dry-run")
-    assert [i["name"] for i in one["added"]] == ["qwen/qwen2-vl-2b"]
+    roots = (tree["models"], tree["lmstudio"])
+    one = scan(
+        RegistryStore(tree["registry"]),
+        tree["models"] / "Qwen" / "Qwen2-VL-2B",
+        ScanOptions(layout_roots=roots, dry_run=True),
+    )
+    assert [i.name for i in one.added] == ["qwen/qwen2-vl-2b"]
 
 
 def test_include_testing_records_placeholders_marked_testing(tree) -> None:
@@ -180,11 +185,9 @@ def test_placeholder_patterns() -> None:
 
 
 def test_dry_run_writes_nothing(tree, run_cli) -> None:
-    data = scan_json(run_cli, "--dry-run")
-    assert data["dry_run"] and len(data["added"]) == 6
-    assert not tree["registry"].exists() or registry_bytes(tree["registry"]) == {}
     text = run_cli("scan", "--dry-run").stdout
     assert "would add" in text and "6 would add, 0 would update, 0 unchanged" in text
+    assert not tree["registry"].exists() or registry_bytes(tree["registry"]) == {}
 
 
 def test_hash_records_sha256_and_backup_and_one_log_line(tree, run_cli) -> None:
@@ -330,8 +333,12 @@ def test_hidden_partial_download_is_not_a_model(tree) -> None:
     (folder / ".model.safetensors.imageworks-partial").write_bytes(b"\0" * 64)
     folders = {f.path.name: f for f in find_model_folders(tree["models"]).folders}
     assert folders["downloading"].files == [] and folders["downloading"].partial_files == 1
+    # A download interrupted half-way: one split part done, the other still partial.
+    write_gguf(folder / "Part-Q4_K_M-00001-of-00002.gguf", split=(1, 2))
     result = scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions())
-    assert any(s.reason == "empty folder (a download is in progress)" for s in result.skipped)
+    (skip,) = [s for s in result.skipped if s.path == str(folder)]
+    assert skip.reason.startswith("a download is in progress or was interrupted (1 partial file(s))")
+    assert "acme/downloading" not in {i.name for i in result.items}
 
 
 def test_missing_base_is_a_usage_error(run_cli, tmp_path) -> None:
@@ -416,7 +423,11 @@ def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, 
 
     add_gguf_model(sample_hub[0], "Other/Tiny-GGUF")
     config = resolve_config()
-    for reference, quant in ((GGUF_REPO, "Q4_K_M"), ("Other/Tiny-GGUF", "Q4_K_M,Q8_0"), (SAFETENSORS_REPO, None)):
+    for reference, quant in (
+        (GGUF_REPO, "Q4_K_M"),
+        ("Other/Tiny-GGUF", "Q4_K_M,Q8_0"),
+        (SAFETENSORS_REPO, None),
+    ):
         download(reference, config=config, quant=quant, location="linux_wsl", engine="native", command="test")
     store = RegistryStore(isolated_env["registry"])
     downloaded = {e.name for e in store.load().entries()}
@@ -433,3 +444,17 @@ def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, 
     assert proc.returncode == 0, proc.stderr
     rebuilt = json.loads(proc.stdout)["data"]
     assert rebuilt["summary"]["update"] == 0 and rebuilt["hashed_files"] == 0, rebuilt["entries"]
+
+
+def test_loose_weights_in_a_location_root_versus_a_model_folder_base(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    roots = (tree["models"], tree["lmstudio"])
+    write_gguf(tree["models"] / "stray-Q4_K_M.gguf")
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", layout_roots=roots, dry_run=True))
+    assert any("directly in the location root" in s.reason for s in result.skipped)
+
+    outside = tree["models"].parent / "downloads" / "my-model"
+    write_gguf(outside / "my-model-Q8_0.gguf", file_type="Q8_0")
+    result = scan(store, outside, ScanOptions(location="path", layout_roots=roots))
+    (item,) = result.added
+    assert item.name == "local/downloads/my-model:q8_0" and item.path == str(outside)

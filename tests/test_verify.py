@@ -154,17 +154,18 @@ def test_deleted_file_is_missing(run_cli, model: Path) -> None:
     assert "missing       tokenizer/tokenizer.json" in result.stdout
 
 
-def test_truncated_file_is_caught_by_full_and_quick(run_cli, model: Path) -> None:
+def test_truncated_file_is_caught_by_full_and_quick(run_cli, model: Path, store: RegistryStore) -> None:
     target = model / "model-00001-of-00002.safetensors"
     with open(target, "r+b") as handle:
         handle.truncate(500_000)
-    for args in (["verify", NAME], ["verify", "--quick", NAME]):
-        result = run_cli(*args)
-        assert result.returncode == 1, args
-        assert "size differs" in result.stdout
-        assert (
-            "model-00001-of-00002.safetensors  recorded 700000 bytes, on disk 500000 bytes" in result.stdout
-        )
+    result = run_cli("verify", NAME)
+    assert result.returncode == 1
+    assert "model-00001-of-00002.safetensors  recorded 700000 bytes, on disk 500000 bytes" in result.stdout
+    [report] = verify_models(store, [NAME], quick=True)
+    assert report.status == "changed"
+    assert [(f.path, f.status) for f in report.problem_files] == [
+        ("model-00001-of-00002.safetensors", "size differs")
+    ]
 
 
 def test_extra_file_is_reported_but_our_partials_and_hf_metadata_are_not(run_cli, model: Path) -> None:
@@ -207,9 +208,9 @@ def test_entry_without_digests_says_so_and_record_stores_them(
     assert entry["aggregate_sha256"] == aggregate_sha256((p, f["sha256"]) for p, f in by_path.items())
     assert entry.get("verified_at") is None  # recording is not verifying: nothing was compared
 
-    final = run_cli("verify", "local/scanned")
-    assert final.returncode == 0
-    assert discovered(store, "local/scanned")["verified_at"]
+    [final] = verify_models(store, ["local/scanned"])
+    assert final.status == "ok"
+    assert discovered(store, "local/scanned")["verified_at"] == final.verified_at
 
 
 def test_record_on_an_entry_without_a_file_list_lists_the_folder(
@@ -297,8 +298,9 @@ def test_quick_catches_size_and_mtime_but_records_nothing(run_cli, model: Path, 
     assert "mtime differs" in touched.stdout and "run a full verify" in touched.stdout
 
     # A full verify proves the content and refreshes the recorded mtime, so --quick passes again.
-    assert run_cli("verify", NAME).returncode == 0
-    assert run_cli("verify", "--quick", NAME).returncode == 0
+    assert verify_models(store, [NAME])[0].status == "ok"
+    assert discovered(store)["files"][0]["mtime_ns"] == config.stat().st_mtime_ns
+    assert verify_models(store, [NAME], quick=True)[0].status == "ok"
 
 
 def test_json_contract(run_cli, model: Path) -> None:
@@ -430,7 +432,7 @@ def test_remote_compares_recorded_digests_with_the_hubs(
     local = {**FILES, "model-00002-of-00002.safetensors": WEIGHTS[700_000:][::-1], "config.json": b"{}\n"}
     write_model(folder, local)
     put(store, make_entry(NAME, folder, files=local, repo_id="TheOwner/Tiny-Llama", commit=commit))
-    assert run_cli("verify", NAME).returncode == 0  # locally consistent
+    assert verify_models(store, [NAME])[0].status == "ok"  # locally consistent
 
     result, doc = verify_json(run_cli, "--remote", NAME)
     assert result.returncode == 1

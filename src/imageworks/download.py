@@ -47,12 +47,14 @@ from imageworks.registry.schema import FileRecord, ModelEntry, Source
 
 if TYPE_CHECKING:
     from imageworks.config import Config
-    from imageworks.registry import Registry
-    from imageworks.transfer import ProgressSink
+    from imageworks.registry import Registry, RegistryStore
+    from imageworks.transfer import Engine, ProgressSink
 
 log = logging.getLogger("imageworks.download")
 
-_SECRET_QUERY = re.compile(r"token|key|sig|signature|auth|credential|password|secret|x-amz-|expires", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"token|key|sig|signature|auth|credential|password|secret|x-amz-|expires", re.IGNORECASE
+)
 _WEIGHT_SUFFIX = re.compile(r"\.(gguf|safetensors|bin|pt|pth|onnx|ckpt|h5|tflite|msgpack)$", re.IGNORECASE)
 
 
@@ -109,7 +111,10 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     query = urlencode(
-        [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, "***" if _SECRET_QUERY.search(k) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
@@ -145,6 +150,7 @@ def _plan_hub(
     include: Sequence[str],
     exclude: Sequence[str],
     hub_options: dict[str, Any],
+    check_disk: bool,
 ) -> _Resolved:
     from imageworks.hub import HubClient
 
@@ -182,6 +188,7 @@ def _plan_hub(
         repo_id=snap.repo_id,
         revision=snap.revision,
         commit=snap.commit,
+        check_disk=check_disk,
     )
     source = Source(provider="hf", repo_id=snap.repo_id, revision=snap.revision, commit=snap.commit)
     return _Resolved(plan, source, hub=hub)
@@ -238,6 +245,7 @@ def _plan_url(
     include: Sequence[str],
     exclude: Sequence[str],
     sha256: str | None,
+    check_disk: bool,
 ) -> _Resolved:
     if quant or include or exclude:
         raise UsageError("--quant, --include and --exclude apply to Hub repos, not to a direct URL")
@@ -258,6 +266,7 @@ def _plan_url(
         known=_known_in(registry, folder),
         format=kind or (format.lower() if format else None),
         url=redact_url(ref.url),
+        check_disk=check_disk,
     )
     source = Source(provider="url", url=redact_url(ref.url))
     return _Resolved(plan, source, url=ref.url)
@@ -307,12 +316,22 @@ def download(
     `on_plan` is called with the plan before anything is fetched (the CLI prints the notes there);
     `progress` receives the engine's per-file progress and its choice of engine as a message."""
     from imageworks.registry import RegistryStore
-    from imageworks.transfer import NullProgress, PartialPaths, choose_engine
+    from imageworks.transfer import choose_engine
 
     started = time.monotonic()
     timings: dict[str, float] = {}
     sha256 = _check_sha256(sha256)
     ref = parse_reference(reference, endpoint=str(config.hf_endpoint.value))
+    # Bad engine flags (aria2 asked for but missing) fail before any network traffic.
+    chosen: Engine | None = None
+    if not dry_run:
+        chosen = choose_engine(
+            engine,
+            connections=connections,
+            max_files=max_files,
+            single_stream=no_aria2,
+            stall_timeout=stall_timeout,
+        )
     store = RegistryStore(config.registry_path)
     registry = store.load()
     if isinstance(ref, HubRef):
@@ -329,6 +348,7 @@ def download(
             include=include,
             exclude=exclude,
             hub_options=hub_options or {},
+            check_disk=not force,  # --force re-fetches everything: no point hashing what is there
         )
     else:
         resolved = _plan_url(
@@ -342,15 +362,54 @@ def download(
             include=include,
             exclude=exclude,
             sha256=sha256,
+            check_disk=not force,
         )
+    try:
+        return _execute(
+            resolved,
+            reference=reference,
+            ref=ref,
+            chosen=chosen,
+            store=store,
+            format=format,
+            dry_run=dry_run,
+            force=force,
+            progress=progress,
+            on_plan=on_plan,
+            command=command,
+            backup=backup,
+            started=started,
+            timings=timings,
+        )
+    finally:
+        if resolved.hub is not None:
+            resolved.hub.close()
+
+
+def _execute(
+    resolved: _Resolved,
+    *,
+    reference: str,
+    ref: HubRef | UrlRef,
+    chosen: Engine | None,
+    store: RegistryStore,
+    format: str | None,
+    dry_run: bool,
+    force: bool,
+    progress: ProgressSink | None,
+    on_plan: Callable[[DownloadPlan], None] | None,
+    command: Sequence[str] | str | None,
+    backup: bool,
+    started: float,
+    timings: dict[str, float],
+) -> DownloadResult:
+    from imageworks.transfer import FileJob, NullProgress, PartialPaths
+
     plan = resolved.plan
     timings["plan"] = time.monotonic() - started
     result = DownloadResult(reference=plan.reference, plan=plan, dry_run=dry_run, notes=list(plan.notes))
     if not plan.files:
         raise UsageError("nothing to download: the selection is empty", hint="check --include/--exclude")
-    if force:
-        for item in plan.files:
-            item.present, item.partial_bytes, item.local_sha256 = False, 0, None
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
@@ -379,7 +438,6 @@ def download(
             from imageworks.hub import ResolvedUrl
 
             urls = {to_fetch[0].path: ResolvedUrl(resolved.url)}
-        from imageworks.transfer import FileJob
 
         jobs = []
         for item in to_fetch:
@@ -397,13 +455,7 @@ def download(
                 )
             )
         timings["resolve_urls"] = time.monotonic() - fetch_started
-        chosen = choose_engine(
-            engine,
-            connections=connections,
-            max_files=max_files,
-            single_stream=no_aria2,
-            stall_timeout=stall_timeout,
-        )
+        assert chosen is not None
         result.engine, result.engine_note = chosen.name, chosen.note
         sink = progress or NullProgress()
         sink.message(f"engine: {chosen.note}")
@@ -415,14 +467,15 @@ def download(
             result.bytes_fetched += done.bytes_fetched
             result.bytes_resumed += done.resumed_from if not done.skipped else 0
             result.files_fetched += 0 if done.skipped else 1
-    if resolved.hub is not None:
-        resolved.hub.close()
-
     record_started = time.monotonic()
     records = []
     for item in plan.files:
         st = item.dest.stat()
-        records.append(FileRecord(path=item.path, size=st.st_size, sha256=digests.get(item.path), mtime_ns=st.st_mtime_ns))
+        records.append(
+            FileRecord(
+                path=item.path, size=st.st_size, sha256=digests.get(item.path), mtime_ns=st.st_mtime_ns
+            )
+        )
     now = utc_now()
     entry = build_entry(
         plan.folder,
@@ -434,7 +487,9 @@ def download(
         verified_at=now,
     )
     if command is None:
-        command = f"imageworks.download({reference!r})" if isinstance(ref, HubRef) else "imageworks.download(<url>)"
+        command = (
+            f"imageworks.download({reference!r})" if isinstance(ref, HubRef) else "imageworks.download(<url>)"
+        )
     with store.transaction(command, backup=backup) as reg:
         existing = find_existing(reg, entry)
         previous = reg.discovered_entry(existing.name) if existing is not None else None

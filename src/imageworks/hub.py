@@ -529,7 +529,13 @@ class RepoAnalysis:
             "capabilities": list(ins.capabilities),
             "gguf_quants": list(ins.gguf_quants),
             "offers": [
-                {"format": o.format, "quantization": o.quantization, "files": list(o.files), "size": o.size, "role": o.role}
+                {
+                    "format": o.format,
+                    "quantization": o.quantization,
+                    "files": list(o.files),
+                    "size": o.size,
+                    "role": o.role,
+                }
                 for o in ins.offers
             ],
             "evidence": [f"{e.signal}: {e.detail}" for e in ins.evidence],
@@ -540,7 +546,9 @@ class RepoAnalysis:
         }
 
 
-def analyze_repo(reference: str, *, config: Config, hub_options: dict[str, Any] | None = None) -> RepoAnalysis:
+def analyze_repo(
+    reference: str, *, config: Config, hub_options: dict[str, Any] | None = None
+) -> RepoAnalysis:
     """`analyze OWNER/REPO[@REV]`: the formats and GGUF quants on offer with sizes, and the dtype and
     parameter count of the weights, without downloading them (small files whole, weights' headers by
     Range requests through the resolved CDN URLs)."""

@@ -72,6 +72,9 @@ def identity(
 def entry_identity(entry: Any) -> tuple[str, str, str, str]:
     source = entry.source
     variant = entry.quantization if (entry.format == "gguf" and entry.quantization) else None
+    if source.provider == "local" or not (source.repo_id or source.url):
+        # A local model has no id but its folder: without this, every local model would share one key.
+        return identity(source.provider, path_key(entry.path) or entry.name, None, variant)
     return identity(source.provider, source.repo_id, source.revision, variant, source.url)
 
 

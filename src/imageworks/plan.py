@@ -243,6 +243,8 @@ def select_files(
     selected_kind: str | None
 
     if path is not None:
+        if quant is not None:
+            raise UsageError("--quant cannot be combined with a URL naming one file")
         target = by_path.get(path)
         if target is None:
             raise EntryNotFound(f"this revision has no file {path!r}", hint="check the path in the URL")
@@ -260,8 +262,6 @@ def select_files(
             chosen[path] = SelectedFile(target, "weights" if selected_kind else "included")
             if selected_kind == "gguf":
                 quants = [gguf_label(path)]
-        if quant is not None:
-            raise UsageError("--quant cannot be combined with a URL naming one file")
     else:
         present = sorted({weights[f.path] for f in scope}, key=FORMAT_PREFERENCE.index)
         if kind_wanted is not None and kind_wanted not in present:

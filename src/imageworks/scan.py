@@ -19,6 +19,15 @@ shares (mmproj projectors, config, tokenizer, README). This is the entry `downlo
 the same repo, so downloading one quant and scanning the folder later gives one entry, and another quant
 of the same repo is its own entry. Non-GGUF weights in the same folder (safetensors beside GGUF files)
 form one more entry without a quant suffix, holding those weights plus the shared non-projector files.
+An existing entry that already holds several quants of the folder (`download --quant A,B` records one
+entry) keeps them together: the quants it covers are matched to it as one candidate.
+
+Matching an existing entry: the same identity (provider + repo id in any case + revision + GGUF quant,
+as `imageworks.entries.find_existing`), else the same folder with the same quant or an overlap in the
+weight files recorded. A local entry (no repo id) is matched by its folder only. A match in another
+folder that still exists is a second copy (reported, not merged); one whose folder is gone was moved
+(`update_existing` records the new folder). A name taken by a different model gets the
+`<name>-<8 hex>` suffix of `entries.record_entry`.
 
 Placeholders are skipped unless `include_testing` (the entries then carry `testing: true`):
   - a layout component (owner or repo, revision stripped) matching one of PLACEHOLDER_PATTERNS
@@ -27,7 +36,9 @@ Placeholders are skipped unless `include_testing` (the entries then carry `testi
   - a model folder with no weight files, or an empty one.
 
 Problems never stop the scan: symlink loops, dangling symlinks, unreadable folders, names that are not
-valid UTF-8 and unusable (truncated, corrupt) weight files are reported as skips with a reason.
+valid UTF-8, unusable (truncated, corrupt) weight files, folders with a download in progress (hidden
+`*.imageworks-partial` files) and Hugging Face cache folders (`models--*`) are reported as skips with a
+reason; files a model folder holds that cannot be used (a symlink loop inside it) are notes on its entry.
 
 The library computes typed results; `imageworks.cli.scan_cmd` renders them (STYLE.md #1, #2).
 """
@@ -228,10 +239,12 @@ def _is_weight(name: str) -> bool:
 
 @dataclass
 class Discovery:
-    """The model folders found under a base, and what was skipped on the way."""
+    """The model folders found under a base, and what was skipped on the way. `layout_root` is the
+    location root the layout is read from (None when the base lies outside every location: then the
+    base itself is the root)."""
 
     base: Path
-    layout_root: Path
+    layout_root: Path | None
     folders: list[ModelFolder]
     skipped: list[Skip]
 
@@ -250,13 +263,14 @@ def find_model_folders(base: Path, *, layout_roots: Sequence[Path] = ()) -> Disc
 
     layout_root, base_parts = _layout_root_for(base, layout_roots)
     discovery = Discovery(base, layout_root, [], [])
-    is_location_root = bool(layout_roots) and not base_parts
+    # Loose weights in a location root belong to no model; in any other base, they are its model.
+    is_location_root = layout_root is not None and not base_parts
     _walk(discovery, base, base_parts, frozenset({(st.st_dev, st.st_ino)}), is_location_root)
     discovery.folders.sort(key=lambda f: str(f.path))
     return discovery
 
 
-def _layout_root_for(base: Path, layout_roots: Sequence[Path]) -> tuple[Path, tuple[str, ...]]:
+def _layout_root_for(base: Path, layout_roots: Sequence[Path]) -> tuple[Path | None, tuple[str, ...]]:
     """The configured root holding `base` (the deepest one), and `base`'s components below it."""
     best: tuple[Path, tuple[str, ...]] | None = None
     for root in layout_roots:
@@ -269,7 +283,7 @@ def _layout_root_for(base: Path, layout_roots: Sequence[Path]) -> tuple[Path, tu
             if best is None or len(parts) < len(best[1]):
                 best = (root, parts)
             break
-    return best if best is not None else (base, ())
+    return best if best is not None else (None, ())
 
 
 def _resolved(path: Path) -> Path:
@@ -393,11 +407,10 @@ def layout_source(parts: tuple[str, ...]) -> tuple[str, str | None, str | None]:
 
 
 def _placeholder_reason(folder: ModelFolder) -> str | None:
-    provider, repo_id, _ = layout_source(folder.layout)
-    names = list(repo_id.split("/")) if repo_id else [folder.path.name]
-    if provider == "hf" and len(folder.layout) == 2:
-        names = [folder.layout[0], repo_id.split("/")[1] if repo_id else folder.layout[1]]
-    for name in names:
+    """Why a folder looks like a placeholder by name: its owner or repo name (revision stripped), or the
+    folder's own name outside the <owner>/<repo> layout."""
+    names = [part.rpartition("@")[0] if "@" in part else part for part in folder.layout[-2:]]
+    for name in names or [folder.path.name]:
         pattern = placeholder_pattern(name)
         if pattern:
             return f"placeholder name {name!r} (pattern {pattern})"
@@ -441,12 +454,21 @@ def candidates_for_folder(
     where = str(folder.path)
     if folder.problem:
         return [], [Skip(where, folder.problem)]
+    if folder.partial_files:
+        # `download` records the model when it finishes; recording it now would list part of it.
+        return [], [
+            Skip(
+                where,
+                f"a download is in progress or was interrupted ({folder.partial_files} partial file(s)):"
+                " run the download again to finish it, or delete the hidden *.imageworks-partial files",
+            )
+        ]
     testing_reason = _placeholder_reason(folder)
     weights = [f.path for f in folder.files if _is_weight(f.path)]
     if testing_reason is None and not folder.files:
-        testing_reason = "empty folder" + (" (a download is in progress)" if folder.partial_files else "")
+        testing_reason = "empty folder"
     elif testing_reason is None and not weights:
-        testing_reason = "no weight files" + (" (a download is in progress)" if folder.partial_files else "")
+        testing_reason = "no weight files"
     if testing_reason and not include_testing:
         return [], [Skip(where, testing_reason)]
     testing = testing_reason is not None
@@ -550,10 +572,6 @@ class EntryIndex:
         return None
 
 
-def _variant(entry: ModelEntry) -> str:
-    return entry_identity(entry)[3]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Diffs shared with normalize-formats
 
@@ -591,7 +609,10 @@ def diff_fields(old: dict[str, Any], new: dict[str, Any], fields: Iterable[str])
         if before == after:
             continue
         if name == "files":
-            changes.append(FieldChange("files", _files_summary(before), _files_summary(after)))
+            # Only the counts: per-file detail is the drift report's job (normalize --rebuild).
+            summary = (_files_summary(before), _files_summary(after))
+            if summary[0] != summary[1]:
+                changes.append(FieldChange("files", *summary))
         elif name == "metadata" and isinstance(before, dict) and isinstance(after, dict):
             for key in sorted(before.keys() | after.keys()):
                 if before.get(key) != after.get(key):
@@ -1046,7 +1067,7 @@ def scan(
         location=options.location,
         dry_run=options.dry_run,
         items=plan.items,
-        skipped=plan.skipped,
+        skipped=sorted(plan.skipped, key=lambda skip: (skip.path, skip.reason)),
         hashed_files=hashed.files,
         hashed_bytes=hashed.bytes,
     )

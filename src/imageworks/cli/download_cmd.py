@@ -107,7 +107,9 @@ class PlainProgress:
             speed = self.done / elapsed
             pct = f"{100 * self.done / self.total:.0f}% " if self.total else ""
             eta = f", ETA {max(0.0, (self.total - self.done) / speed):.0f} s" if self.total and speed else ""
-            _err(f"  {pct}{human_size(self.done)} of {human_size(self.total)} at {human_size(int(speed))}/s{eta}")
+            _err(
+                f"  {pct}{human_size(self.done)} of {human_size(self.total)} at {human_size(int(speed))}/s{eta}"
+            )
 
     def file_done(self, job: FileJob, result: FileResult) -> None:
         if result.skipped:
@@ -228,16 +230,42 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
 
 @click.command()
 @click.argument("reference")
-@click.option("--format", "format_", help="Weights to fetch: safetensors, gguf, awq, gptq, exl2, mlx, fp8, pytorch, onnx, ...")
+@click.option(
+    "--format",
+    "format_",
+    help="Weights to fetch: safetensors, gguf, awq, gptq, exl2, mlx, fp8, pytorch, onnx, ...",
+)
 @click.option("--quant", help="GGUF quant (Q4_K_M, Q8_0, ...; several comma-separated, or 'all').")
 @click.option("--location", help="linux_wsl, windows_lmstudio, another configured name, or a folder path.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Also fetch files matching GLOB (repeatable).")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Do not fetch files matching GLOB (repeatable).")
-@click.option("--engine", type=click.Choice(["auto", "aria2", "native"]), default="auto", show_default=True, help="Download engine.")
-@click.option("--connections", type=click.IntRange(1, 64), default=16, show_default=True, help="Connections per file.")
-@click.option("--no-aria2", is_flag=True, help="Native engine, one stream per file (networks that block parallel connections).")
-@click.option("--stall-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds without a byte before a connection is restarted.")
-@click.option("--dry-run", is_flag=True, help="Show the plan (files, sizes, what is on disk) and fetch nothing.")
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Do not fetch files matching GLOB (repeatable)."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "aria2", "native"]),
+    default="auto",
+    show_default=True,
+    help="Download engine.",
+)
+@click.option(
+    "--connections", type=click.IntRange(1, 64), default=16, show_default=True, help="Connections per file."
+)
+@click.option(
+    "--no-aria2",
+    is_flag=True,
+    help="Native engine, one stream per file (networks that block parallel connections).",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a byte before a connection is restarted.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Show the plan (files, sizes, what is on disk) and fetch nothing."
+)
 @click.option("--force", is_flag=True, help="Fetch every file again, even verified ones.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of a direct-URL download.")
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
@@ -338,7 +366,9 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
     if as_json:
         emit_json("analyze", data)
         return
-    click.echo(f"{analysis.repo_id}@{analysis.revision} (commit {analysis.commit[:12]}): {analysis.files} files, {human_size(analysis.total_size)}")
+    click.echo(
+        f"{analysis.repo_id}@{analysis.revision} (commit {analysis.commit[:12]}): {analysis.files} files, {human_size(analysis.total_size)}"
+    )
     rows = [
         [o["format"], o["quantization"] or "-", o["role"], str(len(o["files"])), human_size(o["size"])]
         for o in data["offers"]

@@ -38,6 +38,7 @@ ARIA2_CONTROL_SUFFIX = ".aria2"
 STATE_FORMAT = "imageworks-partial"
 STATE_VERSION = 1
 HASH_CHUNK = 8 * 1024 * 1024
+WRITEBACK_CHUNK = 64 * 1024 * 1024
 MiB = 1024 * 1024
 
 
@@ -301,6 +302,7 @@ class PrefixHasher:
 
     def _run(self) -> None:
         fd = None
+        flushed = 0
         try:
             fd = os.open(self._path, os.O_RDONLY)
             while True:
@@ -317,11 +319,23 @@ class PrefixHasher:
                         raise OSError(errno.EIO, f"short read at {self.hashed} while hashing {self._path}")
                     self._digests.update(block)
                     self.hashed += want
+                    if self.hashed - flushed >= WRITEBACK_CHUNK:
+                        flushed = self._start_writeback(fd, flushed)
         except BaseException as exc:  # re-raised by finish(); a dead hasher must not hang the download
             self._error = exc
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _start_writeback(self, fd: int, flushed: int) -> int:
+        """Hand the hashed prefix to the disk now rather than all at once in the fsync before the
+        rename (the kernel would otherwise hold up to ~10% of RAM dirty, and that fsync would cost
+        seconds at the end of a large file). On Linux, DONTNEED starts writeback of dirty pages
+        without waiting, and drops them from the cache once clean: we will not read them again."""
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, flushed, self.hashed - flushed, os.POSIX_FADV_DONTNEED)
+        return self.hashed
 
     def finish(self, size: int) -> tuple[str, str | None]:
         """Hash up to `size` bytes and return (sha256, git sha1 or None)."""
@@ -421,6 +435,7 @@ def _integrity_failure(job: FileJob, paths: PartialPaths, what: str, expected: s
 def commit(temp: Path, dest: Path) -> None:
     """Durable rename: the bytes reach the disk before the name does, so a crash leaves either the
     old state or the complete file, never a complete-looking name over missing data."""
+    began = time.perf_counter()
     fd = os.open(temp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -428,6 +443,7 @@ def commit(temp: Path, dest: Path) -> None:
         os.close(fd)
     os.replace(temp, dest)
     fsync_dir(dest.parent)
+    log.debug("%s: fsync + rename took %.3f s", dest.name, time.perf_counter() - began)
 
 
 def fsync_dir(path: Path) -> None:
