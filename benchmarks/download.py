@@ -118,7 +118,10 @@ def child_env(work: Path) -> dict[str, str]:
 
 def run_child(code: str, spec: dict, env: dict[str, str]) -> dict:
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-c", code, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     out, err = proc.communicate(timeout=1800)
     if os.environ.get("BENCH_DEBUG"):
@@ -163,7 +166,9 @@ METHODS = ["aria2", "aria2-noverify", "native", "native-noverify", "plain-aria2c
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=1024, help="model size in MiB (two shards)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--per-conn-mbps", type=float, default=20.0, help="MB/s per connection")
@@ -262,7 +267,9 @@ def report(figures: dict[str, list[dict]], total_bytes: int, args: argparse.Name
         mbps = total_bytes / median[method] / MB
         rss = max(r["rss_self"] + r["rss_children"] for r in runs) / 1024
         ok = all(r["ok"] for r in runs)
-        print(f"{method:18s} {median[method]:9.2f} {mbps:8.1f} {mbps / cap:6.2f} {rss:12.0f}  {'yes' if ok else 'NO'}")
+        print(
+            f"{method:18s} {median[method]:9.2f} {mbps:8.1f} {mbps / cap:6.2f} {rss:12.0f}  {'yes' if ok else 'NO'}"
+        )
     print()
 
     def ratio(label: str, a: str, b: str, target: str) -> None:

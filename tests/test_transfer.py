@@ -120,7 +120,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None:
                 self._status(fault.status, fault.retry_after)
                 return
-            etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+            etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
             start, end = 0, len(data)
             rng = self.headers.get("Range")
             if_range = self.headers.get("If-Range")
@@ -300,8 +300,15 @@ def test_choose_engine_explains_itself(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_multi_segment_download(kind: str, server: FileServer, tmp_path: Path) -> None:
     big, small = blob(12 * MiB + 12345, 1), b'{"model_type": "llama"}\n'
     jobs = [
-        FileJob(server.add("model.safetensors", big), tmp_path / "m" / "model.safetensors", len(big), sha(big)),
-        FileJob(server.add("config.json", small), tmp_path / "m" / "config.json", len(small), git_sha1=git_sha1(small)),
+        FileJob(
+            server.add("model.safetensors", big), tmp_path / "m" / "model.safetensors", len(big), sha(big)
+        ),
+        FileJob(
+            server.add("config.json", small),
+            tmp_path / "m" / "config.json",
+            len(small),
+            git_sha1=git_sha1(small),
+        ),
     ]
     progress = Recorder()
     results = engine_for(kind).fetch(jobs, progress)
@@ -322,7 +329,9 @@ def test_drop_mid_body_is_retried_in_the_same_run(kind: str, server: FileServer,
     data = blob(6 * MiB, 2)
     url = server.add("w.bin", data)
     server.fail("w.bin", "drop", after=300_000, times=3)
-    [result] = engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    [result] = engine_for(kind).fetch(
+        [FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress()
+    )
     assert (tmp_path / "w.bin").read_bytes() == data and result.sha256 == sha(data)
 
 
@@ -355,7 +364,9 @@ def test_stalled_connection_is_restarted(kind: str, server: FileServer, tmp_path
     url = server.add("w.bin", data)
     server.fail("w.bin", "stall", after=100_000, seconds=20, times=2)
     began = time.monotonic()
-    engine_for(kind, stall_timeout=1.0).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    engine_for(kind, stall_timeout=1.0).fetch(
+        [FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress()
+    )
     assert time.monotonic() - began < 10
     assert (tmp_path / "w.bin").read_bytes() == data
 
@@ -438,7 +449,9 @@ def test_server_without_range_support(kind: str, server: FileServer, tmp_path: P
     data = blob(6 * MiB, 8)
     url = server.add("w.bin", data)
     server.no_range.add("w.bin")
-    [result] = engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    [result] = engine_for(kind).fetch(
+        [FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress()
+    )
     assert (tmp_path / "w.bin").read_bytes() == data and result.sha256 == sha(data)
 
 
@@ -456,7 +469,9 @@ def test_no_token_on_cross_host_redirect(kind: str, make_server, tmp_path: Path)
     )
     engine_for(kind).fetch([job], NullProgress())
     assert job.dest.read_bytes() == data
-    assert hub.requests and all(r.headers.get("Authorization") == "Bearer hf_secret_token" for r in hub.requests)
+    assert hub.requests and all(
+        r.headers.get("Authorization") == "Bearer hf_secret_token" for r in hub.requests
+    )
     assert cdn.requests and not any("Authorization" in r.headers for r in cdn.requests)
     assert len(cdn.gets("blobs/abc")) >= 2
 
@@ -464,7 +479,9 @@ def test_no_token_on_cross_host_redirect(kind: str, make_server, tmp_path: Path)
 def test_native_single_stream(server: FileServer, tmp_path: Path) -> None:
     data = blob(9 * MiB, 10)
     url = server.add("w.bin", data)
-    choose_engine("native", single_stream=True).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
+    choose_engine("native", single_stream=True).fetch(
+        [FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress()
+    )
     assert (tmp_path / "w.bin").read_bytes() == data
     assert len(server.gets("w.bin")) == 1
 
@@ -580,7 +597,10 @@ def _unshare_works() -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="a full disk is simulated with a tmpfs in a user namespace (unshare -rm), unavailable here")
+@pytest.mark.skipif(
+    not _unshare_works(),
+    reason="a full disk is simulated with a tmpfs in a user namespace (unshare -rm), unavailable here",
+)
 @pytest.mark.parametrize("kind", ENGINES)
 def test_disk_full_keeps_partial_and_resumes(kind: str, server: FileServer, tmp_path: Path) -> None:
     data = blob(6 * MiB, 16)

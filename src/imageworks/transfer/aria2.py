@@ -588,8 +588,9 @@ class _Aria2Task:
             )
         self.started = True
         self._emit("started", (total, already))
-        if self.engine.verify:
-            self.hasher = PrefixHasher(self.paths.temp, total, want_git=bool(self.job.git_sha1))
+        self.hasher = PrefixHasher(
+            self.paths.temp, total, want_git=bool(self.job.git_sha1), digest=self.engine.verify
+        )
 
     def _finish(self, total: int, resumed: int) -> FileResult:
         if not self.started:  # an empty file, or one aria2c found complete before our first poll

@@ -282,8 +282,9 @@ class PrefixHasher:
     the last byte lands only the unhashed tail is left. hashlib and pread release the GIL, so this
     runs beside the download threads without slowing them."""
 
-    def __init__(self, path: Path, size: int | None, *, want_git: bool) -> None:
+    def __init__(self, path: Path, size: int | None, *, want_git: bool, digest: bool = True) -> None:
         self._path = path
+        self._digest = digest  # False: only the early writeback (benchmarks without verification)
         self._digests = Digests(size, want_git)
         self._target = 0
         self.hashed = 0
@@ -314,6 +315,11 @@ class PrefixHasher:
                     target = self._target
                 while self.hashed < target and not self._aborted:
                     want = min(HASH_CHUNK, target - self.hashed)
+                    if not self._digest:
+                        self.hashed += want
+                        if self.hashed - flushed >= WRITEBACK_CHUNK:
+                            flushed = self._start_writeback(fd, flushed)
+                        continue
                     block = os.pread(fd, want, self.hashed)
                     if len(block) != want:
                         raise OSError(errno.EIO, f"short read at {self.hashed} while hashing {self._path}")
@@ -343,12 +349,17 @@ class PrefixHasher:
         self.advance_to(size)
         self.close()
         log.debug(
-            "%s: %d bytes left to hash at the end, %.3f s", self._path.name, behind, time.perf_counter() - began
+            "%s: %d bytes left to hash at the end, %.3f s",
+            self._path.name,
+            behind,
+            time.perf_counter() - began,
         )
         if self._error is not None:
             raise self._error
         if self.hashed != size:
             raise OSError(errno.EIO, f"hashed {self.hashed} of {size} bytes of {self._path}")
+        if not self._digest:
+            return "", None
         sha1 = self._digests.sha1.hexdigest() if self._digests.sha1 else None
         return self._digests.sha256.hexdigest(), sha1
 

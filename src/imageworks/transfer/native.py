@@ -446,8 +446,9 @@ class _FileTask:
         self.already = on_disk
         self.on_disk_bytes = on_disk
         self._emit("started", (self.total, on_disk))
-        if self.engine.verify:
-            self.hasher = PrefixHasher(self.paths.temp, self.total, want_git=bool(self.job.git_sha1))
+        self.hasher = PrefixHasher(
+            self.paths.temp, self.total, want_git=bool(self.job.git_sha1), digest=self.engine.verify
+        )
 
     def _feed_hasher(self) -> None:
         if self.hasher is not None and self.sched is not None:
