@@ -22,6 +22,22 @@ _CLEARED = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bytecode_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Many tests start the CLI in a subprocess. Where PYTHONDONTWRITEBYTECODE is set (as on our machines),
+    each start would recompile httpx, huggingface_hub and pydantic from source (~0.7 s): give the
+    subprocesses one bytecode cache for the session instead, outside the repo and the venv."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+    os.environ["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     home = tmp_path / "home"

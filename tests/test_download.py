@@ -19,23 +19,6 @@ from tests.fakehub import FakeHub, samples
 TOKEN = "hf_aliceSECRETtoken0123456789"
 
 
-@pytest.fixture(scope="session")
-def pycache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pycache")
-
-
-@pytest.fixture
-def run_cli(run_cli, pycache: Path):
-    """The conftest's run_cli with a bytecode cache: this environment sets PYTHONDONTWRITEBYTECODE, which
-    makes every CLI start-up recompile huggingface_hub, httpx and pydantic (~0.7 s per run)."""
-
-    def run(*args: str, env: dict[str, str] | None = None, **kw):
-        cache = {"PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}
-        return run_cli(*args, env={**cache, **(env or {})}, **kw)
-
-    return run
-
-
 def registry(dirs: dict[str, Path]) -> dict:
     path = dirs["registry"] / "model_registry.discovered.json"
     return json.loads(path.read_text())["models"] if path.exists() else {}
@@ -312,7 +295,7 @@ def test_path_traversal_is_refused(fake_hub: FakeHub, run_cli, isolated_env, tmp
 
 
 @pytest.mark.parametrize("engine", ["native", "aria2"])
-def test_kill_9_mid_download_then_resume(fake_hub: FakeHub, isolated_env, pycache: Path, engine: str) -> None:
+def test_kill_9_mid_download_then_resume(fake_hub: FakeHub, isolated_env, engine: str) -> None:
     files = add_big_model(fake_hub, n_floats=1_500_000)  # 6 MB
     size = len(files["model.safetensors"])
     fake_hub.throttle(total_bps=1_500_000)
@@ -328,7 +311,7 @@ def test_kill_9_mid_download_then_resume(fake_hub: FakeHub, isolated_env, pycach
         engine,
         "--quiet",
     ]
-    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}
+    env = dict(os.environ)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 20
