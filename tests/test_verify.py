@@ -115,6 +115,7 @@ def test_untouched_model_verifies_and_records_verified_at(run_cli, model: Path, 
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok") and NAME in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
     verified_at = discovered(store)["verified_at"]
     assert verified_at.endswith("Z") and verified_at[:2] == "20"
     assert f"verified_at {verified_at}" in result.stdout
@@ -122,6 +123,46 @@ def test_untouched_model_verifies_and_records_verified_at(run_cli, model: Path, 
     # The same command under imageworks-download, by HF id in another case.
     again = run_cli("verify", "TheOwner/TINY-LLAMA")
     assert again.returncode == 0, again.stderr
+
+
+def test_progress_bar_in_bytes_on_a_terminal(model: Path) -> None:
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the child runs: a full pty buffer would block it
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO once the child side is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "imageworks.cli.loader", "verify", NAME],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+        )
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert result.returncode == 0
+    assert "hashing" in shown and "1.3 MB" in shown  # total bytes of the model, not a file count
+    assert result.stdout.startswith("ok")
 
 
 def test_flipped_byte_with_same_size_and_mtime_is_caught(run_cli, model: Path, store: RegistryStore) -> None:

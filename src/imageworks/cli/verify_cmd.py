@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from imageworks.cli.render import console, emit_json, human_size
 from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from imageworks.verify import FileCheck, ProgressFn, VerifyReport
 
 _STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
@@ -127,14 +130,16 @@ def _progress_bar(*, enabled: bool) -> Iterator[ProgressFn | None]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console(stderr=True), transient=True) as bar:
-        task = None
+        task: TaskID | None = None
+        created = threading.Lock()
 
         def advance(n: int, total: int) -> None:
             nonlocal task
-            # rich's Progress takes its own lock: safe to call from the hashing threads.
             if task is None:
-                task = bar.add_task("hashing", total=total)
-            bar.update(task, advance=n)
+                with created:  # two hashing threads may report their first chunk at once
+                    if task is None:
+                        task = bar.add_task("hashing", total=total)
+            bar.update(task, advance=n)  # rich's Progress locks internally
 
         yield advance
 
