@@ -263,3 +263,13 @@ def test_sigkill_mid_save_leaves_old_or_new_content(tmp_path: Path) -> None:
     with RegistryStore(folder).transaction(["after"], backup=False) as reg:
         reg.put(ModelEntry(name="after/kill"))
     assert RegistryStore(folder).load().get("after/kill") is not None
+
+
+def test_repo_part_beats_substring(tmp_path: Path) -> None:
+    store = RegistryStore(tmp_path / "reg")
+    with store.transaction(["t"]) as reg:
+        reg.put(entry("theowner/tiny-llama"))
+        reg.put(entry("theowner/tiny-llama-gguf:q4_k_m"))
+    reg = store.load()
+    assert find_entry(reg, "tiny-llama").name == "theowner/tiny-llama"
+    assert find_entry(reg, "tiny-llama-gguf").name == "theowner/tiny-llama-gguf:q4_k_m"

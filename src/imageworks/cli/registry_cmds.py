@@ -71,7 +71,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         if key in {"name", "serve", "files"}:
             continue
         value = data[key]
-        if value in (None, [], {}, False) and key not in shown.origins:
+        if value in (None, [], {}, False) and shown.origins.get(key) != "curated":
             continue
         origin = shown.origins.get(key, "default")
         rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)

@@ -1,5 +1,5 @@
-"""Resolve what a user typed to one registry entry: exact name, alias, HF repo id (any case), or a
-unique substring. The same rule serves every command that takes NAME."""
+"""Resolve what a user typed to one registry entry: exact name, alias, HF repo id (any case), the
+repo part of a name, or a unique substring. The same rule serves every command that takes NAME."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def find_entries(registry: Registry, reference: str) -> list[ModelEntry]:
         lambda e: e.name.lower() == low,
         lambda e: any(alias.lower() == low for alias in e.aliases),
         lambda e: (e.source.repo_id or "").lower() == low.removeprefix("hf://"),
+        # "tiny-llama" means owner/tiny-llama before it means owner/tiny-llama-gguf:q4_k_m
+        lambda e: e.name.lower().partition("/")[2] == low,
         lambda e: low in e.name.lower(),
     )
     for rule in rules:
