@@ -54,7 +54,7 @@ hub.stop()
 
 ENGINE_CHILD = r"""
 import json, resource, sys, time, logging, os
-if os.environ.get("BENCH_DEBUG"): logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+if os.environ.get("BENCH_DEBUG"): logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(relativeCreated)6d %(name)s %(message)s")
 from pathlib import Path
 from imageworks.transfer import FileJob, NullProgress
 from imageworks.transfer.aria2 import Aria2Engine

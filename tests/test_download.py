@@ -169,6 +169,43 @@ def test_gguf_quants_are_separate_entries(fake_hub: FakeHub, run_cli, isolated_e
     assert sorted(registry(isolated_env)) == sorted(entries)
 
 
+def test_several_quants_are_recorded_as_one_entry_each(fake_hub: FakeHub, run_cli, isolated_env) -> None:
+    repo = samples.add_split_gguf_model(fake_hub)
+    args = ("download", repo.repo_id, "--engine", "native", "--location", "linux_wsl")
+    result = run_cli(*args, "--quant", "Q4_K_M,q8_0", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)["data"]
+    base = "theowner/big-llama-gguf"
+    assert data["names"] == [f"{base}:q4_k_m", f"{base}:q8_0"] and data["name"] == data["names"][0]
+    assert [(e["name"], e["quantization"]) for e in data["entries"]] == [
+        (f"{base}:q4_k_m", "Q4_K_M"),
+        (f"{base}:q8_0", "Q8_0"),
+    ]
+    entries = registry(isolated_env)
+    assert sorted(entries) == data["names"]
+    q4 = [f["path"] for f in entries[f"{base}:q4_k_m"]["files"]]
+    assert q4 == ["Q4_K_M/Big-Llama-70B-Q4_K_M-00001-of-00003.gguf",
+                  "Q4_K_M/Big-Llama-70B-Q4_K_M-00002-of-00003.gguf",
+                  "Q4_K_M/Big-Llama-70B-Q4_K_M-00003-of-00003.gguf", "README.md"]  # fmt: skip
+    q8 = entries[f"{base}:q8_0"]
+    assert [f["path"] for f in q8["files"]][-1] == "README.md" and len(q8["files"]) == 3
+    assert all(f["sha256"] for e in entries.values() for f in e["files"])
+    assert entries[f"{base}:q4_k_m"]["path"] == q8["path"]
+    (line,) = history(isolated_env)  # one transaction for both entries
+    assert "Q4_K_M,q8_0" in str(line["command"])
+
+    # --quant all adds the third quant and leaves the other two as they are.
+    every = run_cli(*args, "--quant", "all")
+    assert every.returncode == 0, every.stderr
+    assert f"downloaded {base}:q2_k, {base}:q4_k_m, {base}:q8_0: 1 files" in every.stdout
+    assert sorted(registry(isolated_env)) == [f"{base}:q2_k", f"{base}:q4_k_m", f"{base}:q8_0"]
+    assert registry(isolated_env)[f"{base}:q8_0"] == q8
+    assert len(history(isolated_env)) == 2
+    again = run_cli(*args, "--quant", "all")
+    assert again.returncode == 0 and f"{base}:q8_0 are up to date" in again.stdout
+    assert len(history(isolated_env)) == 2
+
+
 def test_gated_repo_with_and_without_token(fake_hub: FakeHub, run_cli, isolated_env) -> None:
     repo = samples.add_gated_model(fake_hub)
     fake_hub.tokens[TOKEN] = "alice"
@@ -399,10 +436,25 @@ def test_library_entry_point(fake_hub: FakeHub, isolated_env) -> None:
     result = imageworks.download(repo.repo_id, config=resolve_config(), engine="native")
     assert result.name == "thebloke/llama-3-8b-instruct-awq" and result.entry is not None
     assert result.entry.format == "awq" and result.files_fetched == len(result.plan.files)
-    import imageworks.download as module
+    import imageworks.downloader
 
-    again = module(repo.repo_id, config=resolve_config(), engine="native")
-    assert again.up_to_date and not again.recorded
+    again = imageworks.downloader.download(repo.repo_id, config=resolve_config(), engine="native")
+    assert again.up_to_date and not again.recorded and again.names == [result.name]
+    assert imageworks.download is imageworks.downloader.download
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import imageworks; f = imageworks.download; import imageworks.downloader",
+        "import imageworks.downloader; import imageworks; f = imageworks.download",
+        "from imageworks import downloader, download as f; import imageworks",
+    ],
+)
+def test_imageworks_download_is_the_function_in_any_import_order(code: str) -> None:
+    check = "import inspect; assert inspect.isfunction(imageworks.download) and imageworks.download is f"
+    proc = subprocess.run([sys.executable, "-c", f"{code}; {check}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_analyze_command(fake_hub: FakeHub, run_cli) -> None:

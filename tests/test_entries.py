@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imageworks.entries import build_entry, find_existing, record_entry
+from imageworks.entries import build_entry, find_existing, folder_variants, record_entry
 from imageworks.hashing import sha256_file
 from imageworks.registry import FileRecord, RegistryStore, Source
 from tests import modelfiles
@@ -158,3 +158,46 @@ def test_curated_only_entry_is_updated_under_its_name(tmp_path: Path) -> None:
     assert stored.name == "my-model"
     merged = store.load().get("my-model")
     assert merged.tags == ["pinned"] and merged.format == "safetensors"
+
+
+def test_a_folder_of_several_quants_makes_one_variant_per_quant(tmp_path: Path) -> None:
+    folder = tmp_path / "Owner" / "Mixed-GGUF"
+    modelfiles.write_gguf_repo(folder, "Mixed", ("Q4_K_M",), split_parts=2, mmproj=True)
+    modelfiles.write_gguf_repo(folder, "Mixed", ("Q8_0",))
+    modelfiles.write_hf_model(folder, "plain-bf16")  # safetensors beside the GGUF files
+    paths = [r.path for r in records(folder)]
+    variants = folder_variants(folder, paths)
+    by_quant = {insp.quantization: v for v, insp in variants}
+    assert set(by_quant) == {"Q4_K_M", "Q8_0", "bf16"}
+    q4, q8, st = by_quant["Q4_K_M"], by_quant["Q8_0"], by_quant["bf16"]
+    shared = {p for p in paths if p.endswith(".json") or p.endswith(".md")}
+    assert q4.weight_files == {"Mixed-Q4_K_M-00001-of-00002.gguf", "Mixed-Q4_K_M-00002-of-00002.gguf"}
+    assert set(q4.files) == q4.weight_files | {"mmproj-Mixed-F16.gguf"} | shared
+    assert set(q8.files) == {"Mixed-Q8_0.gguf", "mmproj-Mixed-F16.gguf"} | shared
+    assert "mmproj-Mixed-F16.gguf" not in st.files and st.weight_files <= set(st.files)
+    # Every file belongs to some variant, and the variants' own weights do not overlap.
+    assert set().union(*(v.files for v, _ in variants)) == set(paths)
+    assert sum(len(v.weight_files) for v, _ in variants) == len(
+        set().union(*(v.weight_files for v, _ in variants))
+    )
+
+    names = sorted(
+        build_entry(
+            folder,
+            source=hf("Owner/Mixed-GGUF"),
+            location="linux_wsl",
+            files=records(folder, list(v.files)),
+            inspection=insp,
+        ).name
+        for v, insp in variants
+    )
+    assert names == ["owner/mixed-gguf", "owner/mixed-gguf:q4_k_m", "owner/mixed-gguf:q8_0"]
+
+
+def test_one_kind_of_weights_is_one_variant_with_every_file(tmp_path: Path) -> None:
+    folder = tmp_path / "Owner" / "One-GGUF"
+    modelfiles.write_gguf_repo(folder, "One", ("Q5_K_M",), split_parts=3, mmproj=True)
+    paths = [r.path for r in records(folder)]
+    ((variant, inspection),) = folder_variants(folder, paths)
+    assert list(variant.files) == paths and inspection.quantization == "Q5_K_M"
+    assert len(variant.weight_files) == 3

@@ -3,7 +3,12 @@ which host gets the token."""
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -130,6 +135,110 @@ def test_5xx_backs_off_then_says_the_hub_is_down(fake_hub: FakeHub) -> None:
     assert info.value.exit_code == 1 and "later" in (info.value.hint or "")
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("call", ["snapshot", "list_files"])
+def test_unreachable_hub_fails_fast_without_library_retries(monkeypatch, call: str) -> None:
+    """huggingface_hub retries a listing 5 times with 1..8 s sleeps of its own: under HubClient's retries
+    that took 131 s. The library now makes one attempt per HubClient retry."""
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    c = client(retries=2)
+    started = time.monotonic()
+    with pytest.raises(HubUnavailable) as info:
+        if call == "snapshot":
+            c.snapshot("owner/repo")
+        else:
+            c.list_files("owner/repo", "a" * 40)
+    assert time.monotonic() - started < 3
+    assert "no connection" in str(info.value) and "after 2 retries" in str(info.value)
+
+
+class StallingHub:
+    """A Hub whose model info answers at once and whose file listing stalls: `mode` "headers" sends the
+    status line, headers and part of the body, then nothing; "silent" sends nothing at all."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.tree_requests = 0
+        self.release = threading.Event()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/tree/" not in self.path:
+                    body = json.dumps({"id": "Owner/Repo", "sha": "a" * 40, "private": False, "gated": False})
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+                    return
+                hub.tree_requests += 1
+                if hub.mode == "headers":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'[{"type": "file", ')
+                    self.wfile.flush()
+                hub.release.wait(30)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=["headers", "silent"])
+def stalling_hub(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[StallingHub]:
+    hub = StallingHub(request.param)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    yield hub
+    hub.stop()
+
+
+def test_a_stalled_listing_times_out_with_a_clear_error(stalling_hub: StallingHub, monkeypatch) -> None:
+    """The library lists the tree with timeout=None: without our timeout this waits forever."""
+    monkeypatch.setenv("IMAGEWORKS_HUB_TIMEOUT", "0.5")
+    c = client(retries=1)
+    assert c.timeout == 0.5  # from the environment, read when the config is resolved
+    started = time.monotonic()
+    with pytest.raises(HubUnavailable) as info:
+        c.snapshot("owner/repo")
+    elapsed = time.monotonic() - started
+    assert 2 * 0.5 <= elapsed < 4
+    assert "file listing" in str(info.value) and "no answer within 0.5 s" in str(info.value)
+    assert "IMAGEWORKS_HUB_TIMEOUT" in (info.value.hint or "")
+    assert stalling_hub.tree_requests == 2  # one per HubClient try: the library retried nothing
+
+
+def test_the_policy_ends_with_the_call(fake_hub: FakeHub) -> None:
+    """Outside a HubClient call, huggingface_hub's shared client behaves as the library made it (no
+    timeout of ours; statuses handed back, for the library's own retries to act on)."""
+    from huggingface_hub import get_session
+
+    samples.add_safetensors_model(fake_hub)
+    client().snapshot(samples.SAFETENSORS_REPO)
+    session = get_session()
+    assert session.timeout.read is None and session.follow_redirects
+    fault = fake_hub.fail("/api/models/*", "status", status=503, times=1)
+    response = session.get(f"{fake_hub.endpoint}/api/models/{samples.SAFETENSORS_REPO}")
+    assert fault.hits == 1 and response.status_code == 503
+
+
 def test_resolve_retries_5xx_on_the_hub(fake_hub: FakeHub) -> None:
     repo = samples.add_safetensors_model(fake_hub)
     c = client()
@@ -147,3 +256,20 @@ def test_analyze_reads_headers_only(fake_hub: FakeHub) -> None:
     assert {"Q4_K_M", "Q8_0", "Q5_K_S"} <= set(data["gguf_quants"])
     assert analysis.bytes_read < analysis.total_size
     assert not any(r.authorized for r in fake_hub.requests if r.server == "cdn")
+
+
+def test_hub_timeout_setting_flag_env_file_default(tmp_path) -> None:
+    from imageworks.config import DEFAULT_HUB_TIMEOUT
+    from imageworks.errors import ConfigError
+
+    home = {"HOME": str(tmp_path)}
+    assert resolve_config(registry_dir=tmp_path, env=home).hub_timeout.value == DEFAULT_HUB_TIMEOUT
+    (tmp_path / "imageworks.toml").write_text("hub_timeout = 7\n")
+    from_file = resolve_config(registry_dir=tmp_path, env=home).hub_timeout
+    assert from_file.value == 7.0 and from_file.source.endswith("imageworks.toml")
+    from_env = resolve_config(registry_dir=tmp_path, env={**home, "IMAGEWORKS_HUB_TIMEOUT": "2.5"})
+    assert from_env.hub_timeout.value == 2.5 and HubClient(from_env).timeout == 2.5
+    assert HubClient(from_env, timeout=1.0).timeout == 1.0
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="positive number of seconds"):
+            resolve_config(registry_dir=tmp_path, env={**home, "IMAGEWORKS_HUB_TIMEOUT": bad})

@@ -414,28 +414,39 @@ def test_local_folders_are_told_apart_by_path(tree) -> None:
 
 
 def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, run_cli) -> None:
-    """Download from the fake Hub (one quant of a GGUF repo, two quants of another recorded as one entry,
-    a safetensors repo), then scan the same root: one entry per download, nothing to add or change, and
-    a rebuild finds no drift."""
+    """Download from the fake Hub (one quant of a GGUF repo, two quants of another, a safetensors repo),
+    then scan the same root: one entry per quant downloaded, nothing to add or change, and a rebuild
+    finds no drift."""
     from imageworks.config import resolve_config
-    from imageworks.download import download
+    from imageworks.downloader import download
     from tests.fakehub.samples import GGUF_REPO, SAFETENSORS_REPO, add_gguf_model
 
     add_gguf_model(sample_hub[0], "Other/Tiny-GGUF")
     config = resolve_config()
+    names = []
     for reference, quant in (
         (GGUF_REPO, "Q4_K_M"),
         ("Other/Tiny-GGUF", "Q4_K_M,Q8_0"),
         (SAFETENSORS_REPO, None),
     ):
-        download(reference, config=config, quant=quant, location="linux_wsl", engine="native", command="test")
+        result = download(
+            reference, config=config, quant=quant, location="linux_wsl", engine="native", command="test"
+        )
+        names.append(result.names)
+    assert names[1] == ["other/tiny-gguf:q4_k_m", "other/tiny-gguf:q8_0"]
     store = RegistryStore(isolated_env["registry"])
     downloaded = {e.name for e in store.load().entries()}
-    assert downloaded == {"theowner/tiny-llama-gguf:q4_k_m", "other/tiny-gguf", "theowner/tiny-llama"}
+    assert downloaded == {
+        "theowner/tiny-llama-gguf:q4_k_m",
+        "other/tiny-gguf:q4_k_m",
+        "other/tiny-gguf:q8_0",
+        "theowner/tiny-llama",
+    }
+    assert len(store.history()) == 3  # one change-log line per download
     before = registry_bytes(isolated_env["registry"])
 
     data = scan_json(run_cli)
-    assert data["summary"] == {"added": 0, "updated": 0, "unchanged": 3, "skipped": 0}, data
+    assert data["summary"] == {"added": 0, "updated": 0, "unchanged": 4, "skipped": 0}, data
     assert {i["name"] for i in data["unchanged"]} == downloaded
     scan_json(run_cli, "--update-existing")
     assert registry_bytes(isolated_env["registry"]) == before
@@ -444,6 +455,26 @@ def test_real_downloads_then_scan_and_normalize_agree(isolated_env, sample_hub, 
     assert proc.returncode == 0, proc.stderr
     rebuilt = json.loads(proc.stdout)["data"]
     assert rebuilt["summary"]["update"] == 0 and rebuilt["hashed_files"] == 0, rebuilt["entries"]
+
+
+def test_an_entry_holding_several_quants_keeps_them(tree) -> None:
+    """A registry entry that holds two quants of one folder (as `download --quant A,B` recorded them
+    before it recorded one entry per quant) is matched as a whole: no entry per quant is added."""
+    store = RegistryStore(tree["registry"])
+    folder = tree["models"] / "bartowski" / "Llama-GGUF"
+    files = ["Llama-Q4_K_M.gguf", "Llama-Q8_0.gguf", "mmproj-Llama-F16.gguf"]
+    name = simulate_download(store, folder, "bartowski/Llama-GGUF", files)
+    assert name == "bartowski/llama-gguf"
+    before = store.load().discovered[name]
+
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    assert name in {i.name for i in result.unchanged}
+    assert not {i.name for i in result.added} & {"bartowski/llama-gguf:q4_k_m", "bartowski/llama-gguf:q8_0"}
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", update_existing=True))
+    assert name in {i.name for i in result.unchanged}
+    registry = store.load()
+    assert registry.discovered[name] == before
+    assert [e.name for e in registry.entries() if e.path == str(folder)] == [name]
 
 
 def test_loose_weights_in_a_location_root_versus_a_model_folder_base(tree) -> None:

@@ -292,6 +292,24 @@ def test_choose_engine_explains_itself(monkeypatch: pytest.MonkeyPatch) -> None:
         assert choose_engine("auto", aria2c_path=ARIA2C).name == "aria2"
 
 
+def test_auto_falls_back_to_native_when_aria2c_will_not_start(server: FileServer, tmp_path: Path) -> None:
+    broken = tmp_path / "aria2c"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    data = blob(100_000, 30)
+    url = server.add("w.bin", data)
+    progress = Recorder()
+    engine = choose_engine("auto", aria2c_path=str(broken))
+    assert engine.name == "aria2"
+    [result] = engine.fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], progress)
+    assert result.sha256 == sha(data)
+    assert any("shared libraries" in m and "native" in m for m in progress.messages)
+    with pytest.raises(TransferError, match="shared libraries"):
+        choose_engine("aria2", aria2c_path=str(broken)).fetch(
+            [FileJob(url, tmp_path / "x.bin", len(data))], NullProgress()
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Both engines
 
@@ -375,7 +393,7 @@ def test_stalled_connection_is_restarted(kind: str, server: FileServer, tmp_path
 def test_429_then_success(kind: str, server: FileServer, tmp_path: Path) -> None:
     data = blob(100_000, 5)
     url = server.add("w.bin", data)
-    server.fail("w.bin", "status", status=429, retry_after=1, times=2)
+    server.fail("w.bin", "status", status=429, retry_after=1, times=1)
     began = time.monotonic()
     engine_for(kind).fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], NullProgress())
     assert (tmp_path / "w.bin").read_bytes() == data
@@ -388,7 +406,7 @@ def test_5xx_exhausting_retries_is_a_transfer_error(kind: str, server: FileServe
     url = server.add("w.bin", b"x" * 1000)
     server.fail("w.bin", "status", status=503, times=100)
     with pytest.raises(TransferError):
-        engine_for(kind, retries=1).fetch([FileJob(url, tmp_path / "w.bin", 1000)], NullProgress())
+        engine_for(kind, retries=0).fetch([FileJob(url, tmp_path / "w.bin", 1000)], NullProgress())
     assert not (tmp_path / "w.bin").exists()
 
 
@@ -515,7 +533,7 @@ def test_cancel_keeps_partial_state(kind: str, server: FileServer, tmp_path: Pat
     url = server.add("w.bin", data)
     server.rate = MiB // 4  # 4 connections: about 8 s for the whole file
     cancel = threading.Event()
-    timer = threading.Timer(2.5, cancel.set)
+    timer = threading.Timer(1.0, cancel.set)
     timer.start()
     job = FileJob(url, tmp_path / "w.bin", len(data), sha(data))
     began = time.monotonic()
@@ -529,6 +547,79 @@ def test_cancel_keeps_partial_state(kind: str, server: FileServer, tmp_path: Pat
     server.rate = None
     [result] = engine_for(kind).fetch([job], NullProgress())
     assert result.resumed_from > 0 and job.dest.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against the fake Hub: a gated repo, the token on the Hub only, a CDN that refuses it, faults.
+
+
+def _gated_repo(hub, files: dict[str, bytes]) -> dict[str, str]:
+    hub.tokens["hf_alice_token"] = "alice"
+    hub.add_repo("org/gated-model", files, gated=True)
+    hub.grant("org/gated-model", "alice")
+    return {"Authorization": "Bearer hf_alice_token"}
+
+
+def _hub_job(hub, path: str, dest: Path, headers: dict[str, str]) -> FileJob:
+    entry = hub.file("org/gated-model", path)
+    return FileJob(
+        hub.resolve_url("org/gated-model", path),
+        dest / path,
+        entry.size,
+        sha256=entry.sha256 if entry.lfs else None,
+        git_sha1=None if entry.lfs else entry.oid,
+        headers=headers,
+        label=path,
+    )
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_fake_hub_gated_repo_token_stays_on_the_hub(kind: str, fake_hub, tmp_path: Path) -> None:
+    weights, config = blob(6 * MiB, 20), b'{"model_type": "llama"}\n'
+    headers = _gated_repo(fake_hub, {"model.safetensors": weights, "config.json": config})
+    jobs = [_hub_job(fake_hub, p, tmp_path, headers) for p in ("model.safetensors", "config.json")]
+    results = engine_for(kind).fetch(jobs, NullProgress())
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "config.json").read_bytes() == config
+    assert [r.sha256 for r in results] == [sha(weights), sha(config)]
+    hub_side = [r for r in fake_hub.requests if r.server == "hub"]
+    cdn_side = [r for r in fake_hub.requests if r.server == "cdn"]
+    assert hub_side and all(r.authorized for r in hub_side)
+    assert len(cdn_side) >= 2 and not any(r.authorized for r in cdn_side)
+    assert all(r.status in (200, 206, 302) for r in fake_hub.requests)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_fake_hub_faults_and_corruption(kind: str, fake_hub, tmp_path: Path) -> None:
+    good, bad = blob(6 * MiB, 21), blob(5 * MiB, 22)
+    headers = _gated_repo(fake_hub, {"good.safetensors": good, "bad.safetensors": bad})
+    fake_hub.fail("good.safetensors", "reset", after_bytes=500_000, server="cdn", times=2)
+    fake_hub.fail("good.safetensors", "stall", after_bytes=100_000, seconds=30, server="cdn")
+    fake_hub.fail("good.safetensors", "status", status=503, server="cdn")
+    fake_hub.corrupt("org/gated-model", "bad.safetensors")
+    jobs = [_hub_job(fake_hub, p, tmp_path, headers) for p in ("good.safetensors", "bad.safetensors")]
+    with pytest.raises(IntegrityError) as info:
+        engine_for(kind, stall_timeout=1.0).fetch(jobs, NullProgress())
+    assert "bad.safetensors" in str(info.value)
+    assert (tmp_path / "good.safetensors").read_bytes() == good  # the other file still completed
+    assert not (tmp_path / "bad.safetensors").exists() and leftovers(tmp_path) == []
+    assert all(f.exhausted for f in fake_hub.faults)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_expired_cdn_url_is_resolved_again(kind: str, fake_hub, tmp_path: Path) -> None:
+    weights = blob(20 * MiB, 23)
+    headers = _gated_repo(fake_hub, {"model.safetensors": weights})
+    # Expiry is signed in whole seconds: a fresh URL lives 0.5 to 1.5 s, a retry may meet another.
+    fake_hub.cdn_url_ttl = 1.5
+    fake_hub.throttle(per_connection_bps=2 * MiB)
+    # A connection dropped after ~2 s must reconnect with a URL that has expired by then.
+    fake_hub.fail("model.safetensors", "reset", after_bytes=4 * MiB, server="cdn")
+    job = _hub_job(fake_hub, "model.safetensors", tmp_path, headers)
+    engine_for(kind, retries=3).fetch([job], NullProgress())
+    assert job.dest.read_bytes() == weights
+    assert any(r.server == "cdn" and r.status == 403 for r in fake_hub.requests)
+    assert sum(r.server == "hub" for r in fake_hub.requests) >= 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -588,6 +679,45 @@ def test_kill_9_then_rerun_resumes(kind: str, server: FileServer, tmp_path: Path
     assert dest.read_bytes() == data
     assert result.resumed_from >= MiB and result.bytes_fetched < len(data)
     assert leftovers(tmp_path) == []
+
+
+def _aria2c_serving(pid: int) -> list[int]:
+    """aria2c processes started by the process `pid` (they carry --stop-with-process=<pid>)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"--stop-with-process={pid}".encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_ctrl_c_leaves_resumable_state_and_no_aria2c(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(8 * MiB, 17)
+    url = server.add("w.bin", data)
+    server.rate = MiB // 2
+    dest = tmp_path / "w.bin"
+    spec = {"url": url, "dest": str(dest), "size": len(data), "sha256": sha(data), "kind": kind}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    paths = PartialPaths.for_dest(dest)
+    deadline = time.monotonic() + 10
+    while not (paths.temp.exists() and paths.temp.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=20)
+    assert b"KeyboardInterrupt" in err
+    assert _aria2c_serving(child.pid) == []
+    assert paths.temp.exists() and not dest.exists()
+    server.rate = None
+    [result] = engine_for(kind).fetch([FileJob(url, dest, len(data), sha(data))], NullProgress())
+    assert result.resumed_from > 0 and dest.read_bytes() == data
 
 
 def _unshare_works() -> bool:

@@ -22,6 +22,7 @@ REGISTRY_FILES = (
 )
 CONFIG_FILE_NAME = "imageworks.toml"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_HUB_TIMEOUT = 30.0  # seconds one Hub API request may go without connecting or receiving a byte
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Config:
     hf_home: Setting
     hf_token: Setting  # value is the token itself: never print it, use `token_display`
     extra: dict[str, Setting] = field(default_factory=dict)
+    hub_timeout: Setting = Setting(DEFAULT_HUB_TIMEOUT, "default")  # float seconds
 
     @property
     def registry_path(self) -> Path:
@@ -70,6 +72,7 @@ class Config:
         rows.append(("hf_endpoint", str(self.hf_endpoint.value), self.hf_endpoint.source))
         rows.append(("hf_home", str(self.hf_home.value), self.hf_home.source))
         rows.append(("hf_token", token_display(self.token), self.hf_token.source))
+        rows.append(("hub_timeout", f"{self.hub_timeout.value:g} s", self.hub_timeout.source))
         for key, setting in sorted(self.extra.items()):
             rows.append((key, str(setting.value), setting.source))
         return rows
@@ -198,6 +201,26 @@ def _resolve_token(flag: str | None, env: Mapping[str, str], hf_home: Path) -> S
     return Setting(None, "not set (hf auth login, HF_TOKEN or --token)")
 
 
+def _resolve_hub_timeout(env: Mapping[str, str], toml: dict[str, Any], toml_path: Path | None) -> Setting:
+    for raw, source in (
+        (env.get("IMAGEWORKS_HUB_TIMEOUT"), "IMAGEWORKS_HUB_TIMEOUT"),
+        (toml.get("hub_timeout"), str(toml_path)),
+    ):
+        if raw is None or raw == "":
+            continue
+        try:
+            value = float(raw) if not isinstance(raw, bool) else float("nan")
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise ConfigError(
+                f"{source}: hub_timeout must be a positive number of seconds, not {raw!r}",
+                hint="e.g. IMAGEWORKS_HUB_TIMEOUT=30",
+            )
+        return Setting(value, source)
+    return Setting(DEFAULT_HUB_TIMEOUT, "default")
+
+
 def resolve_config(
     *,
     registry_dir: Path | None = None,
@@ -232,4 +255,5 @@ def resolve_config(
         hf_endpoint=endpoint,
         hf_home=hf_home,
         hf_token=_resolve_token(token, env, Path(hf_home.value)),
+        hub_timeout=_resolve_hub_timeout(env, toml, toml_path),
     )

@@ -1,20 +1,26 @@
-"""Build a registry entry from a model folder, and find the entry it should update.
+"""Build registry entries from a model folder, and find the entry each should update.
 
 Shared by `download` and by `scan`/`normalize-formats`, so that downloading a model and later scanning its
-folder yields one entry with one name. The API is three functions:
+folder yields the same entries with the same names. The API:
 
-    entry = build_entry(folder, source=Source(...), location="linux_wsl", files=[FileRecord, ...])
+    for variant, inspection in folder_variants(folder, paths):   # one per GGUF quant, see below
+        entry = build_entry(folder, source=Source(...), location="linux_wsl",
+                            files=[FileRecord, ...], inspection=inspection)
     existing = find_existing(registry, entry)      # same identity, or same folder + same variant
     stored = record_entry(registry, entry)         # merge into `existing` (keeping its name) and put
 
 `files` are the entry's own files (relative POSIX paths with size, sha256, mtime_ns): a folder may hold
-several GGUF quants, each its own entry, so the folder alone does not say what belongs to an entry.
+several GGUF quants, each its own entry (`owner/repo:<quant>`), so the folder alone does not say what
+belongs to an entry. `split_variants` decides that: each quant's files (all split parts) plus the files
+every variant shares (mmproj projectors, config, tokenizer, README); non-GGUF weights beside GGUF files
+form one more variant without a quant.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +47,50 @@ def entry_variant(inspection: ModelInspection) -> str | None:
     if inspection.format == "gguf" and len(inspection.gguf_quants) == 1:
         return inspection.gguf_quants[0]
     return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The files one entry of a folder holds: `weight_files` are its own weights, `files` adds what it
+    shares with the folder's other variants."""
+
+    files: tuple[str, ...]
+    weight_files: frozenset[str]
+
+
+def split_variants(inspection: ModelInspection, all_files: Sequence[str]) -> list[Variant]:
+    """One variant per GGUF quant (+ shared files), plus one for non-GGUF weights; a folder with a single
+    kind of weights is one variant holding every file."""
+    weight_offers = [o for o in inspection.offers if o.role == "weights"]
+    gguf_offers = [o for o in weight_offers if o.format == "gguf"]
+    other_weights = sorted({f for o in weight_offers if o.format != "gguf" for f in o.files})
+    projectors = sorted({f for o in inspection.offers if o.role == "projector" for f in o.files})
+    in_offers = {f for o in inspection.offers for f in o.files}
+    if len(gguf_offers) <= 1 and not (gguf_offers and other_weights):
+        weights = frozenset(f for o in weight_offers for f in o.files)
+        return [Variant(tuple(all_files), weights)]
+    shared = [f for f in all_files if f not in in_offers]
+    variants = [
+        Variant(tuple(sorted({*o.files, *projectors, *shared})), frozenset(o.files)) for o in gguf_offers
+    ]
+    if other_weights:
+        variants.append(Variant(tuple(sorted({*other_weights, *shared})), frozenset(other_weights)))
+    return variants
+
+
+def folder_variants(
+    folder: Path, files: Sequence[str], inspection: ModelInspection | None = None
+) -> list[tuple[Variant, ModelInspection]]:
+    """The entries `files` of `folder` make (`split_variants`), each with the inspection of its own
+    files, which `build_entry` takes. `inspection` is that of all `files`, when the caller has it."""
+    from imageworks.inspect import inspect_folder
+
+    if inspection is None:
+        inspection = inspect_folder(folder, files=list(files))
+    variants = split_variants(inspection, files)
+    if len(variants) == 1:
+        return [(variants[0], inspection)]
+    return [(v, inspect_folder(folder, files=list(v.files))) for v in variants]
 
 
 def _metadata(inspection: ModelInspection) -> dict[str, Any]:

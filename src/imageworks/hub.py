@@ -7,15 +7,23 @@ following redirects, so we decide which host gets the token: the Hub itself may,
 never does (a signed URL plus a bearer token is refused by the CDN anyway, and the token must not leak).
 
 Every failure becomes an `imageworks.errors` exception whose hint says what to do.
+
+Retries and timeouts are HubClient's alone (see `_scoped_session`): each Hub request made through the
+library gets the configured timeout (`hub_timeout`, IMAGEWORKS_HUB_TIMEOUT) and one attempt, and
+`HubClient` decides what to retry and how long to wait.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -39,8 +47,8 @@ log = logging.getLogger("imageworks.hub")
 T = TypeVar("T")
 
 USER_AGENT = "imageworks"
-DEFAULT_TIMEOUT = 30.0
 MAX_REDIRECTS = 5
+CONNECT_TIMEOUT_CAP = 10.0  # a Hub that accepts no connection in 10 s is down, whatever the read timeout
 
 
 @dataclass(frozen=True)
@@ -136,18 +144,111 @@ def _network_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    for module in ("httpx", "httpx2"):
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(exc, mod.TimeoutException):
+            return True
+    return isinstance(exc, TimeoutError)
+
+
+# ------------------------------------------------------------------------------ huggingface_hub's client
+#
+# HfApi sends every request through one process-wide httpx2 client (`huggingface_hub.get_session()`),
+# made with timeout=None, and its paginated listings (the file tree) go through `http_backoff`, which
+# passes timeout=None per request and retries network errors and 408/429/5xx five times (sleeping
+# 1+2+4+8+8 s) before raising. Under HubClient's own retries that stacked to 131 s for an unreachable
+# endpoint, and a stalled listing waited forever.
+#
+# The library's hook for this is `set_client_factory`. The client installed here is built like the one
+# it replaces (same event hooks, which carry offline mode and request ids; same redirect and timeout
+# settings) and behaves exactly like it, except while a HubClient call runs in the current thread or
+# task (a ContextVar, so other threads and other code using huggingface_hub are unaffected). Then every
+# request gets HubClient's timeout, and a network error or a retryable status leaves the library as
+# `_AttemptFailed`, which `http_backoff` does not catch: one attempt per HubClient try.
+# Limits: a transport, proxy or TLS setting of a factory an application installed before us is not
+# carried over, and a factory installed after ours takes these guarantees away.
+
+
+@dataclass(frozen=True)
+class _Policy:
+    timeout: float  # seconds per connect and per read
+
+
+_POLICY: ContextVar[_Policy | None] = ContextVar("imageworks_hub_policy", default=None)
+_INSTALL_LOCK = threading.Lock()
+_INSTALLED = False
+
+
+class _AttemptFailed(Exception):
+    """One request of a HubClient call failed in a way HubClient may retry: `status` 408/429/5xx, or a
+    network error (`status` None)."""
+
+    def __init__(self, status: int | None, headers: Mapping[str, str], error: BaseException | None) -> None:
+        super().__init__(f"HTTP {status}" if status else repr(error))
+        self.status = status
+        self.headers = dict(headers)
+        self.timed_out = error is not None and _is_timeout(error)
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+@functools.cache
+def _scoped_client_class() -> type[Any]:
+    import httpx2
+
+    class ScopedClient(httpx2.Client):
+        def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+            policy = _POLICY.get()
+            if policy is None:
+                return super().send(request, **kwargs)
+            timeout = httpx2.Timeout(policy.timeout, connect=min(policy.timeout, CONNECT_TIMEOUT_CAP))
+            request.extensions["timeout"] = timeout.as_dict()
+            try:
+                response = super().send(request, **kwargs)
+            except httpx2.TransportError as exc:
+                raise _AttemptFailed(None, {}, exc) from exc
+            if _retryable(response.status_code):
+                response.close()
+                raise _AttemptFailed(response.status_code, response.headers, None)
+            return response
+
+    return ScopedClient
+
+
+def _scoped_session() -> None:
+    """Install the scoped client as huggingface_hub's shared one, once per process (see above)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from huggingface_hub import get_session, set_client_factory
+
+    cls = _scoped_client_class()
+    with _INSTALL_LOCK:
+        if _INSTALLED:
+            return
+        current = get_session()
+        hooks = current.event_hooks
+        follow, timeout = current.follow_redirects, current.timeout
+        set_client_factory(lambda: cls(event_hooks=hooks, follow_redirects=follow, timeout=timeout))
+        _INSTALLED = True
+
+
 class HubClient:
     """Talks to one Hub endpoint with one token (or none).
 
     Retries: a 429 waits for Retry-After (at most `max_retry_after` seconds, else fails with the time to
-    wait) and tries again; 5xx and connection failures back off exponentially from `backoff` seconds, and
-    after `retries` attempts raise HubUnavailable."""
+    wait) and tries again; 5xx, connection failures and timeouts back off exponentially from `backoff`
+    seconds, and after `retries` retries raise HubUnavailable. `timeout` (default: the config's
+    `hub_timeout`) bounds each connect and each wait for bytes of every request, the library's too."""
 
     def __init__(
         self,
         config: Config,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
         retries: int = 4,
         backoff: float = 1.0,
         max_retry_after: float = 120.0,
@@ -155,7 +256,7 @@ class HubClient:
     ) -> None:
         self.endpoint = str(config.hf_endpoint.value).rstrip("/")
         self.token: str | None = config.token
-        self.timeout = timeout
+        self.timeout = float(config.hub_timeout.value) if timeout is None else timeout
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
@@ -168,6 +269,8 @@ class HubClient:
     def api(self) -> Any:
         if self._api is None:
             from huggingface_hub import HfApi
+
+            _scoped_session()
 
             # token=False (not None) when we have none: None would make the library read its own
             # token file, located from the environment as it was when it was imported.
@@ -186,7 +289,7 @@ class HubClient:
 
             self._http = httpx.Client(
                 follow_redirects=False,
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_CAP)),
                 headers={"User-Agent": USER_AGENT},
             )
         return self._http
@@ -211,8 +314,17 @@ class HubClient:
     def file_url(self, repo_id: str, revision: str, path: str) -> str:
         return f"{self.endpoint}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
-    def _wait(self, attempt: int, status: int | None, headers: Mapping[str, str], what: str) -> None:
-        """Sleep before retry number `attempt`, or raise when retries are exhausted."""
+    def _wait(
+        self,
+        attempt: int,
+        status: int | None,
+        headers: Mapping[str, str],
+        what: str,
+        *,
+        timed_out: bool = False,
+    ) -> None:
+        """Sleep before retry number `attempt`, or raise when retries are exhausted. `status` None is a
+        network failure (`timed_out`: no connection or no bytes within `timeout`)."""
         if status == 429:
             wait = retry_after_seconds(headers)
             if wait is None:
@@ -229,39 +341,54 @@ class HubClient:
                 )
             log.warning("%s: rate limited, retrying in %.0f s (Retry-After)", what, wait)
         else:
+            if status:
+                reason = f"HTTP {status}"
+            elif timed_out:
+                reason = f"no answer within {self.timeout:g} s"
+            else:
+                reason = "no connection"
             if attempt >= self.retries:
-                reason = f"HTTP {status}" if status else "no connection"
+                hint = "check https://status.huggingface.co (or your HF_ENDPOINT mirror) and try again later"
+                if timed_out:
+                    hint = (
+                        "check the network and HF_ENDPOINT; on a slow link raise IMAGEWORKS_HUB_TIMEOUT"
+                        f" (now {self.timeout:g} s)"
+                    )
                 raise HubUnavailable(
                     f"{what}: the Hub at {self.endpoint} is unavailable ({reason}) after {attempt} retries",
-                    hint="check https://status.huggingface.co (or your HF_ENDPOINT mirror) and try again later",
+                    hint=hint,
                 )
             wait = self.backoff * 2**attempt
-            log.warning(
-                "%s: %s, retrying in %.1f s", what, f"HTTP {status}" if status else "network error", wait
-            )
+            log.warning("%s: %s, retrying in %.1f s", what, reason, wait)
         self._sleep(wait)
 
     def _call(
         self, what: str, fn: Callable[[], T], *, repo_id: str, revision: str | None, path: str | None = None
     ) -> T:
+        """`fn` (HfApi calls) under this client's retry policy and timeout; failures mapped to ours."""
         from huggingface_hub.errors import HfHubHTTPError
 
         network = _network_error_types()
         attempt = 0
         while True:
+            scope = _POLICY.set(_Policy(self.timeout))
             try:
                 return fn()
+            except _AttemptFailed as exc:
+                log.debug("%s: %s", what, exc)
+                failed: tuple[int | None, Mapping[str, str], bool] = (exc.status, exc.headers, exc.timed_out)
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
-                if status == 429 or (status is not None and status >= 500):
-                    self._wait(attempt, status, exc.response.headers, what)
-                    attempt += 1
-                    continue
-                raise self._map_hf_error(exc, repo_id=repo_id, revision=revision, path=path) from None
+                if not (status is not None and _retryable(status)):
+                    raise self._map_hf_error(exc, repo_id=repo_id, revision=revision, path=path) from None
+                failed = (status, exc.response.headers, False)
             except network as exc:
                 log.debug("%s: %r", what, exc)
-                self._wait(attempt, None, {}, what)
-                attempt += 1
+                failed = (None, {}, _is_timeout(exc))
+            finally:
+                _POLICY.reset(scope)
+            self._wait(attempt, failed[0], failed[1], what, timed_out=failed[2])
+            attempt += 1
 
     # -- error mapping -----------------------------------------------------------------------------
     def _gated(self, repo_id: str, status: int | None) -> GatedRepo:
@@ -445,7 +572,7 @@ class HubClient:
                 response = self.http.head(url, headers=self.auth_headers())
             except network as exc:
                 log.debug("%s: %r", what, exc)
-                self._wait(attempt, None, {}, what)
+                self._wait(attempt, None, {}, what, timed_out=_is_timeout(exc))
                 attempt += 1
                 continue
             if response.status_code == 429 or response.status_code >= 500:
@@ -477,7 +604,7 @@ class HubClient:
                 response = self.http.get(resolved.url, headers=headers)
             except network as exc:
                 log.debug("range read: %r", exc)
-                self._wait(attempt, None, {}, "range read")
+                self._wait(attempt, None, {}, "range read", timed_out=_is_timeout(exc))
                 attempt += 1
                 continue
             if response.status_code == 429 or response.status_code >= 500:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from imageworks.entries import split_variants
 from imageworks.naming import path_key
 from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
 from imageworks.scan import (
@@ -30,7 +31,6 @@ from imageworks.scan import (
     diff_fields,
     list_model_files,
     refresh_entry,
-    split_variants,
 )
 
 if TYPE_CHECKING:

@@ -19,8 +19,10 @@ shares (mmproj projectors, config, tokenizer, README). This is the entry `downlo
 the same repo, so downloading one quant and scanning the folder later gives one entry, and another quant
 of the same repo is its own entry. Non-GGUF weights in the same folder (safetensors beside GGUF files)
 form one more entry without a quant suffix, holding those weights plus the shared non-projector files.
-An existing entry that already holds several quants of the folder (`download --quant A,B` records one
-entry) keeps them together: the quants it covers are matched to it as one candidate.
+The split is `imageworks.entries.split_variants`, the one `download` records with. An existing entry
+that already holds several quants of the folder (as `download --quant A,B` recorded them before it too
+recorded one entry per quant) keeps them together: the quants it covers are matched to it as one
+candidate.
 
 Matching an existing entry: the same identity (provider + repo id in any case + revision + GGUF quant,
 as `imageworks.entries.find_existing`), else the same folder with the same quant or an overlap in the
@@ -53,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from imageworks.entries import folder_variants
 from imageworks.errors import UsageError
 from imageworks.hashing import aggregate_sha256
 from imageworks.naming import entry_identity, path_key
@@ -417,34 +420,6 @@ def _placeholder_reason(folder: ModelFolder) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Variant:
-    """The files one entry of a folder holds."""
-
-    files: tuple[str, ...]
-    weight_files: frozenset[str]
-
-
-def split_variants(inspection: ModelInspection, all_files: Sequence[str]) -> list[Variant]:
-    """One variant per GGUF quant (+ shared files), plus one for non-GGUF weights; a folder with a single
-    kind of weights is one variant holding every file."""
-    weight_offers = [o for o in inspection.offers if o.role == "weights"]
-    gguf_offers = [o for o in weight_offers if o.format == "gguf"]
-    other_weights = sorted({f for o in weight_offers if o.format != "gguf" for f in o.files})
-    projectors = sorted({f for o in inspection.offers if o.role == "projector" for f in o.files})
-    in_offers = {f for o in inspection.offers for f in o.files}
-    if len(gguf_offers) <= 1 and not (gguf_offers and other_weights):
-        weights = frozenset(f for o in weight_offers for f in o.files)
-        return [Variant(tuple(all_files), weights)]
-    shared = [f for f in all_files if f not in in_offers]
-    variants = [
-        Variant(tuple(sorted({*o.files, *projectors, *shared})), frozenset(o.files)) for o in gguf_offers
-    ]
-    if other_weights:
-        variants.append(Variant(tuple(sorted({*other_weights, *shared})), frozenset(other_weights)))
-    return variants
-
-
 def candidates_for_folder(
     folder: ModelFolder, *, location: str, include_testing: bool
 ) -> tuple[list[Candidate], list[Skip]]:
@@ -479,11 +454,10 @@ def candidates_for_folder(
     if not weights:
         entry = build_entry(folder, inspection, all_files, by_path, location=location, testing=testing)
         return [Candidate(entry, folder, frozenset(), [testing_reason or "", *folder.notes])], []
-    variants = split_variants(inspection, all_files)
+    variants = folder_variants(folder.path, all_files, inspection)
     candidates: list[Candidate] = []
     skips: list[Skip] = []
-    for variant in variants:
-        insp = inspection if len(variants) == 1 else inspect_folder(folder.path, files=list(variant.files))
+    for variant, insp in variants:
         unusable = [(p, e) for p, e in insp.errors if p in variant.files]
         label = where if len(variants) == 1 else f"{where} [{insp.quantization or insp.format}]"
         if unusable:

@@ -1,4 +1,4 @@
-"""download, analyze: thin commands over `imageworks.download.download` and `imageworks.hub.analyze_repo`."""
+"""download, analyze: thin commands over `imageworks.downloader.download` and `imageworks.hub.analyze_repo`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from imageworks.cli.app import AppContext, handle_errors, pass_app
 from imageworks.cli.render import console, emit_json, human_size, table
 
 if TYPE_CHECKING:
-    from imageworks.download import DownloadResult
+    from imageworks.downloader import DownloadResult
     from imageworks.plan import DownloadPlan
     from imageworks.transfer import FileJob, FileResult
 
@@ -211,21 +211,24 @@ def _render_plan(plan: DownloadPlan) -> None:
 def _render_result(result: DownloadResult, seconds: float) -> None:
     plan = result.plan
     size = human_size(plan.bytes_total)
+    names = ", ".join(result.names)
     if result.up_to_date:
-        click.echo(f"{result.name} is up to date ({len(plan.files)} files, {size}) at {plan.folder}")
+        click.echo(
+            f"{names} {'is' if len(result.names) == 1 else 'are'} up to date ({len(plan.files)} files, {size}) at {plan.folder}"
+        )
         if result.recorded:
-            click.echo("recorded it in the registry")
+            click.echo("recorded in the registry")
         return
     speed = result.bytes_fetched / result.timings["fetch"] if result.timings.get("fetch") else 0
     resumed = f", {human_size(result.bytes_resumed)} resumed from disk" if result.bytes_resumed else ""
     click.echo(
-        f"downloaded {result.name}: {result.files_fetched} files, {human_size(result.bytes_fetched)} fetched"
+        f"downloaded {names}: {result.files_fetched} files, {human_size(result.bytes_fetched)} fetched"
         f"{resumed} in {seconds:.1f} s ({human_size(int(speed))}/s, {result.engine}), all verified"
     )
-    entry = result.entry
-    if entry is not None:
+    for entry in result.entries:
         quant = f" {entry.quantization}" if entry.quantization else ""
-        click.echo(f"  {entry.format}{quant}, {size} at {plan.folder}")
+        label = f"{entry.name}: " if len(result.entries) > 1 else ""
+        click.echo(f"  {label}{entry.format}{quant}, {human_size(entry.size_bytes)} at {plan.folder}")
 
 
 @click.command()
@@ -298,7 +301,7 @@ def download(
 
     REFERENCE is OWNER/REPO, OWNER/REPO@REVISION, a huggingface.co URL (.../tree/REV, .../blob/REV/FILE),
     hf://OWNER/REPO@REV, or any other http(s) URL for a direct download of one file."""
-    from imageworks.download import download as run_download
+    from imageworks.downloader import download as run_download
     from imageworks.errors import UsageError
 
     if no_aria2 and engine == "aria2":

@@ -82,7 +82,13 @@ def choose_engine(
             path = None
         if path:
             why = "--engine aria2" if kind == "aria2" else "found on PATH"
-            engine = Aria2Engine(path, note=f"aria2c engine ({why}: {path})", **common)
+            # auto: if aria2c then refuses to start, the native engine takes over (and says so).
+            fallback = (
+                NativeEngine(note="native engine (aria2c failed to start)", **common)
+                if kind == "auto"
+                else None
+            )
+            engine = Aria2Engine(path, note=f"aria2c engine ({why}: {path})", fallback=fallback, **common)
         elif kind == "aria2":
             raise UsageError(
                 f"aria2c not found{' at ' + aria2c_path if aria2c_path else ' on PATH'}",

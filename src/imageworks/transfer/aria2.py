@@ -33,6 +33,7 @@ from urllib.parse import urljoin, urlsplit
 from imageworks.errors import IntegrityError, TransferError
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
+    Engine,
     Events,
     FileJob,
     FileResult,
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("imageworks.transfer.aria2")
 
 POLL = 0.1
-STATE_SAVE_INTERVAL = 2.0
+STATE_SAVE_INTERVAL = 1.0
 SINGLE_STREAM_BELOW = 4 * MiB  # as in the native engine: small files get no resume record
 STATUS_KEYS = [
     "status",
@@ -99,8 +100,10 @@ class Aria2Engine:
         note: str = "",
         piece_selector: str = "inorder",
         min_split_size: int = 4 * MiB,
+        fallback: Engine | None = None,
     ) -> None:
         self.aria2c = aria2c
+        self.fallback = fallback  # used, and said so, when aria2c cannot even start
         # aria2c refuses more than 16 connections per server.
         self.connections = max(1, min(16, connections))
         self.max_files = max(1, max_files)
@@ -136,6 +139,13 @@ class Aria2Engine:
                 cancel=cancel,
                 on_stop=daemon.stop,
             )
+        except Aria2StartError as exc:
+            if self.fallback is None:
+                raise
+            text = f"{exc}; falling back to the {self.fallback.name} engine"
+            log.warning("%s", text)
+            progress.message(text)
+            return self.fallback.fetch(jobs, progress, cancel=cancel)
         finally:
             daemon.stop()
 
@@ -237,7 +247,7 @@ class _Daemon:
                     start_new_session=True,
                 )
             except OSError as exc:
-                raise TransferError(f"cannot start aria2c ({self.engine.aria2c}): {exc}") from exc
+                raise Aria2StartError(f"cannot start aria2c ({self.engine.aria2c}): {exc}") from exc
             # verify=False: plain HTTP on loopback, and it spares loading the CA bundle (~0.1 s).
             self.client = httpx.Client(
                 base_url=f"http://127.0.0.1:{self.port}", trust_env=False, timeout=10.0, verify=False
@@ -249,7 +259,7 @@ class _Daemon:
                     break
                 except TransferError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise TransferError(
+                        raise Aria2StartError(
                             f"aria2c did not start: {self._stderr_tail() or 'no output'}"
                         ) from None
                     time.sleep(0.02)
@@ -299,14 +309,24 @@ class _Daemon:
             return
         if self.client is not None:
             self.client.close()
+        began = time.perf_counter()
         self.proc.terminate()
+        # An idle aria2c notices the signal only at its next event-loop tick, up to a second away;
+        # a connection to its RPC port wakes the loop now.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            pass
         try:
             self.proc.wait(10)
+            log.debug("aria2c stopped in %.3f s", time.perf_counter() - began)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         if self.stderr is not None:
             self.stderr.close()
+
+
+class Aria2StartError(TransferError):
+    """aria2c is there but would not run (broken install, sandbox): worth falling back."""
 
 
 class Aria2RpcError(TransferError):
@@ -394,7 +414,7 @@ class _Aria2Task:
         except OSError as exc:
             raise disk_error(self.job, exc, 0) from exc
         url, headers = self._target()
-        resumed = self._prepare_partial()
+        resumed = first_resumed = self._prepare_partial()
         self.daemon.ensure_started()
         failures = 0
         fresh_start_done = False
@@ -404,9 +424,11 @@ class _Aria2Task:
             gid = self.daemon.call(
                 "aria2.addUri", [url], self.engine.download_options(self.job, self.paths, headers)
             )
+            log.debug("%s: added to aria2c as %s, resuming from %d bytes", self.job.name, gid, resumed)
             status = self._follow(gid, resumed)
+            log.debug("%s: aria2c reports %s", self.job.name, status["status"])
             if status["status"] == "complete":
-                return self._finish(int(status["totalLength"]), resumed)
+                return self._finish(int(status["totalLength"]), first_resumed)
             code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
             if self.stop.is_set():
                 raise _Halted()
@@ -415,7 +437,8 @@ class _Aria2Task:
                 # resume): start this file over.
                 self._emit("message", f"{self.job.name}: cannot resume ({message}); starting from zero")
                 self.paths.discard()
-                resumed, fresh_start_done = 0, True
+                resumed = first_resumed = 0
+                fresh_start_done = True
                 continue
             error = self._error(code, message)
             if error is not None:
@@ -434,6 +457,8 @@ class _Aria2Task:
             if self.stop.wait(wait):
                 raise _Halted()
             resumed = self._resumable_bytes()
+            # The URL we resolved may have been a signed CDN URL that has expired since.
+            url, headers = self._target()
 
     def _error(self, code: str, message: str) -> TransferError | None:
         """The error to raise for aria2c's errorCode, or None when it is worth retrying."""

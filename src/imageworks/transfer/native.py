@@ -66,7 +66,7 @@ SINGLE_STREAM_BELOW = 4 * MiB  # smaller files: one request, splitting costs mor
 MIN_PIECE = 1 * MiB
 MAX_PIECE = 16 * MiB
 MIN_STEAL = 1 * MiB  # a piece is split for an idle connection only if both halves are at least this
-STATE_SAVE_INTERVAL = 2.0
+STATE_SAVE_INTERVAL = 1.0
 TICK = 0.05
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0
@@ -491,6 +491,8 @@ class _FileTask:
         self.interrupt()
 
     def _worker(self) -> None:
+        import httpx
+
         try:
             fd = os.open(self.paths.temp, os.O_WRONLY)
         except OSError as exc:
@@ -515,6 +517,8 @@ class _FileTask:
                     self.sched.finished(seg)
         except (ImageworksError, _Changed) as exc:
             self._fail(exc)
+        except httpx.HTTPError as exc:  # not worth retrying: too many redirects, a malformed URL...
+            self._fail(TransferError(f"{self.job.name}: {exc}", hint="check the URL"))
         except OSError as exc:
             self._fail(disk_error(self.job, exc, covered(self.sched.on_disk()) if self.sched else 0))
         except BaseException as exc:  # a bug must fail the file, not hang it

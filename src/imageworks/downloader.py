@@ -20,16 +20,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from imageworks.entries import build_entry, find_existing, merge_entry, record_entry, same_content, utc_now
+from imageworks.entries import (
+    build_entry,
+    find_existing,
+    folder_variants,
+    merge_entry,
+    record_entry,
+    same_content,
+    utc_now,
+)
 from imageworks.errors import HubError, TransferError, UsageError
 from imageworks.locations import model_folder, resolve_location, safe_component
 from imageworks.naming import path_key
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
     from imageworks.registry import Registry, RegistryStore
     from imageworks.transfer import Engine, ProgressSink
 
-log = logging.getLogger("imageworks.download")
+log = logging.getLogger("imageworks.downloader")
 
 _SECRET_QUERY = re.compile(
     r"token|key|sig|signature|auth|credential|password|secret|x-amz-|expires", re.IGNORECASE
@@ -60,14 +66,15 @@ _WEIGHT_SUFFIX = re.compile(r"\.(gguf|safetensors|bin|pt|pth|onnx|ckpt|h5|tflite
 
 @dataclass
 class DownloadResult:
-    """What `download` did. `up_to_date`: every file was already present and verified (nothing fetched);
-    `recorded`: the registry changed."""
+    """What `download` did. `entries`: the registry entries the files make, one per GGUF quant (see
+    `imageworks.entries.split_variants`), in that order; `name` and `entry` are the first of them.
+    `up_to_date`: every file was already present and verified (nothing fetched); `recorded`: the
+    registry changed."""
 
     reference: str
     plan: DownloadPlan
     dry_run: bool = False
-    name: str | None = None
-    entry: ModelEntry | None = None
+    entries: list[ModelEntry] = field(default_factory=list)
     up_to_date: bool = False
     recorded: bool = False
     engine: str | None = None
@@ -82,10 +89,23 @@ class DownloadResult:
     def path(self) -> Path:
         return self.plan.folder
 
+    @property
+    def entry(self) -> ModelEntry | None:
+        return self.entries[0] if self.entries else None
+
+    @property
+    def name(self) -> str | None:
+        return self.entries[0].name if self.entries else None
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
             "name": self.name,
+            "names": self.names,
             "path": str(self.plan.folder),
             "location": self.plan.location.name,
             "dry_run": self.dry_run,
@@ -98,6 +118,15 @@ class DownloadResult:
             "files_fetched": self.files_fetched,
             "format": self.entry.format if self.entry else self.plan.format,
             "quantization": self.entry.quantization if self.entry else None,
+            "entries": [
+                {
+                    "name": e.name,
+                    "format": e.format,
+                    "quantization": e.quantization,
+                    "size_bytes": e.size_bytes,
+                }
+                for e in self.entries
+            ],
             "plan": self.plan.as_dict(),
             "notes": self.notes,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -477,44 +506,36 @@ def _execute(
             )
         )
     now = utc_now()
-    entry = build_entry(
-        plan.folder,
-        source=resolved.source,
-        location=plan.location.name,
-        files=records,
-        format_hint=format,
-        downloaded_at=now,
-        verified_at=now,
-    )
+    by_path = {r.path: r for r in records}
+    # One entry per GGUF quant (`--quant A,B`, `--quant all`), by the rule scan applies to the folder.
+    entries = [
+        build_entry(
+            plan.folder,
+            source=resolved.source,
+            location=plan.location.name,
+            files=[by_path[p] for p in variant.files],
+            format_hint=format,
+            downloaded_at=now,
+            verified_at=now,
+            inspection=inspection,
+        )
+        for variant, inspection in folder_variants(plan.folder, list(by_path))
+    ]
     if command is None:
         command = (
             f"imageworks.download({reference!r})" if isinstance(ref, HubRef) else "imageworks.download(<url>)"
         )
     with store.transaction(command, backup=backup) as reg:
-        existing = find_existing(reg, entry)
-        previous = reg.discovered_entry(existing.name) if existing is not None else None
-        if previous is not None and same_content(merge_entry(previous, entry), previous):
-            stored = previous
-        else:
-            stored = record_entry(reg, entry)
-            result.recorded = True
+        for entry in entries:
+            existing = find_existing(reg, entry)
+            previous = reg.discovered_entry(existing.name) if existing is not None else None
+            if previous is not None and same_content(merge_entry(previous, entry), previous):
+                result.entries.append(previous)
+            else:
+                result.entries.append(record_entry(reg, entry))
+                result.recorded = True
     timings["record"] = time.monotonic() - record_started
-    result.entry = stored
-    result.name = stored.name
     result.up_to_date = not to_fetch
     timings["total"] = time.monotonic() - started
     result.timings = timings
     return result
-
-
-class _CallableModule(types.ModuleType):
-    """`imageworks.download(...)` is the library entry point, but importing this submodule makes the
-    import system bind `imageworks.download` to the module itself (after the package's lazy __getattr__
-    handed out the function). Making the module callable keeps `imageworks.download(...)` working in
-    every import order, and `imageworks.download.DownloadResult` too."""
-
-    def __call__(self, reference: str, **kwargs: Any) -> DownloadResult:
-        return download(reference, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
