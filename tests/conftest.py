@@ -70,8 +70,16 @@ def run_cli(isolated_env: dict[str, Path]):
     import subprocess
     import sys
 
-    def run(*args: str, script: str = "imageworks-download", input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
-        module = {"imageworks-download": "imageworks.cli.main", "imageworks-loader": "imageworks.cli.loader"}[script]
+    def run(
+        *args: str,
+        script: str = "imageworks-download",
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ):
+        module = {"imageworks-download": "imageworks.cli.main", "imageworks-loader": "imageworks.cli.loader"}[
+            script
+        ]
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", module, *args],

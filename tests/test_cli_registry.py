@@ -27,10 +27,24 @@ def seed(registry: Path, models_root: Path) -> None:
                 serve={"vllm": {"command": f"vllm serve {folder}"}},
             )
         )
-        reg.put(ModelEntry(name="bartowski/llama-gguf:q4_k_m", format="gguf", quantization="Q4_K_M",
-                           location="windows_lmstudio", path="/nowhere/llama", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
-        reg.put(ModelEntry(name="bartowski/llama-gguf:q8_0", format="gguf", quantization="Q8_0",
-                           source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
+        reg.put(
+            ModelEntry(
+                name="bartowski/llama-gguf:q4_k_m",
+                format="gguf",
+                quantization="Q4_K_M",
+                location="windows_lmstudio",
+                path="/nowhere/llama",
+                source=Source(provider="hf", repo_id="bartowski/Llama-GGUF"),
+            )
+        )
+        reg.put(
+            ModelEntry(
+                name="bartowski/llama-gguf:q8_0",
+                format="gguf",
+                quantization="Q8_0",
+                source=Source(provider="hf", repo_id="bartowski/Llama-GGUF"),
+            )
+        )
 
 
 def test_list_table_filters_and_json(run_cli, isolated_env) -> None:
@@ -53,9 +67,14 @@ def test_list_table_filters_and_json(run_cli, isolated_env) -> None:
 
 def test_show_reports_origins_and_resolves_references(run_cli, isolated_env) -> None:
     seed(isolated_env["registry"], isolated_env["models"])
-    (isolated_env["registry"] / CURATED).write_text(json.dumps(
-        {"schema_version": 1, "models": {"qwen/qwen2-vl-2b-instruct": {"display_name": "Qwen VL", "aliases": ["vl"]}}}
-    ))
+    (isolated_env["registry"] / CURATED).write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "models": {"qwen/qwen2-vl-2b-instruct": {"display_name": "Qwen VL", "aliases": ["vl"]}},
+            }
+        )
+    )
     out = run_cli("show", "vl", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)["data"]
@@ -65,7 +84,9 @@ def test_show_reports_origins_and_resolves_references(run_cli, isolated_env) -> 
     assert text.returncode == 0 and "vllm serve" in text.stdout and "(curated)" in text.stdout
     ambiguous = run_cli("show", "llama-gguf")
     assert ambiguous.returncode == 2
-    assert "bartowski/llama-gguf:q4_k_m" in ambiguous.stderr and "bartowski/llama-gguf:q8_0" in ambiguous.stderr
+    assert (
+        "bartowski/llama-gguf:q4_k_m" in ambiguous.stderr and "bartowski/llama-gguf:q8_0" in ambiguous.stderr
+    )
     missing = run_cli("show", "does-not-exist")
     assert missing.returncode == 2 and missing.stderr.startswith("error: no model matches")
     assert "Traceback" not in missing.stderr
@@ -73,9 +94,9 @@ def test_show_reports_origins_and_resolves_references(run_cli, isolated_env) -> 
 
 def test_remove_discovered_curated_and_files(run_cli, isolated_env) -> None:
     seed(isolated_env["registry"], isolated_env["models"])
-    (isolated_env["registry"] / CURATED).write_text(json.dumps(
-        {"schema_version": 1, "models": {"bartowski/llama-gguf:q8_0": {"tags": ["pinned"]}}}
-    ))
+    (isolated_env["registry"] / CURATED).write_text(
+        json.dumps({"schema_version": 1, "models": {"bartowski/llama-gguf:q8_0": {"tags": ["pinned"]}}})
+    )
     curated_before = (isolated_env["registry"] / CURATED).read_bytes()
     out = run_cli("remove", "bartowski/llama-gguf:q8_0")
     assert "curated" in out.stderr
@@ -131,8 +152,14 @@ def test_config_shows_sources_and_precedence(run_cli, isolated_env, tmp_path) ->
     assert out["hf_token"]["value"] == "not set"
     flag_dir = tmp_path / "flagreg"
     flag_dir.mkdir()
-    (flag_dir / "imageworks.toml").write_text('[locations]\nnas = "/mnt/nas/models"\nlinux_wsl = "/ignored"\n')
-    out = json.loads(run_cli("--registry-dir", str(flag_dir), "config", "--json", env={"HF_TOKEN": "hf_abcdefghijklmnop"}).stdout)["data"]
+    (flag_dir / "imageworks.toml").write_text(
+        '[locations]\nnas = "/mnt/nas/models"\nlinux_wsl = "/ignored"\n'
+    )
+    out = json.loads(
+        run_cli(
+            "--registry-dir", str(flag_dir), "config", "--json", env={"HF_TOKEN": "hf_abcdefghijklmnop"}
+        ).stdout
+    )["data"]
     assert out["registry_dir"] == {"value": str(flag_dir), "source": "--registry-dir"}
     assert out["locations.nas"]["value"] == "/mnt/nas/models"
     # env beats the file

@@ -130,9 +130,19 @@ def test_newer_schema_is_refused_older_is_migrated(tmp_path: Path) -> None:
 def test_lookup_rules(tmp_path: Path) -> None:
     store = RegistryStore(tmp_path / "reg")
     with store.transaction(["t"]) as reg:
-        reg.put(entry("qwen/qwen2-vl-2b-instruct", aliases=["vl2b"], source=Source(provider="hf", repo_id="Qwen/Qwen2-VL-2B-Instruct")))
-        reg.put(entry("bartowski/llama-gguf:q4_k_m", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
-        reg.put(entry("bartowski/llama-gguf:q8_0", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF")))
+        reg.put(
+            entry(
+                "qwen/qwen2-vl-2b-instruct",
+                aliases=["vl2b"],
+                source=Source(provider="hf", repo_id="Qwen/Qwen2-VL-2B-Instruct"),
+            )
+        )
+        reg.put(
+            entry("bartowski/llama-gguf:q4_k_m", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF"))
+        )
+        reg.put(
+            entry("bartowski/llama-gguf:q8_0", source=Source(provider="hf", repo_id="bartowski/Llama-GGUF"))
+        )
     reg = store.load()
     assert find_entry(reg, "vl2b").name == "qwen/qwen2-vl-2b-instruct"
     assert find_entry(reg, "QWEN/qwen2-VL-2b-instruct").name == "qwen/qwen2-vl-2b-instruct"
@@ -193,7 +203,10 @@ def test_read_only_folder_gives_clear_error_and_nothing_half_written(tmp_path: P
         (folder / MERGED).unlink()
         (folder / MERGED).mkdir()
         (folder / MERGED / "x").write_text("occupied")
-        with pytest.raises(RegistryWriteError, match="cannot save the registry"), store.transaction(["t"]) as reg:
+        with (
+            pytest.raises(RegistryWriteError, match="cannot save the registry"),
+            store.transaction(["t"]) as reg,
+        ):
             reg.put(entry("c/d"))
         (folder / MERGED / "x").unlink()
         (folder / MERGED).rmdir()
@@ -218,9 +231,7 @@ for i in range(int(sys.argv[3])):
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "reg"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(folder), str(w), "50"]) for w in range(8)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(folder), str(w), "50"]) for w in range(8)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0
     reg = RegistryStore(folder).load()
