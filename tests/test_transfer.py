@@ -618,8 +618,13 @@ def test_expired_cdn_url_is_resolved_again(kind: str, fake_hub, tmp_path: Path) 
     job = _hub_job(fake_hub, "model.safetensors", tmp_path, headers)
     engine_for(kind, retries=3).fetch([job], NullProgress())
     assert job.dest.read_bytes() == weights
-    assert any(r.server == "cdn" and r.status == 403 for r in fake_hub.requests)
-    assert sum(r.server == "hub" for r in fake_hub.requests) >= 2
+    refused = sum(r.server == "cdn" and r.status == 403 for r in fake_hub.requests)
+    resolved = sum(r.server == "hub" for r in fake_hub.requests)
+    assert refused >= 1 and resolved >= 2
+    # native: the fresh URL is adopted again, so the Hub sees a few requests (those that started
+    # while it was being re-resolved, at most one per connection), not one per piece from then on;
+    # aria2: one per retry of the whole download (3 allowed here).
+    print("COUNTS", kind, refused, resolved, len(fake_hub.requests)); assert resolved <= (refused + 1 + 4 if kind == "native" else 1 + 3)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class _Segment:
     end: int | None  # None: until the server closes (single stream of unknown length)
     claimed: int = 0  # bytes up to here belong to this connection (beyond it may be stolen)
     written: int = 0  # bytes up to here are in the file
+    resolve_again: bool = False  # its redirect target refused us: go through the job's URL again
 
     def __post_init__(self) -> None:
         self.claimed = self.written = self.start
@@ -564,7 +565,10 @@ class _FileTask:
                     raise _Halted() from exc
 
     def _request_headers(self, seg: _Segment) -> dict[str, str]:
-        headers = dict(self.headers)
+        if seg.resolve_again:
+            headers = {**self.job.headers, "Accept-Encoding": "identity"}
+        else:
+            headers = dict(self.headers)
         if self.ranges_ok is not False:
             last = "" if seg.end is None else str(seg.end - 1)
             headers["Range"] = f"bytes={seg.written}-{last}"
@@ -577,26 +581,30 @@ class _FileTask:
 
     def _stream(self, fd: int, seg: _Segment) -> None:
         headers = self._request_headers(seg)
-        with self.client.stream("GET", self.url, headers=headers) as response:
+        url = self.job.url if seg.resolve_again else self.url
+        with self.client.stream("GET", url, headers=headers) as response:
             sock = _socket_of(response)
             if sock is not None:
                 with self.lock:
                     self.sockets.add(sock)
             try:
-                self._check_response(response, seg, headers)
+                self._check_response(response, seg, headers, url)
                 self._copy(response.iter_raw(), fd, seg)
             finally:
                 if sock is not None:
                     with self.lock:
                         self.sockets.discard(sock)
 
-    def _check_response(self, response: httpx.Response, seg: _Segment, headers: dict[str, str]) -> None:
+    def _check_response(
+        self, response: httpx.Response, seg: _Segment, headers: dict[str, str], url: str
+    ) -> None:
         status = response.status_code
         if status in RETRYABLE_STATUS or 500 <= status < 600:
             raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
-        if status in (401, 403) and self.url != self.job.url:
-            # A signed CDN URL can expire during a long download: resolve it again from the job's URL.
-            self.url, self.headers = self.job.url, {**self.job.headers, "Accept-Encoding": "identity"}
+        if status in (401, 403) and url != self.job.url:
+            # A signed CDN URL can expire during a long download: this connection resolves it again
+            # from the job's URL, and the fresh target is then shared (_adopt_final_url).
+            seg.resolve_again = True
             raise _Retry(f"HTTP {status} from the redirect target")
         if status == 416:
             raise _Changed("range not satisfiable")
@@ -627,8 +635,23 @@ class _FileTask:
         if not first:
             if total is not None and self.total is not None and total != self.total:
                 raise _Changed(f"size changed from {self.total} to {total}")
+            if seg.resolve_again:
+                seg.resolve_again = False
+                self._adopt_final_url(response)
             return
         self._on_probe(response, seg, status == 206, total)
+
+    def _adopt_final_url(self, response: httpx.Response) -> None:
+        """Later requests go straight to where the redirect led (one Hub round trip per file, not
+        per piece), without the token if that is another host (httpx already dropped it for the
+        redirected request itself)."""
+        final = str(response.url)
+        if final == self.job.url:
+            return
+        headers = dict(self.headers)
+        if _origin(final) != _origin(self.job.url):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        self.url, self.headers = final, headers
 
     def _on_probe(self, response: httpx.Response, seg: _Segment, ranged: bool, total: int | None) -> None:
         etag = response.headers.get("ETag")
@@ -645,12 +668,7 @@ class _FileTask:
             raise _Changed(f"size changed from {self.total} to {total}")
         self.etag = etag or self.etag
         self.last_modified = response.headers.get("Last-Modified") or self.last_modified
-        if str(response.url) != self.job.url:
-            # Later requests go straight to where the redirect led, without the token if that is
-            # another host (httpx already dropped it for the redirected request itself).
-            self.url = str(response.url)
-            if _origin(self.url) != _origin(self.job.url):
-                self.headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+        self._adopt_final_url(response)
         with self.lock:
             self.ranges_ok = ranged
             if self.total is None:
