@@ -620,11 +620,14 @@ def test_expired_cdn_url_is_resolved_again(kind: str, fake_hub, tmp_path: Path) 
     assert job.dest.read_bytes() == weights
     refused = sum(r.server == "cdn" and r.status == 403 for r in fake_hub.requests)
     resolved = sum(r.server == "hub" for r in fake_hub.requests)
-    assert refused >= 1 and resolved >= 2
-    # native: the fresh URL is adopted again, so the Hub sees a few requests (those that started
-    # while it was being re-resolved, at most one per connection), not one per piece from then on;
-    # aria2: one per retry of the whole download (3 allowed here).
-    print("COUNTS", kind, refused, resolved, len(fake_hub.requests)); assert resolved <= (refused + 1 + 4 if kind == "native" else 1 + 3)
+    assert refused >= 1
+    if kind == "native":
+        # One Hub request per refusal (the fresh URL is shared), not one per piece from then on.
+        assert 2 <= resolved <= refused + 1
+    else:
+        # Connections opened before the expiry may finish the job; otherwise one resolve per
+        # retry of the whole download (3 allowed here).
+        assert resolved <= 1 + 3
 
 
 # ---------------------------------------------------------------------------------------------------
