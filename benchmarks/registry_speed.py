@@ -30,12 +30,17 @@ def make_entries(n: int) -> list[ModelEntry]:
         entries.append(
             ModelEntry(
                 name=f"owner{i % 97}/model-{i}",
-                source=Source(provider="hf", repo_id=f"Owner{i % 97}/Model-{i}", revision="main", commit="a" * 40),
+                source=Source(
+                    provider="hf", repo_id=f"Owner{i % 97}/Model-{i}", revision="main", commit="a" * 40
+                ),
                 format="gguf" if i % 2 else "safetensors",
                 quantization="Q4_K_M" if i % 2 else "bf16",
                 location="linux_wsl",
                 path=f"/models/owner{i % 97}/model-{i}",
-                files=[FileRecord(path=f"model-{k}.safetensors", size=1000 + k, sha256="b" * 64, mtime_ns=1) for k in range(3)],
+                files=[
+                    FileRecord(path=f"model-{k}.safetensors", size=1000 + k, sha256="b" * 64, mtime_ns=1)
+                    for k in range(3)
+                ],
                 size_bytes=3003,
                 aggregate_sha256="c" * 64,
                 tags=["bench"],
@@ -66,7 +71,9 @@ def time_registry(entries: list[ModelEntry], reps: int) -> list[float]:
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
     store.load().merged()
-    print(f"(for reference: validating every entry as a typed model, as `list` does: {time.perf_counter() - start:.3f} s)")
+    print(
+        f"(for reference: validating every entry as a typed model, as `list` does: {time.perf_counter() - start:.3f} s)"
+    )
     shutil.rmtree(folder)
     return times
 
@@ -89,7 +96,9 @@ def main() -> None:
     entries = make_entries(args.entries)
     reg_times = time_registry(entries, args.reps)
     med = statistics.median(reg_times)
-    print(f"registry load+merge+save, {args.entries} entries: median {med:.3f} s (target <= 0.5 s) {'OK' if med <= 0.5 else 'MISSED'}")
+    print(
+        f"registry load+merge+save, {args.entries} entries: median {med:.3f} s (target <= 0.5 s) {'OK' if med <= 0.5 else 'MISSED'}"
+    )
 
     bindir = Path(sys.executable).parent
     empty = Path(tempfile.mkdtemp(prefix="iw-bench-empty-"))
@@ -109,7 +118,11 @@ def main() -> None:
     hf = dict(rows).get("hf --help")
     for label, value in rows:
         ratio = f"  ({value / hf:.2f} x hf --help)" if hf else ""
-        target = "  target <= 0.3 s " + ("OK" if value <= 0.3 else "MISSED") if label.startswith("imageworks") else ""
+        target = (
+            "  target <= 0.3 s " + ("OK" if value <= 0.3 else "MISSED")
+            if label.startswith("imageworks")
+            else ""
+        )
         print(f"{label:<28} median {value:.3f} s{ratio}{target}")
     shutil.rmtree(empty)
 
