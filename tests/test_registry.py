@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from imageworks.errors import AmbiguousName, ModelNotFound, RegistryError, RegistryWriteError
+from imageworks.redaction import redact_argv
 from imageworks.registry import ModelEntry, RegistryStore, Source, find_entry
 from imageworks.registry.merge import deep_merge
 from imageworks.registry.schema import SCHEMA_VERSION
-from imageworks.registry.store import CURATED, DISCOVERED, HISTORY, MERGED, redact_argv
+from imageworks.registry.store import CURATED, DISCOVERED, HISTORY, MERGED
 
 
 def entry(name: str, **kw) -> ModelEntry:
@@ -179,7 +180,10 @@ def test_history_has_patch_and_no_token(tmp_path: Path) -> None:
     records = store.history()
     assert records[0]["patch"][0]["op"] == "add" and records[0]["patch"][0]["path"] == "/models/a~1b"
     assert records[1]["patch"] == [{"op": "remove", "path": "/models/a~1b"}]
-    assert redact_argv(["x", "--token", "abc"]) == "x --token ***"
+    assert redact_argv(["x", "--token", "abc"]) == "x --token '<redacted>'"
+    assert "hf_SECRET" not in redact_argv(
+        ["x", "--token=hf_SECRETSECRET", "Authorization: Bearer hf_SECRETSECRET"]
+    )
 
 
 def test_read_only_folder_gives_clear_error_and_nothing_half_written(tmp_path: Path) -> None:

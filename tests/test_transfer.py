@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from imageworks.errors import IntegrityError, TransferError, UsageError
+from imageworks.redaction import redact_argv
 from imageworks.transfer import FileJob, FileResult, NullProgress, PartialPaths, choose_engine
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import merge_ranges, missing_ranges, prefix_end
-from imageworks.transfer.process import redact_argv
 
 MiB = 1024 * 1024
 ARIA2C = shutil.which("aria2c")

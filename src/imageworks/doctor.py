@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imageworks.config import Config, token_display
+from imageworks.process import run
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -26,7 +27,7 @@ def _aria2() -> Check:
     if not path:
         return Check("aria2c", WARN, "not found: downloads use the native engine", "apt-get install aria2")
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = run([path, "--version"], timeout=10).stdout
         version = out.splitlines()[0] if out else "unknown version"
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("aria2c", WARN, f"{path} does not run: {exc}", "reinstall aria2")
@@ -85,11 +86,7 @@ def _git_tracked(path: Path) -> bool | None:
     if not git:
         return None
     try:
-        result = subprocess.run(
-            [git, "-C", str(path.parent), "ls-files", "--error-unmatch", path.name],
-            capture_output=True,
-            timeout=10,
-        )
+        result = run([git, "-C", str(path.parent), "ls-files", "--error-unmatch", path.name], timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.returncode == 0

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from imageworks.entries import (
     build_entry,
@@ -48,6 +48,7 @@ from imageworks.plan import (
     select_files,
     weight_kind,
 )
+from imageworks.redaction import redact_url
 from imageworks.refs import HubRef, UrlRef, parse_reference
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
 
@@ -58,9 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imageworks.downloader")
 
-_SECRET_QUERY = re.compile(
-    r"token|key|sig|signature|auth|credential|password|secret|x-amz-|expires", re.IGNORECASE
-)
 _WEIGHT_SUFFIX = re.compile(r"\.(gguf|safetensors|bin|pt|pth|onnx|ckpt|h5|tflite|msgpack)$", re.IGNORECASE)
 
 
@@ -131,22 +129,6 @@ class DownloadResult:
             "notes": self.notes,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for the registry and logs: no user:password, no signed or token query values."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = urlencode(
-        [
-            (k, "***" if _SECRET_QUERY.search(k) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _known_in(registry: Registry, folder: Path) -> dict[str, KnownFile]:

@@ -15,7 +15,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imageworks.errors import RegistryError, RegistryWriteError
+from imageworks.redaction import redact_argv, redact_obj, redact_text
 from imageworks.registry.files import atomic_write_text
 from imageworks.registry.merge import field_origins, merge_layers
 
@@ -121,45 +121,6 @@ def _schema() -> ModuleType:
     from imageworks.registry import schema
 
     return schema
-
-
-_TOKEN_PATTERNS = [
-    re.compile(r"(--token[= ])(\S+)"),
-    re.compile(r"\bhf_[A-Za-z0-9]{6,}"),
-    re.compile(r"(Authorization:\s*Bearer\s+)[^\s\"']+", re.IGNORECASE),
-]
-
-
-def redact(text: str) -> str:
-    """Remove anything that looks like a Hub token (command lines go into the change log)."""
-    text = _TOKEN_PATTERNS[0].sub(r"\1***", text)
-    text = _TOKEN_PATTERNS[1].sub("hf_***", text)
-    return _TOKEN_PATTERNS[2].sub(r"\1***", text)
-
-
-def redact_obj(value: Any) -> Any:
-    """Redact every string inside a JSON-like value (patches may carry metadata copied from a server)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [redact_obj(v) for v in value]
-    if isinstance(value, dict):
-        return {k: redact_obj(v) for k, v in value.items()}
-    return value
-
-
-def redact_argv(argv: Sequence[str]) -> str:
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("***")
-            hide_next = False
-            continue
-        if arg == "--token":
-            hide_next = True
-        out.append(arg)
-    return redact(" ".join(out))
 
 
 class RegistryStore:
@@ -317,7 +278,7 @@ class RegistryStore:
             command = sys.argv
         line = {
             "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "command": redact(command) if isinstance(command, str) else redact_argv(command),
+            "command": redact_text(command) if isinstance(command, str) else redact_argv(command),
             "patch": redact_obj(patch),
         }
         with open(self.path(HISTORY), "a", encoding="utf-8") as handle:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from imageworks.errors import IntegrityError, TransferError
+from imageworks.process import spawn
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
     Engine,
@@ -53,7 +54,6 @@ from imageworks.transfer.base import (
     run_file_tasks,
     save_state,
 )
-from imageworks.transfer.process import spawn
 
 if TYPE_CHECKING:
     import httpx
