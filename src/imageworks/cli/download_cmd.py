@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from imageworks.cli.app import AppContext, handle_errors, pass_app
-from imageworks.cli.render import console, emit_json, human_size, table
+from imageworks.cli.render import byte_progress, emit_json, human_size, table
+from imageworks.transfer.base import NullProgress
 
 if TYPE_CHECKING:
     from imageworks.downloader import DownloadResult
@@ -27,24 +28,7 @@ class RichProgress:
     """Per-file bars and a total bar with speed and ETA, on stderr (a terminal)."""
 
     def __init__(self, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console(stderr=True),
-            transient=False,
-        )
+        self._progress = byte_progress()
         self._total = self._progress.add_task("total", total=total or None)
         self._tasks: dict[str, Any] = {}
 
@@ -120,23 +104,11 @@ class PlainProgress:
         _err(text)
 
 
-class QuietProgress:
+class QuietProgress(NullProgress):
     def __enter__(self) -> QuietProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
-
-    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
-        pass
-
-    def advance(self, job: FileJob, n: int) -> None:
-        pass
-
-    def file_done(self, job: FileJob, result: FileResult) -> None:
-        pass
-
-    def message(self, text: str) -> None:
         pass
 
 

@@ -44,3 +44,25 @@ def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         t.add_row(*row)
     console().print(t)
+
+
+def byte_progress(description_column: str = "{task.description}", *, transient: bool = False):  # -> Progress
+    """A rich progress display in bytes with speed and ETA on stderr (download and verify share it)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn(description_column, markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        transient=transient,
+    )

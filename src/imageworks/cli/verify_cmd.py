@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from imageworks.cli.app import AppContext, handle_errors, pass_app
-from imageworks.cli.render import console, emit_json, human_size
+from imageworks.cli.render import byte_progress, console, emit_json, human_size
 from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -113,23 +113,7 @@ def _progress_bar(*, enabled: bool) -> Iterator[ProgressFn | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("hashing"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+    with byte_progress("hashing", transient=True) as bar:
         task: TaskID | None = None
         created = threading.Lock()
 
