@@ -221,3 +221,19 @@ def test_help_is_instant_and_errors_are_one_line(run_cli) -> None:
     assert out.returncode == 0 and "download" in out.stdout and "normalize-formats" in out.stdout
     bad = run_cli("list", "--backend", "nope")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_declining_a_confirmation_is_not_an_internal_error() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from imageworks.cli.app import handle_errors
+
+    @click.command()
+    @handle_errors
+    def ask() -> None:
+        click.confirm("delete it?", abort=True)
+
+    result = CliRunner().invoke(ask, input="n\n")
+    assert result.exit_code == 1
+    assert "Aborted" in result.output and "internal error" not in result.output

@@ -469,3 +469,38 @@ def test_analyze_command(fake_hub: FakeHub, run_cli) -> None:
     assert not cdn_gets(fake_hub) or all("range" in r.headers for r in cdn_gets(fake_hub))
     human = run_cli("analyze", repo.repo_id)
     assert human.returncode == 0 and "Q4_K_M" in human.stdout and "GGUF quants" in human.stdout
+
+
+def test_resume_progress_never_passes_the_total(fake_hub: FakeHub, isolated_env, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from imageworks.cli import download_cmd
+    from imageworks.cli.main import cli
+    from imageworks.transfer.base import PartialPaths, ResumeState, save_state
+
+    files = add_big_model(fake_hub, n_floats=250_000)
+    body = files["model.safetensors"]
+    half = len(body) // 2
+    # What an interrupted native download leaves behind: the first half on disk and its record.
+    paths = PartialPaths.for_dest(isolated_env["models"] / "Owner" / "Big" / "model.safetensors")
+    paths.temp.parent.mkdir(parents=True)
+    paths.temp.write_bytes(body[:half])
+    save_state(paths, ResumeState(size=len(body), done=[(0, half)]))
+
+    displays: list[download_cmd.PlainProgress] = []
+
+    class Recorded(download_cmd.PlainProgress):
+        def __init__(self, total: int) -> None:
+            super().__init__(total, interval=0.0)
+            displays.append(self)
+
+    monkeypatch.setattr(download_cmd, "PlainProgress", Recorded)
+    result = CliRunner().invoke(cli, ["download", "Owner/Big", "--engine", "native"])
+    assert result.exit_code == 0, result.output
+    assert "resumed from disk" in result.output
+    (display,) = displays
+    assert display.done == display.total
+    lines = [line.split() for line in result.output.splitlines() if line.strip().endswith(" s")]
+    assert lines and all(int(words[0].rstrip("%")) <= 100 for words in lines)
+    assert display.resumed == half  # kept out of the speed and ETA
+    assert_same_files(isolated_env["models"] / "Owner" / "Big", files)

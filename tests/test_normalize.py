@@ -189,7 +189,7 @@ def test_prune_missing_removes_discovered_and_reports_curated(scanned, run_cli) 
 
 def test_flag_combinations_are_usage_errors(scanned, run_cli) -> None:
     both = run_cli("normalize-formats", "--dry-run", "--apply")
-    assert both.returncode == 2 and "contradict" in both.stderr
+    assert both.returncode == 2 and "contradict" in both.stderr and "\nhint: " in both.stderr
     full = run_cli("normalize-formats", "--full")
     assert full.returncode == 2 and "--rebuild" in full.stderr
 

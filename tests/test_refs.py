@@ -25,6 +25,11 @@ ENDPOINT = "http://127.0.0.1:8123"
         ("https://hf.co/owner/repo", HubRef("owner/repo")),
         ("https://huggingface.co/owner/repo/tree/dev", HubRef("owner/repo", "dev")),
         ("https://huggingface.co/owner/repo/tree/refs%2Fpr%2F1", HubRef("owner/repo", "refs/pr/1")),
+        ("https://huggingface.co/owner/repo/tree/refs/pr/1", HubRef("owner/repo", "refs/pr/1")),
+        (
+            "https://huggingface.co/owner/repo/blob/refs/pr/3/sub/model.gguf",
+            HubRef("owner/repo", "refs/pr/3", path="sub/model.gguf"),
+        ),
         ("https://huggingface.co/owner/repo/tree/main/Q4_K_M", HubRef("owner/repo", "main", folder="Q4_K_M")),
         (
             "https://huggingface.co/owner/repo/blob/main/sub/model-Q4_K_M.gguf",

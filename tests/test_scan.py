@@ -15,7 +15,7 @@ import pytest
 
 from imageworks.registry import FileRecord, RegistryStore, Source
 from imageworks.scan import ScanOptions, find_model_folders, placeholder_pattern, scan
-from tests.modelfiles import write_gguf, write_gguf_repo, write_hf_model
+from tests.modelfiles import dense_tensors, write_gguf, write_gguf_repo, write_hf_model, write_safetensors
 
 
 def build_tree(models: Path, lmstudio: Path) -> None:
@@ -287,6 +287,24 @@ def test_update_existing_refreshes_changed_files(tree) -> None:
     entry = store.load().get("unsloth/split-gguf:q4_k_m")
     assert entry is not None and entry.quantization == "Q5_K_M"
     assert [f.path for f in entry.files] == ["Split-Q4_K_M-00001-of-00002.gguf"]
+
+
+def test_update_diff_names_what_moved_inside_nested_fields(tree) -> None:
+    store = RegistryStore(tree["registry"])
+    scan(store, tree["models"], ScanOptions(location="linux_wsl"))
+    folder = tree["models"] / "Qwen" / "Qwen2-VL-2B"
+    # Same layout, weights now F16: only `--dtype` changes, far past where a JSON dump of `serve` is cut.
+    shutil.rmtree(folder)
+    write_hf_model(folder, "plain-bf16", config_overrides={"torch_dtype": "float16"})
+    write_safetensors(folder / "model.safetensors", dense_tensors("F16"))
+
+    result = scan(store, tree["models"], ScanOptions(location="linux_wsl", update_existing=True))
+    (item,) = result.updated
+    lines = {c.field: c.render() for c in item.changes}
+    assert "--dtype float16" in lines["serve.vllm.command"]
+    for line in lines.values():
+        before, _, after = line.partition(": ")[2].partition(" -> ")
+        assert before != after, line
 
 
 def test_moved_model_is_matched_by_identity(tree) -> None:

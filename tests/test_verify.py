@@ -226,6 +226,16 @@ def test_extra_file_is_reported_but_our_partials_and_hf_metadata_are_not(run_cli
     assert "imageworks-partial" not in result.stdout.replace("partial download", "")
 
 
+def test_hidden_files_of_a_git_clone_are_not_extra(run_cli, model: Path) -> None:
+    # scan and download never list hidden files, so a cloned repo's .gitattributes must not fail verify
+    (model / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (model / "sub").mkdir()
+    (model / "sub" / ".DS_Store").write_bytes(b"\0")
+    result = run_cli("verify", NAME)
+    assert result.returncode == 0, result.stdout
+    assert "extra" not in result.stdout
+
+
 def test_entry_without_digests_says_so_and_record_stores_them(
     run_cli, isolated_env: dict[str, Path], store: RegistryStore
 ) -> None:
@@ -324,6 +334,8 @@ def test_bad_usage_exits_2(run_cli, args: list[str], message: str) -> None:
     result = run_cli("verify", *args)
     assert result.returncode == 2
     assert message in result.stderr
+    if "--jobs" not in args:  # click's own range check prints its usage text instead
+        assert "\nhint: " in result.stderr
 
 
 def test_quick_catches_size_and_mtime_but_records_nothing(run_cli, model: Path, store: RegistryStore) -> None:

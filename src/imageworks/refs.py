@@ -11,7 +11,8 @@ Accepted forms (issue 3):
   any other http(s):// URL                     a direct download of one file
 
 A revision inside a URL that contains '/' must be percent-encoded (`tree/refs%2Fpr%2F1`), as the Hub's
-own links do; in `owner/repo@REV` everything after the first '@' is the revision.
+own links do, except the Hub's `refs/pr/N` and `refs/convert/NAME`, also taken unencoded; in
+`owner/repo@REV` everything after the first '@' is the revision.
 """
 
 from __future__ import annotations
@@ -137,8 +138,10 @@ def _parse_hub_url(text: str, endpoint: str | None) -> HubRef:
     kind, rest = rest[0], rest[1:]
     if kind not in {"tree", "blob", "resolve"} or not rest:
         raise _bad(text, "expected .../tree/REV, .../blob/REV/PATH or .../resolve/REV/PATH after the repo")
-    revision = _check_revision(unquote(rest[0]), text)
-    inner = "/".join(unquote(s) for s in rest[1:])
+    # The Hub's own refs (refs/pr/N, refs/convert/...) are often pasted unencoded; no branch starts so.
+    rev_parts = 3 if rest[0] == "refs" and len(rest) >= 3 else 1
+    revision = _check_revision(unquote("/".join(rest[:rev_parts])), text)
+    inner = "/".join(unquote(s) for s in rest[rev_parts:])
     if kind == "tree":
         return HubRef(repo_id, revision, folder=_check_path(inner, text) if inner else None)
     if not inner:

@@ -557,20 +557,30 @@ class FieldChange:
     new: Any
 
     def render(self) -> str:
-        return f"{self.field}: {_short(self.old)} -> {_short(self.new)}"
+        before, after = _short(self.old), _short(self.new)
+        if before == after:
+            # The change lies past the cut: a diff whose two sides read the same says nothing.
+            before, after = _full(self.old), _full(self.new)
+        return f"{self.field}: {before} -> {after}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"field": self.field, "old": self.old, "new": self.new}
 
 
 def _short(value: Any) -> str:
+    text = _full(value)
+    if isinstance(value, (list, dict)) and len(text) > 80:
+        return text[:77] + "..."
+    return text
+
+
+def _full(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, dict)):
         import json
 
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-        return text if len(text) <= 80 else text[:77] + "..."
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
     return str(value)
 
 
@@ -587,13 +597,20 @@ def diff_fields(old: dict[str, Any], new: dict[str, Any], fields: Iterable[str])
             summary = (_files_summary(before), _files_summary(after))
             if summary[0] != summary[1]:
                 changes.append(FieldChange("files", *summary))
-        elif name == "metadata" and isinstance(before, dict) and isinstance(after, dict):
-            for key in sorted(before.keys() | after.keys()):
-                if before.get(key) != after.get(key):
-                    changes.append(FieldChange(f"metadata.{key}", before.get(key), after.get(key)))
         else:
-            changes.append(FieldChange(name, before, after))
+            _diff_nested(name, before, after, changes)
     return changes
+
+
+def _diff_nested(field: str, before: Any, after: Any, changes: list[FieldChange]) -> None:
+    """Dicts (metadata, serve, source) are compared key by key, so the line names what moved (e.g.
+    `serve.vllm.command`) instead of two JSON blobs that differ past the cut."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(before.keys() | after.keys()):
+            if before.get(key) != after.get(key):
+                _diff_nested(f"{field}.{key}", before.get(key), after.get(key), changes)
+    else:
+        changes.append(FieldChange(field, before, after))
 
 
 def _files_summary(files: Any) -> str:

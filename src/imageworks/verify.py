@@ -197,12 +197,14 @@ def _safe_relative(relative: str) -> PurePosixPath | None:
 
 
 def is_ours(relative: PurePosixPath) -> bool:
-    """Files and folders that are never a model's own: left by our downloads, git or huggingface_hub."""
+    """Files and folders that are never a model's own: left by our downloads, git or huggingface_hub.
+
+    Hidden files (`.gitattributes` of a git-cloned repo, `.DS_Store`) count too: download never fetches
+    them and scan never lists them, so calling them "extra" would fail every verify of such a folder."""
     parts = relative.parts
     if any(parts[: len(d)] == d for d in _IGNORED_DIRS):
         return True
-    name = parts[-1]
-    return name.startswith(".") and PARTIAL_MARKER in name
+    return any(part.startswith(".") for part in parts)
 
 
 def _walk_files(root: Path) -> Iterable[PurePosixPath]:

@@ -76,7 +76,8 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             _err("interrupted: partial downloads are kept; run the same command again to resume")
             sys.exit(130)
-        except click.exceptions.Exit:
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            # Abort: the user answered "no" to a confirmation; click prints "Aborted!" and exits 1.
             raise
         except click.ClickException:
             raise

@@ -67,6 +67,7 @@ class PlainProgress:
     def __init__(self, total: int, interval: float = PLAIN_INTERVAL_S) -> None:
         self.total = total
         self.done = 0
+        self.resumed = 0  # bytes that were already on disk: counted as done, not in the speed
         self.interval = interval
         self._started = time.monotonic()
         self._last = self._started
@@ -79,6 +80,7 @@ class PlainProgress:
 
     def file_started(self, job: FileJob, total: int | None, already: int) -> None:
         self.done += already
+        self.resumed += already
         resumed = f", resuming at {human_size(already)}" if already else ""
         _err(f"  fetching {job.name} ({human_size(total)}{resumed})")
 
@@ -88,7 +90,7 @@ class PlainProgress:
         if now - self._last >= self.interval:
             self._last = now
             elapsed = max(now - self._started, 1e-6)
-            speed = self.done / elapsed
+            speed = (self.done - self.resumed) / elapsed
             pct = f"{100 * self.done / self.total:.0f}% " if self.total else ""
             eta = f", ETA {max(0.0, (self.total - self.done) / speed):.0f} s" if self.total and speed else ""
             _err(
@@ -290,7 +292,8 @@ def download(
         for note in plan.notes:
             progress.message(f"note: {note}")
         if plan.to_fetch:
-            progress.open(plan.bytes_remaining)
+            # Whole sizes, not what remains: the engines report resumed bytes as already done.
+            progress.open(sum(f.size or 0 for f in plan.to_fetch))
 
     try:
         result = run_download(

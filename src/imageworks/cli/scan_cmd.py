@@ -137,7 +137,9 @@ def normalize_formats(
     from imageworks.normalize import normalize
 
     if dry_run and apply_:
-        raise UsageError("--dry-run and --apply contradict each other: give one")
+        raise UsageError(
+            "--dry-run and --apply contradict each other: give one", hint="without --apply it is a dry run"
+        )
     if full and not rebuild:
         raise UsageError("--full only applies to --rebuild (it re-hashes every file)", hint="add --rebuild")
     result = normalize(

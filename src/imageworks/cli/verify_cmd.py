@@ -68,13 +68,16 @@ def verify(
     from imageworks.verify import verify_models
 
     if all_models and names:
-        raise UsageError("give model names or --all, not both")
+        raise UsageError("give model names or --all, not both", hint="drop the names to verify every model")
     if not all_models and not names:
         raise UsageError(
             "give one or more model names, or --all", hint="`imageworks-download list` shows the names"
         )
     if quick and record:
-        raise UsageError("--record hashes the files: it cannot be combined with --quick")
+        raise UsageError(
+            "--record hashes the files: it cannot be combined with --quick",
+            hint="drop --quick to record digests",
+        )
 
     started = time.perf_counter()
     with _progress_bar(enabled=not quick) as progress:
