@@ -504,3 +504,14 @@ def test_resume_progress_never_passes_the_total(fake_hub: FakeHub, isolated_env,
     assert lines and all(int(words[0].rstrip("%")) <= 100 for words in lines)
     assert display.resumed == half  # kept out of the speed and ETA
     assert_same_files(isolated_env["models"] / "Owner" / "Big", files)
+
+
+def test_analyze_a_folder_on_disk(run_cli, tmp_path: Path) -> None:
+    folder = tmp_path / "Owner" / "Model-GGUF"
+    modelfiles.write_gguf_repo(folder, "Model", ["Q4_K_M", "Q8_0"])
+    out = run_cli("analyze", str(folder), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]
+    assert data["format"] == "gguf" and data["gguf_quants"] == ["Q4_K_M", "Q8_0"]
+    text = run_cli("analyze", str(folder))
+    assert "folder on disk" in text.stdout and "(several quants)" in text.stdout

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -671,6 +672,25 @@ class RepoAnalysis:
             "bytes_read": self.bytes_read,
             "seconds": round(self.seconds, 3),
         }
+
+
+def analyze_folder(folder: Path) -> RepoAnalysis:
+    """`analyze PATH`: the same report for a model folder on disk (headers only), so a user can check a
+    folder before `scan` the way they check a repo before `download`."""
+    from imageworks.inspect import inspect_folder
+
+    started = time.monotonic()
+    inspection = inspect_folder(folder)
+    return RepoAnalysis(
+        repo_id=str(folder),
+        revision="(folder)",
+        commit="",
+        files=len(inspection.files),
+        total_size=inspection.total_size,
+        inspection=inspection,
+        bytes_read=inspection.bytes_read,
+        seconds=time.monotonic() - started,
+    )
 
 
 def analyze_repo(

@@ -70,6 +70,8 @@ def handle_errors(func: F) -> F:
             if isinstance(exc, AmbiguousName):
                 for name in exc.candidates[:20]:
                     _err(f"  {name}")
+                if len(exc.candidates) > 20:
+                    _err(f"  … {len(exc.candidates) - 20} more")
             if exc.hint:
                 _err(f"hint: {exc.hint}")
             sys.exit(exc.exit_code)
@@ -127,3 +129,27 @@ class LazyGroup(click.Group):
 def usage_exit(message: str) -> None:
     _err(f"error: {message}")
     sys.exit(EXIT_USAGE)
+
+
+def run_group(group: click.Group, prog_name: str) -> None:
+    """Run a command group with click's usage errors in our format: `error: ...` and a `hint:` line,
+    exit 2 (click's default prints a usage block and `Error:`)."""
+    try:
+        code = group.main(prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare command: help, as click would
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else prog_name
+        _err(f"error: {exc.format_message()}")
+        _err(f"hint: see `{command} --help`")
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        _err("aborted")
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        _err(f"error: {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -333,20 +333,27 @@ def download(
 @pass_app
 @handle_errors
 def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -> None:
-    """Show the formats and GGUF quants OWNER/REPO[@REV] offers, with sizes, and what its weights are
-    (dtype, parameters, quantisation) from their headers only: nothing is downloaded."""
-    from imageworks.hub import analyze_repo
+    """Show the formats and GGUF quants OWNER/REPO[@REV] (or a model folder on disk) offers, with sizes,
+    and what its weights are (dtype, parameters, quantisation) from their headers only: nothing is
+    downloaded."""
+    from pathlib import Path
+
+    from imageworks.hub import analyze_folder, analyze_repo
 
     if token:
         app.token = token
-    analysis = analyze_repo(reference, config=app.config)
+    local = Path(reference).expanduser()
+    analysis = analyze_folder(local) if local.is_dir() else analyze_repo(reference, config=app.config)
     data = analysis.as_dict()
     if as_json:
         emit_json("analyze", data)
         return
-    click.echo(
-        f"{analysis.repo_id}@{analysis.revision} (commit {analysis.commit[:12]}): {analysis.files} files, {human_size(analysis.total_size)}"
+    where = (
+        f"{analysis.repo_id}@{analysis.revision} (commit {analysis.commit[:12]})"
+        if analysis.commit
+        else f"{analysis.repo_id} (folder on disk)"
     )
+    click.echo(f"{where}: {analysis.files} files, {human_size(analysis.total_size)}")
     rows = [
         [o["format"], o["quantization"] or "-", o["role"], str(len(o["files"])), human_size(o["size"])]
         for o in data["offers"]
@@ -354,8 +361,9 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
     if rows:
         table(None, ["format", "quant", "role", "files", "size"], rows)
     params = f"{data['parameters']:,}" if data["parameters"] else "-"
+    quant = data["quantization"] or ("(several quants)" if len(data["gguf_quants"]) > 1 else "")
     click.echo(
-        f"weights: {data['format']} {data['quantization'] or ''} (dtype {data['dtype'] or '-'}), parameters {params},"
+        f"weights: {data['format']} {quant} (dtype {data['dtype'] or '-'}), parameters {params},"
         f" architecture {data['architecture'] or '-'}, context {data['context_length'] or '-'}"
     )
     if len(data["gguf_quants"]) > 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imageworks.cli.app import AppContext, LazyGroup
+from imageworks.cli.app import AppContext, LazyGroup, run_group
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": (
@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "analyze": (
         "imageworks.cli.download_cmd:analyze",
-        "Show the formats and quants a Hub repo offers (headers only).",
+        "Show the formats and quants a Hub repo or a folder offers (headers only).",
     ),
     "scan": ("imageworks.cli.scan_cmd:scan", "Add the models found in a folder tree to the registry."),
     "normalize-formats": (
@@ -57,7 +57,7 @@ def cli(ctx: click.Context, registry_dir: Path | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="imageworks-download")
+    run_group(cli, "imageworks-download")
 
 
 if __name__ == "__main__":

@@ -43,9 +43,8 @@ def find_entry(registry: Registry, reference: str) -> ModelEntry:
         )
     if len(matches) > 1:
         names = [e.name for e in matches]
-        shown = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
         raise AmbiguousName(
-            f"{reference!r} matches {len(names)} models: {shown}",
+            f"{reference!r} matches {len(names)} models",
             names,
             hint="give the full name",
         )

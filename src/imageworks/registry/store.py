@@ -276,6 +276,9 @@ class RegistryStore:
         patch = layer_patch(before, after)
         if command is None:
             command = sys.argv
+        if not isinstance(command, str) and command:
+            # The program's name, not wherever the venv put it: the change log is shared through git.
+            command = [os.path.basename(command[0]), *command[1:]]
         line = {
             "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "command": redact_text(command) if isinstance(command, str) else redact_argv(command),
