@@ -237,3 +237,15 @@ def test_declining_a_confirmation_is_not_an_internal_error() -> None:
     result = CliRunner().invoke(ask, input="n\n")
     assert result.exit_code == 1
     assert "Aborted" in result.output and "internal error" not in result.output
+
+
+def test_usage_errors_use_our_format_and_history_names_the_program(run_cli, isolated_env) -> None:
+    for args in (["download"], ["download", "a/b", "--connections", "0"], ["frobnicate"]):
+        out = run_cli(*args)
+        assert out.returncode == 2
+        lines = out.stderr.splitlines()
+        assert lines[0].startswith("error: ") and lines[1].startswith("hint: see `imageworks-download")
+    seed(isolated_env["registry"], isolated_env["models"])
+    run_cli("remove", "bartowski/llama-gguf:q8_0")
+    command = json.loads(run_cli("history", "--json").stdout)["data"][-1]["command"]
+    assert command.split()[0] in {"main.py", "imageworks-download"} and "/" not in command.split()[0]
