@@ -236,6 +236,13 @@ def renamed(entry: ModelEntry, name: str) -> ModelEntry:
     return entry.model_copy(update={"name": name, "serve": serve})
 
 
+def disambiguated(entry: ModelEntry) -> ModelEntry:
+    """`entry` renamed `<name>-<8 hex>`, the suffix derived from its identity (its folder for a local
+    model), so the same model gets the same name next time."""
+    digest = hashlib.sha1("\0".join(entry_identity(entry)).encode()).hexdigest()[:8]
+    return renamed(entry, f"{entry.name}-{digest}")
+
+
 def record_entry(registry: Registry, entry: ModelEntry) -> ModelEntry:
     """Put `entry` into the discovered layer, updating the entry it matches (see `find_existing`).
     Returns what was stored. Call inside `RegistryStore.transaction()`."""
@@ -243,8 +250,7 @@ def record_entry(registry: Registry, entry: ModelEntry) -> ModelEntry:
     if existing is None and registry.get(entry.name) is not None:
         # Another model already has this name (two direct URLs ending in the same file name): keep both,
         # with a suffix derived from the identity so the same model gets the same name next time.
-        digest = hashlib.sha1("\0".join(entry_identity(entry)).encode()).hexdigest()[:8]
-        entry = renamed(entry, f"{entry.name}-{digest}")
+        entry = disambiguated(entry)
     previous = registry.discovered_entry(existing.name) if existing is not None else None
     if existing is not None and previous is None:
         # Only in curated: the discovered entry takes the curated name, so the curated fields apply.

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from imageworks.entries import folder_variants
+from imageworks.entries import disambiguated, folder_variants
 from imageworks.errors import UsageError
 from imageworks.hashing import aggregate_sha256
 from imageworks.naming import entry_identity, path_key
@@ -748,7 +748,7 @@ def plan_scan(
             if taken is not None:
                 # Another model has this name (two local folders with the same last two components):
                 # a suffix from what identifies this one, so it gets the same name next time.
-                entry = _disambiguated(entry)
+                entry = disambiguated(entry)
                 cand.entry = entry
                 if entry.name in index.by_name:
                     skips.append(
@@ -845,28 +845,6 @@ def merge_candidates(cands: Sequence[Candidate]) -> Candidate:
     )
     notes = list(dict.fromkeys(n for c in cands for n in c.notes))
     return Candidate(entry, folder, frozenset().union(*(c.weight_files for c in cands)), notes)
-
-
-def _disambiguated(entry: ModelEntry) -> ModelEntry:
-    """`entry` renamed `<name>-<8 hex>` by its identity (its folder when it has no repo id or URL), the
-    suffix rule of `imageworks.entries.record_entry`."""
-    import hashlib
-
-    from imageworks.naming import serve_hints
-
-    ident = entry_identity(entry)
-    key = "\0".join(ident) if ident[1] else "\0".join((*ident, path_key(entry.path) or ""))
-    name = f"{entry.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    serve = serve_hints(
-        name=name,
-        format=entry.format,
-        quantization=entry.quantization,
-        path=entry.path,
-        files=[f.path for f in entry.files],
-        context_length=entry.metadata.get("context_length"),
-        location=entry.location,
-    )
-    return entry.model_copy(update={"name": name, "serve": serve})
 
 
 def _item(

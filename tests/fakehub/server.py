@@ -633,7 +633,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(401, message, "GatedRepo")
         message = (
             f"Access to model {repo.id} is restricted and you are not in the authorized list. Visit"
-            f" https://huggingface.co/{repo.id} to ask for access."
+            f" the model page of {repo.id} to ask for access."
         )
         raise _HttpError(403, message, "GatedRepo")
 
