@@ -111,6 +111,7 @@ def test_remove_discovered_curated_and_files(run_cli, isolated_env) -> None:
     result = json.loads(done.stdout)["data"]
     assert result["removed_from_registry"] is True and result["deleted_bytes"] == 100
     assert not folder.exists()
+    assert not folder.parent.exists() and isolated_env["models"].exists()  # empty owner folder pruned
     names = json.loads((isolated_env["registry"] / DISCOVERED).read_text())["models"]
     assert "qwen/qwen2-vl-2b-instruct" not in names
     merged = json.loads((isolated_env["registry"] / MERGED).read_text())["models"]

@@ -129,7 +129,12 @@ def _check_deletable(path: Path, roots: Sequence[Path]) -> None:
 
 
 def execute_remove(
-    store: RegistryStore, plan: RemovePlan, command: Sequence[str], *, backup: bool = True
+    store: RegistryStore,
+    plan: RemovePlan,
+    command: Sequence[str],
+    *,
+    roots: Sequence[Path] = (),
+    backup: bool = True,
 ) -> bool:
     """Drop the discovered entry (if any) and delete files when planned. Returns whether the registry
     changed."""
@@ -142,4 +147,17 @@ def execute_remove(
             shutil.rmtree(plan.delete_path)
         else:
             plan.delete_path.unlink()
+        _prune_empty_parents(plan.delete_path.parent, roots)
     return changed
+
+
+def _prune_empty_parents(folder: Path, roots: Sequence[Path]) -> None:
+    """Remove the owner folders left empty (`<root>/<owner>/`), never a root itself."""
+    stops = {root.expanduser().resolve() for root in roots}
+    current = folder.resolve()
+    while current not in stops and any(current.is_relative_to(root) for root in stops):
+        try:
+            current.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        current = current.parent

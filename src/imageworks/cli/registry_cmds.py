@@ -114,7 +114,7 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
         if not sys.stdin.isatty():
             raise click.UsageError("--delete-files without a terminal needs --yes")
         click.confirm(f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True)
-    changed = execute_remove(store, plan, sys.argv, backup=not no_backup)
+    changed = execute_remove(store, plan, sys.argv, roots=roots, backup=not no_backup)
     result = {
         "name": plan.name,
         "removed_from_registry": changed,
