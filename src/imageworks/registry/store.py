@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imageworks.durable import atomic_write_text
 from imageworks.errors import RegistryError, RegistryWriteError
 from imageworks.redaction import redact_argv, redact_obj, redact_text
-from imageworks.registry.files import atomic_write_text
 from imageworks.registry.merge import field_origins, merge_layers
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from imageworks.durable import fsync_dir
 from imageworks.errors import IntegrityError, TransferError
 from imageworks.hashing import git_blob_sha1_header
 
@@ -459,19 +460,6 @@ def commit(temp: Path, dest: Path) -> None:
     os.replace(temp, dest)
     fsync_dir(dest.parent)
     log.debug("%s: fsync + rename took %.3f s", dest.name, time.perf_counter() - began)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # some filesystems (Windows drives under WSL) refuse to open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def disk_error(job: FileJob, exc: OSError, kept: int) -> TransferError:

@@ -10,12 +10,18 @@ from pathlib import Path
 
 
 def fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems (e.g. drvfs under WSL) refuse directory fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Make a rename in `folder` durable. Best effort: some filesystems (Windows drives under WSL)
+    refuse to open or fsync a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str | bytes) -> None:
