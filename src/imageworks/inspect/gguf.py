@@ -23,7 +23,7 @@ from imageworks.inspect.quant import (
     gguf_label_from_name,
     refines,
 )
-from imageworks.inspect.source import ByteSource, open_source
+from imageworks.inspect.source import ByteSource, inspect_input
 from imageworks.inspect.types import Evidence, FileInspection
 
 MAGIC = b"GGUF"
@@ -297,17 +297,7 @@ def inspect_gguf(
 ) -> FileInspection:
     """Inspect one GGUF file from its path, or from bytes. Bytes are the whole file unless `size` (the real
     file size) says they are a prefix; `path` names bytes input (its filename is the quant fallback)."""
-    try:
-        src, shown, closer = open_source(data_or_path, size)
-    except OSError as exc:
-        return FileInspection(
-            path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}"
-        )
-    try:
-        return inspect_gguf_source(src, path or shown)
-    finally:
-        if closer is not None:
-            closer.close()
+    return inspect_input(data_or_path, size, path, inspect_gguf_source)
 
 
 def inspect_gguf_source(src: ByteSource, path: str) -> FileInspection:

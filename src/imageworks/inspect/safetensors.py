@@ -15,7 +15,7 @@ from math import prod
 from typing import Any
 
 from imageworks.inspect.quant import dtype_label, group_label
-from imageworks.inspect.source import ByteSource, open_source
+from imageworks.inspect.source import ByteSource, inspect_input
 from imageworks.inspect.types import Evidence, FileInspection
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -124,17 +124,7 @@ def inspect_safetensors(
 ) -> FileInspection:
     """Inspect one safetensors file from its path or from bytes (the whole file unless `size`, the real
     file size, says they are a prefix)."""
-    try:
-        src, shown, closer = open_source(data_or_path, size)
-    except OSError as exc:
-        return FileInspection(
-            path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}"
-        )
-    try:
-        return inspect_safetensors_source(src, path or shown)
-    finally:
-        if closer is not None:
-            closer.close()
+    return inspect_input(data_or_path, size, path, inspect_safetensors_source)
 
 
 def inspect_safetensors_source(src: ByteSource, path: str, *, prefetch: int = 8) -> FileInspection:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from imageworks.inspect.types import FileInspection
+
 ReadRange = Callable[[str, int, int], bytes]
 """read_range(path, start, end) -> the bytes [start, end) of a remote file (fewer at end of file)."""
 
@@ -86,3 +88,24 @@ def open_source(
     path = Path(data_or_path)
     fs = FileSource(path)
     return fs, str(path), fs
+
+
+def inspect_input(
+    data_or_path: bytes | bytearray | memoryview | str | os.PathLike[str],
+    size: int | None,
+    path: str | None,
+    parse: Callable[[ByteSource, str], FileInspection],
+) -> FileInspection:
+    """Open bytes or a path as a source, run one format's parser on it and close it: the shared body of
+    the public `inspect_gguf` / `inspect_safetensors`. An unreadable file is a result, not an exception."""
+    try:
+        src, shown, closer = open_source(data_or_path, size)
+    except OSError as exc:
+        return FileInspection(
+            path=path or str(data_or_path), size=0, format="unknown", error=f"unreadable: {exc}"
+        )
+    try:
+        return parse(src, path or shown)
+    finally:
+        if closer is not None:
+            closer.close()
