@@ -49,6 +49,10 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
+# Options every command spells the same way.
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+no_backup_option = click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+
 
 def _err(text: str) -> None:
     click.echo(text, err=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, emit_json, human_size, table
 from imageworks.transfer.base import NullProgress
 
@@ -248,7 +248,7 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; errors only.")
-@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+@no_backup_option
 @pass_app
 @handle_errors
 def download(
@@ -329,7 +329,7 @@ def download(
 @click.command()
 @click.argument("reference")
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -> None:

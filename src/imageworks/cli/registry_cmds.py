@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
 from imageworks.cli.render import console, emit_json, human_size, table
 
 
@@ -19,7 +19,7 @@ from imageworks.cli.render import console, emit_json, human_size, table
     type=click.Choice(["vllm", "ollama", "lmstudio"]),
     help="Only models with serve hints for it.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def list_cmd(
@@ -53,7 +53,7 @@ def list_cmd(
 
 @click.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def show(app: AppContext, name: str, as_json: bool) -> None:
@@ -97,8 +97,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--delete-files", is_flag=True, help="Also delete the model's folder from disk.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@no_backup_option
+@json_option
 @pass_app
 @handle_errors
 def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup: bool, as_json: bool) -> None:
@@ -137,7 +137,7 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
 @click.option(
     "-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many lines."
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def history(app: AppContext, limit: int, as_json: bool) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
 from imageworks.cli.render import emit_json, human_size
 from imageworks.errors import EXIT_FAILED, UsageError
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 @click.option("--update-existing", is_flag=True, help="Refresh format, quant, size, files of known models.")
 @click.option("--hash", "hash_", is_flag=True, help="Record the SHA-256 of every file added or updated.")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@no_backup_option
+@json_option
 @pass_app
 @handle_errors
 def scan(
@@ -114,8 +114,8 @@ def _render_scan(result: ScanResult) -> None:
     "--full", is_flag=True, help="With --rebuild: hash every file, even those whose size+mtime match."
 )
 @click.option("--prune-missing", is_flag=True, help="Remove discovered entries whose folder is gone.")
-@click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@no_backup_option
+@json_option
 @pass_app
 @handle_errors
 def normalize_formats(

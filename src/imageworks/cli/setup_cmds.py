@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.app import AppContext, handle_errors, json_option, pass_app
 from imageworks.cli.render import emit_json, table
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def config(app: AppContext, as_json: bool) -> None:
@@ -24,7 +24,7 @@ def config(app: AppContext, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_app
 @handle_errors
 def doctor(app: AppContext, as_json: bool) -> None:

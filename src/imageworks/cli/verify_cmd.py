@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, pass_app
+from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, console, emit_json, human_size
 from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
@@ -42,8 +42,8 @@ _STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
     default=None,
     help="Files hashed at once (default: cores, at most 4).",
 )
-@click.option("--no-backup", is_flag=True, help="Skip the registry backup before recording verified_at.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@no_backup_option
+@json_option
 @pass_app
 @handle_errors
 def verify(
