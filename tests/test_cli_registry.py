@@ -224,20 +224,12 @@ def test_help_is_instant_and_errors_are_one_line(run_cli) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-def test_declining_a_confirmation_is_not_an_internal_error() -> None:
-    import click
-    from click.testing import CliRunner
-
-    from imageworks.cli.app import handle_errors
-
-    @click.command()
-    @handle_errors
-    def ask() -> None:
-        click.confirm("delete it?", abort=True)
-
-    result = CliRunner().invoke(ask, input="n\n")
-    assert result.exit_code == 1
-    assert "Aborted" in result.output and "internal error" not in result.output
+def test_declining_a_confirmation_is_not_an_internal_error(run_cli, isolated_env) -> None:
+    seed(isolated_env["registry"], isolated_env["models"])
+    # stdin is not a terminal: remove --delete-files refuses without --yes (a usage error, exit 2)
+    out = run_cli("remove", "qwen2-vl", "--delete-files", input="n\n")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "--yes" in out.stderr
+    assert "internal error" not in out.stderr
 
 
 def test_usage_errors_use_our_format_and_history_names_the_program(run_cli, isolated_env) -> None:

@@ -119,7 +119,14 @@ def test_untouched_model_verifies_and_records_verified_at(run_cli, model: Path, 
     verified_at = discovered(store)["verified_at"]
     assert verified_at.endswith("Z") and verified_at[:2] == "20"
     assert f"verified_at {verified_at}" in result.stdout
-    assert store.path(HISTORY).read_text().count("\n") == history_before + 1
+    # verified_at is bookkeeping: no change-log line, no backup (issue 9.6)
+    assert store.path(HISTORY).read_text().count("\n") == history_before
+    backups = sorted((store.folder / "backups").iterdir()) if (store.folder / "backups").exists() else []
+    for _ in range(3):
+        assert run_cli("verify", "tiny-llama", script="imageworks-loader").returncode == 0
+    assert store.path(HISTORY).read_text().count("\n") == history_before
+    after = sorted((store.folder / "backups").iterdir()) if (store.folder / "backups").exists() else []
+    assert after == backups
     # The same command under imageworks-download, by HF id in another case.
     again = run_cli("verify", "TheOwner/TINY-LLAMA")
     assert again.returncode == 0, again.stderr

@@ -23,6 +23,9 @@ REGISTRY_FILES = (
 CONFIG_FILE_NAME = "imageworks.toml"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_HUB_TIMEOUT = 30.0  # seconds one Hub API request may go without connecting or receiving a byte
+# Top-level keys and tables imageworks.toml may hold. A module that reads a new key adds it here, so a
+# typo (`[location]`, `hub_timout`) is named in a warning instead of being silently ignored.
+KNOWN_TOML_KEYS = frozenset({"locations", "hf_endpoint", "hub_timeout", "remotes"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Config:
     hf_token: Setting  # value is the token itself: never print it, use `token_display`
     extra: dict[str, Setting] = field(default_factory=dict)
     hub_timeout: Setting = Setting(DEFAULT_HUB_TIMEOUT, "default")  # float seconds
+    # What the user should hear about the config file (unknown keys): the CLI prints them on stderr.
+    warnings: tuple[str, ...] = ()
 
     @property
     def registry_path(self) -> Path:
@@ -60,6 +65,10 @@ class Config:
             raise ConfigError(
                 f"unknown location {name!r}", hint=f"use one of: {known}, or give a folder path"
             ) from None
+
+    def location_roots(self) -> dict[str, Path]:
+        """Every location's root by name (sorted): the one shape commands pass to the library."""
+        return {name: Path(self.locations[name].value) for name in sorted(self.locations)}
 
     def as_rows(self) -> list[tuple[str, str, str]]:
         """(key, value, source) rows with the token masked."""
@@ -127,6 +136,17 @@ def _load_toml(registry_dir: Path) -> tuple[Path | None, dict[str, Any]]:
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{path}: {exc}", hint="fix the TOML syntax") from None
     return None, {}
+
+
+def _unknown_keys(toml: dict[str, Any], toml_path: Path | None) -> tuple[str, ...]:
+    import difflib
+
+    warnings = []
+    for key in sorted(set(toml) - KNOWN_TOML_KEYS):
+        close = difflib.get_close_matches(key, sorted(KNOWN_TOML_KEYS), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.append(f"{toml_path}: unknown key {key!r} is ignored{guess}")
+    return tuple(warnings)
 
 
 def _windows_lmstudio_candidates(env: Mapping[str, str]) -> list[Path]:
@@ -256,4 +276,5 @@ def resolve_config(
         hf_home=hf_home,
         hf_token=_resolve_token(token, env, Path(hf_home.value)),
         hub_timeout=_resolve_hub_timeout(env, toml, toml_path),
+        warnings=_unknown_keys(toml, toml_path),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +20,22 @@ class Check:
     detail: str
     fix: str = ""
 
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    checks: list[Check]
+
+    @property
+    def ready(self) -> bool:
+        """No check failed: downloads (and every other command) can work."""
+        return not any(c.status == FAIL for c in self.checks)
+
+    def as_dict(self) -> list[dict[str, str]]:
+        return [c.as_dict() for c in self.checks]
+
 
 def _aria2() -> Check:
     path = shutil.which("aria2c")
@@ -34,27 +49,19 @@ def _aria2() -> Check:
     return Check("aria2c", OK, f"{version} ({path})")
 
 
-def _writable(folder: Path) -> bool:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return os.access(probe, os.W_OK)
-
-
 def _registry(config: Config) -> list[Check]:
     folder = config.registry_path
     checks = []
-    if _writable(folder):
+    problem = _write_probe(folder)
+    if problem is None:
         checks.append(Check("registry folder", OK, f"{folder} ({config.registry_dir.source})"))
     else:
         checks.append(
             Check(
-                "registry folder",
-                FAIL,
-                f"{folder} is not writable",
-                "fix its permissions or use --registry-dir",
+                "registry folder", FAIL, f"{folder}: {problem}", "fix its permissions or use --registry-dir"
             )
         )
+    checks.extend(_registry_files(folder))
     curated = folder / "model_registry.curated.json"
     if not curated.exists():
         checks.append(
@@ -81,6 +88,22 @@ def _registry(config: Config) -> list[Check]:
     return checks
 
 
+def _registry_files(folder: Path) -> list[Check]:
+    """Each registry file must parse and validate: one malformed layer stops every other command."""
+    from imageworks.errors import RegistryError
+    from imageworks.registry import RegistryStore
+
+    store = RegistryStore(folder)
+    try:
+        registry = store.load()
+        registry.merged()
+        store.history(1)
+    except RegistryError as exc:
+        return [Check("registry files", FAIL, exc.message, exc.hint or "")]
+    count = len(registry.curated.keys() | registry.discovered.keys())
+    return [Check("registry files", OK, f"{count} model(s); every layer parses")]
+
+
 def _git_tracked(path: Path) -> bool | None:
     git = shutil.which("git")
     if not git:
@@ -94,21 +117,46 @@ def _git_tracked(path: Path) -> bool | None:
 
 def _roots(config: Config) -> list[Check]:
     checks = []
-    for name, setting in sorted(config.locations.items()):
-        root = Path(setting.value)
-        if not root.exists():
-            status = WARN if name != "linux_wsl" else OK
-            note = "will be created on first download" if name == "linux_wsl" else "does not exist"
-            checks.append(Check(f"location {name}", status, f"{root}: {note}"))
+    for name, root in config.location_roots().items():
+        label = f"location {name}"
+        blocker = not root.exists() and name != "linux_wsl"
+        if blocker:
+            checks.append(Check(label, WARN, f"{root}: does not exist"))
             continue
-        if not _writable(root):
+        problem = _write_probe(root)
+        if problem is not None:
             checks.append(
-                Check(f"location {name}", FAIL if name == "linux_wsl" else WARN, f"{root} is not writable")
+                Check(label, FAIL, f"{root}: {problem}", "choose a writable folder for this location")
             )
-            continue
-        free = shutil.disk_usage(root).free
-        checks.append(Check(f"location {name}", OK, f"{root} ({free / 1e9:.1f} GB free)"))
+        elif not root.exists():
+            checks.append(Check(label, OK, f"{root}: will be created on first download"))
+        else:
+            free = shutil.disk_usage(root).free
+            checks.append(Check(label, OK, f"{root} ({free / 1e9:.1f} GB free)"))
     return checks
+
+
+def _write_probe(root: Path) -> str | None:
+    """Why files cannot be created under `root` (None: they can). A real create-and-delete, not
+    os.access: that says yes to root on a read-only mount's permission bits and to everyone on some
+    network filesystems."""
+    import tempfile
+
+    from imageworks.errors import from_os_error
+
+    probe = root
+    while not probe.exists():
+        if probe == probe.parent:
+            return "no existing parent folder"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".imageworks-doctor-"):
+            pass
+    except OSError as exc:
+        return from_os_error(exc).message
+    return None
 
 
 def _hub(config: Config, timeout: float) -> list[Check]:
@@ -163,5 +211,5 @@ def _auth(config: Config) -> dict[str, str]:
     return {"Authorization": f"Bearer {config.token}"} if config.token else {}
 
 
-def run_doctor(config: Config, *, hub_timeout: float = 10.0) -> list[Check]:
-    return [_aria2(), *_registry(config), *_roots(config), *_hub(config, hub_timeout)]
+def run_doctor(config: Config, *, hub_timeout: float = 10.0) -> DoctorReport:
+    return DoctorReport([_aria2(), *_registry(config), *_roots(config), *_hub(config, hub_timeout)])

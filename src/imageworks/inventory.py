@@ -67,9 +67,30 @@ class ShownModel:
     origins: dict[str, str]
     installed: bool
 
+    def fields(self) -> list[tuple[str, Any, str]]:
+        """(field, value, origin) for every field worth showing: set ones, and any the curated layer
+        sets even to an empty value. Files and serve hints are shown on their own."""
+        data = self.entry.model_dump(mode="json")
+        rows = []
+        for key in sorted(data):
+            if key in {"name", "serve", "files"}:
+                continue
+            value = data[key]
+            if value in (None, [], {}, False) and self.origins.get(key) != "curated":
+                continue
+            rows.append((key, value, self.origins.get(key, "default")))
+        return rows
 
-def show_model(registry: Registry, reference: str) -> ShownModel:
-    entry = find_entry(registry, reference)
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry.model_dump(mode="json"),
+            "origins": self.origins,
+            "installed": self.installed,
+        }
+
+
+def show_model(registry: Registry, name: str) -> ShownModel:
+    entry = find_entry(registry, name)
     return ShownModel(entry, registry.origins(entry.name), is_installed(entry))
 
 
@@ -91,10 +112,8 @@ def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def plan_remove(
-    registry: Registry, reference: str, *, delete_files: bool, roots: Sequence[Path]
-) -> RemovePlan:
-    entry = find_entry(registry, reference)
+def plan_remove(registry: Registry, name: str, *, delete_files: bool, roots: Sequence[Path]) -> RemovePlan:
+    entry = find_entry(registry, name)
     plan = RemovePlan(entry.name, entry.name in registry.discovered, registry.is_curated(entry.name))
     if plan.curated:
         plan.notes.append(

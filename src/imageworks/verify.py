@@ -19,10 +19,10 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from imageworks.clock import utc_now
 from imageworks.errors import HubError, UsageError
 from imageworks.hashing import FileDigest, aggregate_sha256, git_blob_sha1_file, hash_files
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
@@ -171,16 +171,12 @@ class _Pending:
 class _ModelPlan:
     entry: ModelEntry
     report: VerifyReport
-    root: Path | None = None
+    folder: Path | None = None  # the model's folder: recorded file paths are relative to it
     pending: list[_Pending] = field(default_factory=list)
     listed_from_disk: bool = False  # --record on an entry with no file list: the folder becomes it
     # (path, size, sha256) of every recorded file as it was when we planned: recording is refused if
     # another command changed the entry meanwhile.
     snapshot: list[tuple[str, int, str | None]] = field(default_factory=list)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _safe_relative(relative: str) -> PurePosixPath | None:
@@ -207,16 +203,16 @@ def is_ours(relative: PurePosixPath) -> bool:
     return any(part.startswith(".") for part in parts)
 
 
-def _walk_files(root: Path) -> Iterable[PurePosixPath]:
-    for folder, dirs, files in os.walk(root):
-        rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+def _walk_files(folder: Path) -> Iterable[PurePosixPath]:
+    for current, dirs, files in os.walk(folder):
+        rel_folder = PurePosixPath(Path(current).relative_to(folder).as_posix())
         dirs.sort()
         for name in sorted(files):
             rel = rel_folder / name if str(rel_folder) != "." else PurePosixPath(name)
             yield rel
 
 
-def _model_root(entry: ModelEntry) -> tuple[Path | None, bool]:
+def _model_folder(entry: ModelEntry) -> tuple[Path | None, bool]:
     """(folder the file paths are relative to, whether `path` names a single file)."""
     if not entry.path:
         return None, False
@@ -232,19 +228,19 @@ class _FolderClaims:
     run (a `--all` over thousands of entries must not compare every pair)."""
 
     def __init__(self, registry: Registry) -> None:
-        self._by_root: dict[Path, list[tuple[str, list[str]]]] | None = None
+        self._by_folder: dict[Path, list[tuple[str, list[str]]]] | None = None
         self._registry = registry
 
-    def others(self, entry: ModelEntry, root: Path) -> set[str]:
-        if self._by_root is None:
-            self._by_root = {}
+    def others(self, entry: ModelEntry, folder: Path) -> set[str]:
+        if self._by_folder is None:
+            self._by_folder = {}
             for other in self._registry.entries():
-                other_root, _ = _model_root(other)
-                if other_root is not None and other.files:
-                    key = _resolved(other_root)
-                    self._by_root.setdefault(key, []).append((other.name, [f.path for f in other.files]))
+                other_folder, _ = _model_folder(other)
+                if other_folder is not None and other.files:
+                    key = _resolved(other_folder)
+                    self._by_folder.setdefault(key, []).append((other.name, [f.path for f in other.files]))
         claimed: set[str] = set()
-        for name, paths in self._by_root.get(_resolved(root), []):
+        for name, paths in self._by_folder.get(_resolved(folder), []):
             if name != entry.name:
                 claimed.update(paths)
         return claimed
@@ -263,116 +259,131 @@ def _plan_model(
     report = VerifyReport(entry.name, entry.path, "quick" if quick else "full")
     plan = _ModelPlan(entry, report)
     plan.snapshot = [(f.path, f.size, f.sha256) for f in entry.files]
-    root, single_file = _model_root(entry)
-    if root is None:
-        if entry.files:
-            report.notes.append("the entry records files but no path: nothing to compare them with")
-            report.problems.append(NOT_INSTALLED)
-        elif explicit:
-            report.notes.append("the entry records no path and no files (not downloaded by imageworks?)")
-            report.problems.append(NOT_INSTALLED)
-        else:
-            report.notes.append("no path and no files recorded: nothing on disk to verify")
-            report.status = SKIPPED
+    folder, single_file = _model_folder(entry)
+    if folder is None:
+        _no_folder(plan, explicit=explicit)
         return plan
-    plan.root = root
-    if not root.exists():
-        report.notes.append(f"{root} does not exist")
+    plan.folder = folder
+    if not folder.exists():
+        report.notes.append(f"{folder} does not exist")
         if not entry.files:
             report.problems.append(MISSING)
-
     for record_ in entry.files:
-        check = FileCheck(record_.path, F_OK, expected_size=record_.size, expected_sha256=record_.sha256)
-        report.files.append(check)
-        relative = _safe_relative(record_.path)
-        if relative is None:
-            check.status = F_UNSAFE
-            check.detail = "the recorded path would leave the model folder; not read"
-            continue
-        full = root.joinpath(*relative.parts)
-        try:
-            st = full.stat()
-        except FileNotFoundError:
-            check.status = F_MISSING
-            continue
-        except OSError as exc:
-            check.status = F_UNREADABLE
-            check.detail = exc.strerror or str(exc)
-            continue
-        if not full.is_file():
-            check.status = F_UNREADABLE
-            check.detail = "not a regular file"
-            continue
-        check.actual_size = st.st_size
-        if st.st_size != record_.size:
-            # The size alone proves the change; hashing a truncated 10 GB file would only add a digest
-            # nobody can use.
-            check.status = F_SIZE
-            continue
-        if quick:
-            if record_.mtime_ns is not None and st.st_mtime_ns != record_.mtime_ns:
-                check.status = F_MTIME
-                check.detail = "modified since it was last hashed: run a full verify"
-            elif record_.mtime_ns is None:
-                check.detail = "no mtime recorded: size checked only"
-            continue
-        if record_.sha256 or record:
-            plan.pending.append(_Pending(check, full, st.st_size, record_))
-        else:
-            check.status = F_NO_DIGEST
-
-    if single_file and not entry.files and record and not quick:
+        _plan_file(plan, folder, record_, quick=quick, record=record)
+    hashing_the_folder = record and not quick
+    if single_file and not entry.files and hashing_the_folder:
         # `path` names the model's one file (a direct-URL GGUF, say): --record makes it the file list.
         full = Path(entry.path or "").expanduser()
-        size = full.stat().st_size
-        check = FileCheck(full.name, F_OK, actual_size=size)
-        report.files.append(check)
-        plan.pending.append(_Pending(check, full, size, None))
-        plan.listed_from_disk = True
+        _adopt(plan, full.name, full)
     # An entry that lists no files cannot have extras: it is reported as having no digests instead.
-    if root.is_dir() and not single_file and (entry.files or (record and not quick)):
-        listed = {f.path for f in entry.files}
-        claimed = claims.others(entry, root)
-        partial = 0
-        for relative in _walk_files(root):
-            key = relative.as_posix()
-            if key in listed or key in claimed:
-                continue
-            if is_ours(relative):
-                partial += relative.name.endswith(PARTIAL_MARKER)
-                continue
-            if not entry.files and record and not quick:
-                # An entry that lists no files (a hand-written or scanned one): --record makes the folder
-                # its file list.
-                full = root.joinpath(*relative.parts)
-                try:
-                    size = full.stat().st_size
-                except OSError:
-                    size = 0
-                check = FileCheck(key, F_OK, actual_size=size)
-                report.files.append(check)
-                plan.pending.append(_Pending(check, full, size, None))
-                plan.listed_from_disk = True
-                continue
-            try:
-                extra_size: int | None = (root / key).stat().st_size
-            except OSError:
-                extra_size = None
-            report.files.append(FileCheck(key, F_EXTRA, actual_size=extra_size))
-        if partial:
-            report.notes.append(f"{partial} partial download file(s) of an interrupted download ignored")
+    if folder.is_dir() and not single_file and (entry.files or hashing_the_folder):
+        _plan_folder(plan, claims, folder, adopt=hashing_the_folder and not entry.files)
+    _note_missing_digests(plan, folder)
+    return plan
 
+
+def _no_folder(plan: _ModelPlan, *, explicit: bool) -> None:
+    report = plan.report
+    if plan.entry.files:
+        report.notes.append("the entry records files but no path: nothing to compare them with")
+        report.problems.append(NOT_INSTALLED)
+    elif explicit:
+        report.notes.append("the entry records no path and no files (not downloaded by imageworks?)")
+        report.problems.append(NOT_INSTALLED)
+    else:
+        report.notes.append("no path and no files recorded: nothing on disk to verify")
+        report.status = SKIPPED
+
+
+def _plan_file(plan: _ModelPlan, folder: Path, record_: FileRecord, *, quick: bool, record: bool) -> None:
+    """Stat one recorded file; queue it for hashing when a digest is to be compared or recorded."""
+    check = FileCheck(record_.path, F_OK, expected_size=record_.size, expected_sha256=record_.sha256)
+    plan.report.files.append(check)
+    relative = _safe_relative(record_.path)
+    if relative is None:
+        check.status = F_UNSAFE
+        check.detail = "the recorded path would leave the model folder; not read"
+        return
+    full = folder.joinpath(*relative.parts)
+    try:
+        st = full.stat()
+    except FileNotFoundError:
+        check.status = F_MISSING
+        return
+    except OSError as exc:
+        check.status = F_UNREADABLE
+        check.detail = exc.strerror or str(exc)
+        return
+    if not full.is_file():
+        check.status = F_UNREADABLE
+        check.detail = "not a regular file"
+        return
+    check.actual_size = st.st_size
+    if st.st_size != record_.size:
+        # The size alone proves the change; hashing a truncated 10 GB file would only add a digest
+        # nobody can use.
+        check.status = F_SIZE
+    elif quick:
+        if record_.mtime_ns is not None and st.st_mtime_ns != record_.mtime_ns:
+            check.status = F_MTIME
+            check.detail = "modified since it was last hashed: run a full verify"
+        elif record_.mtime_ns is None:
+            check.detail = "no mtime recorded: size checked only"
+    elif record_.sha256 or record:
+        plan.pending.append(_Pending(check, full, st.st_size, record_))
+    else:
+        check.status = F_NO_DIGEST
+
+
+def _adopt(plan: _ModelPlan, key: str, full: Path) -> None:
+    """--record on an entry that lists no files: this file on disk becomes part of its file list."""
+    try:
+        size = full.stat().st_size
+    except OSError:
+        size = 0
+    check = FileCheck(key, F_OK, actual_size=size)
+    plan.report.files.append(check)
+    plan.pending.append(_Pending(check, full, size, None))
+    plan.listed_from_disk = True
+
+
+def _plan_folder(plan: _ModelPlan, claims: _FolderClaims, folder: Path, *, adopt: bool) -> None:
+    """Files in the model folder the entry does not list: extra, or (`adopt`) the file list to record."""
+    listed = {f.path for f in plan.entry.files}
+    claimed = claims.others(plan.entry, folder)
+    partial = 0
+    for relative in _walk_files(folder):
+        key = relative.as_posix()
+        if key in listed or key in claimed:
+            continue
+        if is_ours(relative):
+            partial += relative.name.endswith(PARTIAL_MARKER)
+            continue
+        full = folder.joinpath(*relative.parts)
+        if adopt:
+            _adopt(plan, key, full)
+            continue
+        try:
+            extra_size: int | None = full.stat().st_size
+        except OSError:
+            extra_size = None
+        plan.report.files.append(FileCheck(key, F_EXTRA, actual_size=extra_size))
+    if partial:
+        plan.report.notes.append(f"{partial} partial download file(s) of an interrupted download ignored")
+
+
+def _note_missing_digests(plan: _ModelPlan, folder: Path) -> None:
+    report = plan.report
     undigested = sum(1 for f in report.files if f.status == F_NO_DIGEST)
     if undigested:
         report.notes.append(
             f"{undigested} file(s) have no recorded SHA-256: run `verify --record` to hash and store them"
         )
-    if not entry.files and not plan.listed_from_disk and root.exists():
+    if not plan.entry.files and not plan.listed_from_disk and folder.exists():
         report.problems.append(NO_DIGESTS)
         report.notes.append(
             "the entry lists no files: run `verify --record` to hash the folder and record its files"
         )
-    return plan
 
 
 # ------------------------------------------------------------------------------------------- remote
@@ -426,14 +437,14 @@ def _check_remote(plan: _ModelPlan, lister: RemoteLister) -> None:
             if record_.sha256 and theirs.sha256 != record_.sha256:
                 mismatches += 1
                 _remote_problem(check, F_REMOTE, "the recorded SHA-256 is not the Hub's")
-        elif theirs.git_sha1 and check.status == F_OK and plan.root is not None:
+        elif theirs.git_sha1 and check.status == F_OK and plan.folder is not None:
             # A small non-LFS file: the Hub only knows its git blob id. The file on disk was just proven
             # equal to the recorded digest, so its blob id stands in for the recorded one.
             relative = _safe_relative(record_.path)
             if relative is None:
                 continue
             try:
-                ours = git_blob_sha1_file(plan.root.joinpath(*relative.parts))
+                ours = git_blob_sha1_file(plan.folder.joinpath(*relative.parts))
             except OSError:
                 continue
             if ours != theirs.git_sha1:
@@ -452,18 +463,57 @@ def _remote_problem(check: FileCheck, status: str, detail: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------- api
+def selection(names: Sequence[str], all_models: bool) -> list[str] | None:
+    """What to verify: the NAMEs given, or every model (None) for --all; never both, never neither."""
+    if all_models and names:
+        raise UsageError("give model names or --all, not both", hint="drop the names to verify every model")
+    if not all_models and not names:
+        raise UsageError(
+            "give one or more model names, or --all", hint="`imageworks-download list` shows the names"
+        )
+    return None if all_models else list(names)
+
+
 def resolve_entries(registry: Registry, names: Sequence[str] | None) -> list[ModelEntry]:
     """The entries to verify: each NAME by the usual rule (exact, alias, HF id, unique substring), or
     every entry when `names` is None. Duplicates are verified once."""
     if names is None:
         return registry.entries()
-    if not names:
-        raise UsageError("give one or more model names, or --all")
     seen: dict[str, ModelEntry] = {}
-    for reference in names:
-        entry = find_entry(registry, reference)
+    for name in selection(names, False) or []:
+        entry = find_entry(registry, name)
         seen.setdefault(entry.name, entry)
     return list(seen.values())
+
+
+@dataclass
+class VerifyRun:
+    """The result of one verify command: a report per model and the whole run's figures."""
+
+    reports: list[VerifyReport]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    @property
+    def hashed_bytes(self) -> int:
+        return sum(r.hashed_bytes for r in self.reports)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "models": [r.as_dict() for r in self.reports],
+            "hashed_bytes": self.hashed_bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_verify(store: RegistryStore, names: Sequence[str] | None, **options: Any) -> VerifyRun:
+    """`verify_models` timed as a whole (what the CLI reports)."""
+    started = time.perf_counter()
+    reports = verify_models(store, names, **options)
+    return VerifyRun(reports, time.perf_counter() - started)
 
 
 def verify_models(
@@ -487,7 +537,10 @@ def verify_models(
     and stores the digests an entry lacks (never replaces one that differs: that is what verify
     reports). Bad names raise before any file is read."""
     if quick and record:
-        raise UsageError("--record needs the files hashed: drop --quick")
+        raise UsageError(
+            "--record hashes the files: it cannot be combined with --quick",
+            hint="drop --quick to record digests",
+        )
     registry = store.load()
     entries = resolve_entries(registry, names)
     explicit = names is not None
@@ -579,7 +632,7 @@ def _record(
 ) -> None:
     """One transaction for the whole run. Only models whose entry is still what was verified are
     touched: a download that replaced the entry meanwhile wins."""
-    todo = [p for p in plans if p.report.status in {OK, RECORDED} and p.root is not None]
+    todo = [p for p in plans if p.report.status in {OK, RECORDED} and p.folder is not None]
     if record:
         todo += [p for p in plans if p not in todo and any(f.status == F_RECORDED for f in p.report.files)]
     if not todo:

@@ -1,26 +1,29 @@
-"""Shared CLI plumbing: the per-invocation context, the one place errors become exit codes, and the
-lazy command group that keeps `--help` instant."""
+"""Shared CLI plumbing: the per-invocation context, the one place errors become exit codes (`run_group`,
+the root of both console scripts), and the lazy command group that keeps `--help` instant."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from imageworks.errors import EXIT_FAILED, EXIT_USAGE, AmbiguousName, ImageworksError
+from imageworks.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    AmbiguousName,
+    ImageworksError,
+)
 
 if TYPE_CHECKING:
     from imageworks.config import Config
     from imageworks.registry import RegistryStore
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -37,6 +40,8 @@ class AppContext:
             from imageworks.config import resolve_config
 
             self._config = resolve_config(registry_dir=self.registry_dir, token=self.token)
+            for warning in self._config.warnings:
+                _err(f"warning: {warning}")
         return self._config
 
     def store(self, *, keep_backups: int | None = None) -> RegistryStore:
@@ -56,47 +61,6 @@ no_backup_option = click.option("--no-backup", is_flag=True, help="Skip the regi
 
 def _err(text: str) -> None:
     click.echo(text, err=True)
-
-
-def handle_errors(func: F) -> F:
-    """Translate our exceptions into one line (+ hint) and a named exit code. IMAGEWORKS_DEBUG=1 shows
-    the traceback instead."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = os.environ.get("IMAGEWORKS_DEBUG", "") not in {"", "0"}
-        try:
-            return func(*args, **kwargs)
-        except ImageworksError as exc:
-            if debug:
-                raise
-            _err(f"error: {exc.message}")
-            if isinstance(exc, AmbiguousName):
-                for name in exc.candidates[:20]:
-                    _err(f"  {name}")
-                if len(exc.candidates) > 20:
-                    _err(f"  … {len(exc.candidates) - 20} more")
-            if exc.hint:
-                _err(f"hint: {exc.hint}")
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _err("interrupted: partial downloads are kept; run the same command again to resume")
-            sys.exit(130)
-        except (click.exceptions.Exit, click.exceptions.Abort):
-            # Abort: the user answered "no" to a confirmation; click prints "Aborted!" and exits 1.
-            raise
-        except click.ClickException:
-            raise
-        except BrokenPipeError:
-            sys.exit(EXIT_FAILED)
-        except Exception as exc:  # a bug: still one line for the user, the traceback on demand
-            if debug:
-                raise
-            _err(f"internal error: {type(exc).__name__}: {exc}")
-            _err("hint: re-run with IMAGEWORKS_DEBUG=1 for the traceback and report it")
-            sys.exit(EXIT_FAILED)
-
-    return wrapper  # type: ignore[return-value]
 
 
 class LazyGroup(click.Group):
@@ -123,37 +87,117 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError:
-            raise
+
+# ------------------------------------------------------------------------------------ the boundary
+_RESUME_HINT = "partial downloads are kept; run the same command again to resume"
 
 
-def usage_exit(message: str) -> None:
-    _err(f"error: {message}")
-    sys.exit(EXIT_USAGE)
+@dataclass(frozen=True)
+class Failure:
+    """What the root tells the user about an error: one line, a hint, an exit code (and the type name
+    for the JSON envelope)."""
+
+    type: str
+    message: str
+    hint: str | None
+    exit_code: int
+    candidates: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
 
 
-def run_group(group: click.Group, prog_name: str) -> None:
-    """Run a command group with click's usage errors in our format: `error: ...` and a `hint:` line,
-    exit 2 (click's default prints a usage block and `Error:`)."""
+def _failure(exc: BaseException, prog_name: str) -> Failure:
+    """Map anything that reached the root to a Failure. Raises it again for IMAGEWORKS_DEBUG=1 and for
+    what is not an error (a clean exit)."""
+    from imageworks.errors import from_os_error
+    from imageworks.redaction import redact_text
+
+    if isinstance(exc, click.exceptions.Abort) and isinstance(exc.__cause__, KeyboardInterrupt):
+        exc = exc.__cause__
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("Interrupted", "interrupted", _RESUME_HINT, EXIT_INTERRUPTED)
+    if isinstance(exc, click.exceptions.Abort):  # "no" to a confirmation, or end of input
+        return Failure("Aborted", "aborted: nothing was changed", None, EXIT_FAILED)
+    if isinstance(exc, click.UsageError):
+        command = exc.ctx.command_path if exc.ctx else prog_name
+        return Failure("UsageError", exc.format_message(), f"see `{command} --help`", EXIT_USAGE)
+    if isinstance(exc, click.ClickException):
+        return Failure(type(exc).__name__, exc.format_message(), None, exc.exit_code)
+    if isinstance(exc, OSError) and not isinstance(exc, ImageworksError):
+        exc = from_os_error(exc)
+    if isinstance(exc, ImageworksError):
+        candidates = tuple(exc.candidates) if isinstance(exc, AmbiguousName) else ()
+        return Failure(
+            type(exc).__name__,
+            redact_text(exc.message),
+            redact_text(exc.hint) if exc.hint else None,
+            exc.exit_code,
+            candidates,
+        )
+    return Failure(
+        "InternalError",
+        f"internal error: {type(exc).__name__}: {redact_text(str(exc))}",
+        "re-run with IMAGEWORKS_DEBUG=1 for the traceback and report it",
+        EXIT_FAILED,
+    )
+
+
+def _report(failure: Failure, json_kind: str | None) -> None:
+    if json_kind is not None:
+        from imageworks.cli.render import emit_error_json
+
+        emit_error_json(json_kind, failure.as_dict())
+    message = failure.message
+    _err(message if message.startswith(("internal error", "interrupted", "aborted")) else f"error: {message}")
+    for name in failure.candidates[:20]:
+        _err(f"  {name}")
+    if len(failure.candidates) > 20:
+        _err(f"  … {len(failure.candidates) - 20} more")
+    if failure.hint:
+        _err(f"hint: {failure.hint}")
+
+
+def _json_kind(group: click.Group, args: list[str]) -> str | None:
+    """The command of a `--json` invocation (its envelope's schema), read from the arguments so that even
+    a usage error found before the command ran is answered in JSON."""
+    if "--json" not in args:
+        return None
+    commands = set(group.list_commands(click.Context(group)))
+    for arg in args:
+        if arg == "--":
+            break
+        if arg in commands:
+            return arg
+    return None
+
+
+def _debug() -> bool:
+    return os.environ.get("IMAGEWORKS_DEBUG", "") not in {"", "0"}
+
+
+def run_group(group: click.Group, prog_name: str, args: list[str] | None = None) -> None:
+    """The one error boundary of a console script: every command's errors become one line (+ hint) on
+    stderr, the versioned JSON envelope with `"ok": false` on stdout for `--json`, and a named exit
+    code. Commands return their exit code (None = 0); they never call sys.exit."""
+    args = sys.argv[1:] if args is None else list(args)
     try:
-        code = group.main(prog_name=prog_name, standalone_mode=False)
+        code = group.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare command: help, as click would
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
         sys.exit(EXIT_USAGE)
-    except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else prog_name
-        _err(f"error: {exc.format_message()}")
-        _err(f"hint: see `{command} --help`")
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        _err("aborted")
-        sys.exit(EXIT_FAILED)
-    except click.ClickException as exc:
-        _err(f"error: {exc.format_message()}")
-        sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing to tell it. Point stdout at /dev/null so Python's
+        # final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    except (Exception, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt)
+        if _debug() and not interrupted and not isinstance(exc, click.ClickException | click.Abort):
+            raise
+        failure = _failure(exc, prog_name)
+        _report(failure, _json_kind(group, args))
+        sys.exit(failure.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

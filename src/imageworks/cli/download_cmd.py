@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, emit_json, human_size, table
 from imageworks.transfer.base import NullProgress
 
@@ -250,7 +250,6 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; errors only.")
 @no_backup_option
 @pass_app
-@handle_errors
 def download(
     app: AppContext,
     reference: str,
@@ -331,7 +330,6 @@ def download(
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
 @json_option
 @pass_app
-@handle_errors
 def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -> None:
     """Show the formats and GGUF quants OWNER/REPO[@REV] (or a model folder on disk) offers, with sizes,
     and what its weights are (dtype, parameters, quantisation) from their headers only: nothing is

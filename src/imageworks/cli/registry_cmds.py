@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import console, emit_json, human_size, table
+from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 @click.command("list")
@@ -21,7 +22,6 @@ from imageworks.cli.render import console, emit_json, human_size, table
 )
 @json_option
 @pass_app
-@handle_errors
 def list_cmd(
     app: AppContext, format_: str | None, location: str | None, backend: str | None, as_json: bool
 ) -> None:
@@ -55,26 +55,18 @@ def list_cmd(
 @click.argument("name")
 @json_option
 @pass_app
-@handle_errors
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """Show NAME's merged entry, which layer each field came from, and how to serve it."""
     from imageworks.inventory import show_model
 
     shown = show_model(app.store().load(), name)
-    data = shown.entry.model_dump(mode="json")
     if as_json:
-        emit_json("show", {"entry": data, "origins": shown.origins, "installed": shown.installed})
+        emit_json("show", shown.as_dict())
         return
     out = console()
     out.print(f"[bold]{shown.entry.name}[/bold]  ({'installed' if shown.installed else 'not on disk'})")
-    for key in sorted(data):
-        if key in {"name", "serve", "files"}:
-            continue
-        value = data[key]
-        if value in (None, [], {}, False) and shown.origins.get(key) != "curated":
-            continue
-        origin = shown.origins.get(key, "default")
-        rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    for key, value, origin in shown.fields():
+        rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
         out.print(f"  {key:<16} {rendered}  [dim]({origin})[/dim]", markup=True)
     files = shown.entry.files
     if files:
@@ -100,19 +92,18 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
-def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup: bool, as_json: bool) -> None:
+def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup: bool, as_json: bool) -> int:
     """Remove NAME from the discovered registry layer (curated entries are edited by hand)."""
     from imageworks.inventory import execute_remove, plan_remove
 
     store = app.store()
-    roots = [app.config.location_root(n) for n in app.config.locations]
+    roots = list(app.config.location_roots().values())
     plan = plan_remove(store.load(), name, delete_files=delete_files, roots=roots)
     for note in plan.notes:
         click.echo(note, err=True)
     if plan.delete_path is not None and not yes:
         if not sys.stdin.isatty():
-            raise click.UsageError("--delete-files without a terminal needs --yes")
+            raise UsageError("--delete-files without a terminal needs --yes", hint="add --yes to confirm")
         click.confirm(f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True)
     changed = execute_remove(store, plan, sys.argv, roots=roots, backup=not no_backup)
     result = {
@@ -130,7 +121,8 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
         if plan.delete_path:
             click.echo(f"deleted {plan.delete_path} ({human_size(plan.delete_bytes)})")
     if not changed and not plan.delete_path and plan.curated:
-        sys.exit(1)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 @click.command()
@@ -139,21 +131,19 @@ def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup:
 )
 @json_option
 @pass_app
-@handle_errors
 def history(app: AppContext, limit: int, as_json: bool) -> None:
-    """Show the newest change-log lines (one per mutating command)."""
-    records = app.store().history(limit)
+    """Show the newest change-log lines (one per command that changed the registry's content)."""
+    records = app.store().changes(limit)
     if as_json:
-        emit_json("history", records)
+        emit_json("history", [r.as_dict() for r in records])
         return
     if not records:
         click.echo("the change log is empty")
         return
     for record in records:
-        ops = record.get("patch", [])
-        touched = sorted({"/".join(op["path"].split("/")[:3]).replace("~1", "/") for op in ops})
-        click.echo(f"{record.get('time')}  {record.get('command')}")
-        for path in touched[:10]:
-            click.echo(f"    {path.removeprefix('/models/')}")
-        if len(touched) > 10:
-            click.echo(f"    … {len(touched) - 10} more")
+        click.echo(f"{record.time}  {record.command}")
+        names = record.names
+        for name in names[:10]:
+            click.echo(f"    {name}")
+        if len(names) > 10:
+            click.echo(f"    … {len(names) - 10} more")

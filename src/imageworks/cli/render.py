@@ -22,8 +22,26 @@ def human_size(num: int | None) -> str:
 
 def emit_json(kind: str, data: Any, *, ok: bool = True) -> None:
     """`{"schema": "imageworks.<kind>", "version": 1, "ok": ..., "data": ...}` on stdout."""
-    envelope = {"schema": f"imageworks.{kind}", "version": JSON_SCHEMA_VERSION, "ok": ok, "data": data}
+    _write_envelope({"schema": f"imageworks.{kind}", "version": JSON_SCHEMA_VERSION, "ok": ok, "data": data})
+
+
+def emit_error_json(kind: str, error: dict[str, Any]) -> None:
+    """The same envelope for a command that failed (pipx `result.py::error_envelope`): `"ok": false`,
+    `"data": null` and `"error": {"type", "message", "hint", "exit_code"}`."""
+    _write_envelope(
+        {
+            "schema": f"imageworks.{kind}",
+            "version": JSON_SCHEMA_VERSION,
+            "ok": False,
+            "data": None,
+            "error": error,
+        }
+    )
+
+
+def _write_envelope(envelope: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(envelope, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def console(stderr: bool = False):  # -> rich.console.Console

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import emit_json, human_size
-from imageworks.errors import EXIT_FAILED, UsageError
+from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from imageworks.normalize import NormalizeResult
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
 def scan(
     app: AppContext,
     base: Path | None,
@@ -58,7 +57,7 @@ def scan(
 
     config = app.config
     target, location_name = resolve_scan_target(config, base, location)
-    roots = tuple(config.location_root(name) for name in sorted(config.locations))
+    roots = tuple(config.location_roots().values())
     options = ScanOptions(
         location=location_name,
         layout_roots=roots,
@@ -117,7 +116,6 @@ def _render_scan(result: ScanResult) -> None:
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
 def normalize_formats(
     app: AppContext,
     dry_run: bool,
@@ -127,7 +125,7 @@ def normalize_formats(
     prune_missing: bool,
     no_backup: bool,
     as_json: bool,
-) -> None:
+) -> int:
     """Recompute format and quantisation of every discovered entry from the files on disk.
 
     \b
@@ -150,14 +148,13 @@ def normalize_formats(
         prune_missing=prune_missing,
         backup=not no_backup,
         command=sys.argv,
-        location_roots={name: app.config.location_root(name) for name in app.config.locations},
+        location_roots=app.config.location_roots(),
     )
     if as_json:
         emit_json("normalize-formats", result.as_dict(), ok=not result.conflicts)
     else:
         _render_normalize(result)
-    if result.conflicts:
-        sys.exit(EXIT_FAILED)
+    return EXIT_FAILED if result.conflicts else EXIT_OK
 
 
 _MARK = {"update": "~", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}

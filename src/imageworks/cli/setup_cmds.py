@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, pass_app
+from imageworks.cli.app import AppContext, json_option, pass_app
 from imageworks.cli.render import emit_json, table
+from imageworks.errors import EXIT_FAILED, EXIT_OK
 
 
 @click.command()
 @json_option
 @pass_app
-@handle_errors
 def config(app: AppContext, as_json: bool) -> None:
     """Print every resolved setting and where it came from (flag > env > imageworks.toml > default)."""
     rows = app.config.as_rows()
@@ -26,21 +24,20 @@ def config(app: AppContext, as_json: bool) -> None:
 @click.command()
 @json_option
 @pass_app
-@handle_errors
-def doctor(app: AppContext, as_json: bool) -> None:
-    """Check aria2c, the registry folder, model roots, the Hub and the token. Exit 1 if downloads are blocked."""
-    from imageworks.doctor import FAIL, run_doctor
+def doctor(app: AppContext, as_json: bool) -> int:
+    """Check aria2c, the registry files, the model roots, the Hub and the token. Exit 1 if something is
+    blocked."""
+    from imageworks.doctor import run_doctor
 
-    checks = run_doctor(app.config)
-    blocked = any(c.status == FAIL for c in checks)
+    report = run_doctor(app.config)
     if as_json:
-        emit_json("doctor", [c.__dict__ for c in checks], ok=not blocked)
+        emit_json("doctor", report.as_dict(), ok=report.ready)
     else:
         marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
         table(
             None,
             ["check", "status", "detail", "fix"],
-            [[c.name, marks[c.status], c.detail, c.fix] for c in checks],
+            [[c.name, marks[c.status], c.detail, c.fix] for c in report.checks],
         )
-        click.echo("downloads are blocked: fix the FAIL lines" if blocked else "ready to download")
-    sys.exit(1 if blocked else 0)
+        click.echo("ready to download" if report.ready else "not ready: fix the FAIL lines")
+    return EXIT_OK if report.ready else EXIT_FAILED

@@ -5,20 +5,19 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, console, emit_json, human_size
-from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
+from imageworks.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from imageworks.verify import FileCheck, ProgressFn, VerifyReport
+    from imageworks.verify import FileCheck, ProgressFn, VerifyReport, VerifyRun
 
 _STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
 
@@ -45,7 +44,6 @@ _STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
 def verify(
     app: AppContext,
     names: tuple[str, ...],
@@ -56,7 +54,7 @@ def verify(
     jobs: int | None,
     no_backup: bool,
     as_json: bool,
-) -> None:
+) -> int:
     """Check that each file of NAME… is present, the recorded size and the recorded SHA-256, and list
     files in the model's folder that the entry does not know.
 
@@ -65,25 +63,13 @@ def verify(
     Exit status: 0 all match, 1 something differs, is missing or extra, 2 bad name or usage.
     --quick catches truncated or replaced files, not a byte changed in place with its mtime restored.
     """
-    from imageworks.verify import verify_models
+    from imageworks.verify import run_verify, selection
 
-    if all_models and names:
-        raise UsageError("give model names or --all, not both", hint="drop the names to verify every model")
-    if not all_models and not names:
-        raise UsageError(
-            "give one or more model names, or --all", hint="`imageworks-download list` shows the names"
-        )
-    if quick and record:
-        raise UsageError(
-            "--record hashes the files: it cannot be combined with --quick",
-            hint="drop --quick to record digests",
-        )
-
-    started = time.perf_counter()
+    chosen = selection(names, all_models)
     with _progress_bar(enabled=not quick) as progress:
-        reports = verify_models(
+        run = run_verify(
             app.store(),
-            None if all_models else list(names),
+            chosen,
             quick=quick,
             remote=remote,
             record=record,
@@ -93,21 +79,11 @@ def verify(
             command=sys.argv,
             backup=not no_backup,
         )
-    elapsed = time.perf_counter() - started
-    ok = all(r.ok for r in reports)
     if as_json:
-        emit_json(
-            "verify",
-            {
-                "models": [r.as_dict() for r in reports],
-                "hashed_bytes": sum(r.hashed_bytes for r in reports),
-                "seconds": round(elapsed, 3),
-            },
-            ok=ok,
-        )
+        emit_json("verify", run.as_dict(), ok=run.ok)
     else:
-        _render(reports, elapsed)
-    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+        _render(run)
+    return EXIT_OK if run.ok else EXIT_FAILED
 
 
 @contextlib.contextmanager
@@ -131,9 +107,10 @@ def _progress_bar(*, enabled: bool) -> Iterator[ProgressFn | None]:
         yield advance
 
 
-def _render(reports: list[VerifyReport], elapsed: float) -> None:
+def _render(run: VerifyRun) -> None:
     from rich.text import Text
 
+    reports, elapsed = run.reports, run.seconds
     out = console()
     if not reports:
         out.print("no models in the registry")

@@ -1,5 +1,6 @@
-"""Resolve what a user typed to one registry entry: exact name, alias, HF repo id (any case), the
-repo part of a name, or a unique substring. The same rule serves every command that takes NAME."""
+"""Resolve the NAME a user typed to one registry entry: exact name, alias, HF repo id (any case), the
+repo part of a name, or a unique substring. The same rule serves every command that takes NAME.
+(NAME is always a registry entry's name; what `download` takes is a *reference* to a Hub repo or URL.)"""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ if TYPE_CHECKING:
     from imageworks.registry.store import Registry
 
 
-def find_entries(registry: Registry, reference: str) -> list[ModelEntry]:
-    """All entries the reference could mean, by the first rule that matches anything."""
+def find_entries(registry: Registry, name: str) -> list[ModelEntry]:
+    """All entries the NAME the user typed could mean, by the first rule that matches anything."""
     entries = registry.entries()
-    ref = reference.strip()
+    ref = name.strip()
     low = ref.lower()
     rules = (
         lambda e: e.name == ref,
@@ -33,18 +34,18 @@ def find_entries(registry: Registry, reference: str) -> list[ModelEntry]:
     return []
 
 
-def find_entry(registry: Registry, reference: str) -> ModelEntry:
-    if not reference.strip():
+def find_entry(registry: Registry, name: str) -> ModelEntry:
+    if not name.strip():
         raise ModelNotFound("empty model name", hint="run `imageworks-download list` to see the names")
-    matches = find_entries(registry, reference)
+    matches = find_entries(registry, name)
     if not matches:
         raise ModelNotFound(
-            f"no model matches {reference!r}", hint="run `imageworks-download list` to see the names"
+            f"no model matches {name!r}", hint="run `imageworks-download list` to see the names"
         )
     if len(matches) > 1:
         names = [e.name for e in matches]
         raise AmbiguousName(
-            f"{reference!r} matches {len(names)} models",
+            f"{name!r} matches {len(names)} models",
             names,
             hint="give the full name",
         )

@@ -115,6 +115,25 @@ def _reject_duplicates(path: str):
     return hook
 
 
+# Limits on a layer a person (or a hostile checkout) wrote: deeper nesting or a longer number than any
+# entry needs would otherwise surface as RecursionError/ValueError, or fail later when the merged view
+# is written (orjson refuses nesting past 255 and integers past 64 bits).
+MAX_DEPTH = 64
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _repair_hint(path: Path, line: int | None = None, column: int | None = None) -> str:
+    """How to fix a broken layer. The curated file is the user's, under git, and never copied to
+    backups/ (tools never write it); the tool-written layers are."""
+    where = f" at line {line}, column {column}" if line is not None else ""
+    if path.name == "model_registry.curated.json":
+        return (
+            f"edit {path.name}{where} by hand; `git diff {path.name}` shows what changed since the last"
+            f" commit and `git checkout -- {path.name}` restores it"
+        )
+    return f"fix the file by hand{where}, or copy the newest good copy back from {path.parent / 'backups'}/"
+
+
 def parse_layer_text(text: str, path: Path) -> dict[str, dict[str, Any]]:
     """Parse one layer file into raw entries keyed by name, migrating older schema versions.
 
@@ -125,9 +144,43 @@ def parse_layer_text(text: str, path: Path) -> dict[str, dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise RegistryError(
             f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            hint="fix the file by hand or restore it from backups/",
+            hint=_repair_hint(path, exc.lineno, exc.colno),
         ) from None
+    except RecursionError:
+        raise RegistryError(
+            f"{path}: JSON nested too deeply (more than {MAX_DEPTH} levels)", hint=_repair_hint(path)
+        ) from None
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise RegistryError(f"{path}: a number is too long: {exc}", hint=_repair_hint(path)) from None
+    _check_limits(doc, path)
     return _migrate(doc, path)
+
+
+def _check_limits(doc: Any, path: Path) -> None:
+    """Depth and integer range, walked without recursion (the input is untrusted)."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not (_INT_RANGE[0] <= value <= _INT_RANGE[1])
+            ):
+                raise RegistryError(
+                    f"{path}: the number {str(value)[:20]}… ({len(str(abs(value)))} digits) is out of range",
+                    hint=_repair_hint(path),
+                )
+            continue
+        if depth >= MAX_DEPTH:
+            raise RegistryError(
+                f"{path}: JSON nested too deeply (more than {MAX_DEPTH} levels)", hint=_repair_hint(path)
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _migrate(doc: Any, path: Path) -> dict[str, dict[str, Any]]:

@@ -13,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imageworks.clock import utc_stamp
 from imageworks.durable import atomic_write_text
 from imageworks.errors import RegistryError, RegistryWriteError
-from imageworks.redaction import redact_argv, redact_obj, redact_text
+from imageworks.registry import changelog
 from imageworks.registry.merge import field_origins, merge_layers
 
 if TYPE_CHECKING:
@@ -191,7 +189,7 @@ class RegistryStore:
         self, command: Sequence[str] | str | None = None, *, backup: bool = True
     ) -> Iterator[Registry]:
         """Read-modify-write under the lock. On normal exit, writes what changed (discovered + merged),
-        after a backup, and appends one change-log line. Nothing is written if nothing changed."""
+        after a backup, with one change-log line. Nothing is written if nothing changed."""
         from filelock import FileLock, Timeout
 
         self._ensure_folder()
@@ -206,10 +204,11 @@ class RegistryStore:
         except OSError as exc:
             raise RegistryWriteError(f"{self.folder}: cannot lock the registry: {exc.strerror}") from None
         try:
+            self._recover()
             registry = self.load()
             before = dict(registry.discovered)
             yield registry
-            self._commit(registry, before, command, backup=backup)
+            self._commit(registry, before, sys.argv if command is None else command, backup=backup)
         finally:
             lock.release()
 
@@ -219,42 +218,98 @@ class RegistryStore:
         except OSError as exc:
             raise RegistryWriteError(f"cannot create registry folder {self.folder}: {exc.strerror}") from None
 
+    def _discovered_digest(self) -> str | None:
+        data = self._current_bytes(DISCOVERED)
+        return hashlib.sha256(data).hexdigest() if data is not None else None
+
+    def _recover(self) -> None:
+        """Under the lock, before reading: take back a change-log line whose layer was never saved (the
+        process died between the two writes)."""
+        tail = changelog.last_line(self.path(HISTORY))
+        if tail is None:
+            return
+        offset, record = tail
+        if changelog.is_orphan(record, self._discovered_digest()):
+            try:
+                changelog.truncate_to(self.path(HISTORY), offset)
+            except OSError as exc:
+                raise _write_error(self.folder, exc, "nothing was changed") from None
+
     def _commit(
-        self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str | None, *, backup: bool
+        self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str, *, backup: bool
     ) -> None:
+        """Write order: backup, change-log line, discovered layer, merged view. Every failure leaves the
+        folder as it was (the line is taken back, the layer restored), or, if even that fails, says
+        exactly what was saved."""
         discovered_text = _schema().dump_layer(registry.discovered)
         merged_text = _schema().dump_layer(registry.merged_layer_dicts())
-        targets = {DISCOVERED: discovered_text, MERGED: merged_text}
-        changed = {name: text for name, text in targets.items() if self._current_bytes(name) != text}
-        if not changed:
+        old_discovered = self._current_bytes(DISCOVERED)
+        write_discovered = old_discovered != discovered_text
+        write_merged = self._current_bytes(MERGED) != merged_text
+        if not (write_discovered or write_merged):
             return
+        patch = changelog.layer_patch(before, registry.discovered) if before != registry.discovered else []
+        content = bool(patch) and not changelog.is_bookkeeping(patch)
+        line_at: int | None = None
         try:
-            if backup:
-                self._backup(list(changed))
-            for name, text in changed.items():
-                if name == DISCOVERED:
-                    # Invalidate first: a crash between the two writes must not vouch for other bytes.
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path(FINGERPRINT).unlink()
-                atomic_write_text(self.path(name), text)
-                if name == DISCOVERED:
-                    atomic_write_text(self.path(FINGERPRINT), hashlib.sha256(text).hexdigest() + "\n")
-            if before != registry.discovered:
-                self._append_history(before, registry.discovered, command)
+            if backup and (content or not patch):
+                self._backup([n for n, w in ((DISCOVERED, write_discovered), (MERGED, write_merged)) if w])
+            if content:
+                old_digest = (
+                    hashlib.sha256(old_discovered).hexdigest() if old_discovered is not None else None
+                )
+                new_digest = hashlib.sha256(discovered_text).hexdigest()
+                line = changelog.make_line(patch, command, before=old_digest, after=new_digest)
+                line_at = changelog.append_line(self.path(HISTORY), line)
+            if write_discovered:
+                self._write_discovered(discovered_text)
         except OSError as exc:
-            reason = (
-                "the folder is read-only"
-                if exc.errno in {errno.EACCES, errno.EROFS, errno.EPERM}
-                else (exc.strerror or str(exc))
-            )
-            raise RegistryWriteError(
-                f"cannot save the registry in {self.folder}: {reason}",
-                hint="nothing was changed; fix the folder's permissions or free space and re-run",
+            self._take_back_line(line_at)
+            raise _write_error(self.folder, exc, "nothing was changed") from None
+        if write_merged:
+            try:
+                atomic_write_text(self.path(MERGED), merged_text)
+            except OSError as exc:
+                if write_discovered:
+                    self._roll_back(exc, old_discovered, line_at)
+                raise _write_error(self.folder, exc, "nothing was changed") from None
+
+    def _write_discovered(self, text: bytes) -> None:
+        # Invalidate first: a crash between the two writes must not vouch for other bytes.
+        with contextlib.suppress(FileNotFoundError):
+            self.path(FINGERPRINT).unlink()
+        atomic_write_text(self.path(DISCOVERED), text)
+        atomic_write_text(self.path(FINGERPRINT), hashlib.sha256(text).hexdigest() + "\n")
+
+    def _take_back_line(self, offset: int | None) -> None:
+        if offset is not None:
+            # If this fails too, `_recover` drops the line before the next write (its layer was not saved).
+            with contextlib.suppress(OSError):
+                changelog.truncate_to(self.path(HISTORY), offset)
+
+    def _roll_back(self, exc: OSError, old_discovered: bytes | None, line_at: int | None) -> None:
+        """The merged view could not be written after the discovered layer was: put the layer back (the
+        caller then reports that nothing was changed). Raises the whole truth if even that fails."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(FINGERPRINT).unlink()
+            if old_discovered is None:
+                self.path(DISCOVERED).unlink()
+            else:
+                atomic_write_text(self.path(DISCOVERED), old_discovered)
+        except OSError:
+            raise _write_error(
+                self.folder,
+                exc,
+                f"the change was saved in {DISCOVERED} and the change log, but {MERGED} (the merged view)"
+                " stays out of date until the next command that writes the registry",
+                prefix=f"cannot write {MERGED} in",
             ) from None
+        self._take_back_line(line_at)
 
     def _backup(self, names: list[str]) -> None:
         folder = self.path(BACKUPS)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = utc_stamp()
         existing = [n for n in names if self.path(n).exists()]
         if not existing:
             return
@@ -270,68 +325,30 @@ class RegistryStore:
                 with contextlib.suppress(OSError):
                     old.unlink()
 
-    def _append_history(
-        self, before: dict[str, Any], after: dict[str, Any], command: Sequence[str] | str | None
-    ) -> None:
-        patch = layer_patch(before, after)
-        if command is None:
-            command = sys.argv
-        if not isinstance(command, str) and command:
-            # The program's name, not wherever the venv put it: the change log is shared through git.
-            command = [os.path.basename(command[0]), *command[1:]]
-        line = {
-            "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "command": redact_text(command) if isinstance(command, str) else redact_argv(command),
-            "patch": redact_obj(patch),
-        }
-        with open(self.path(HISTORY), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        try:
-            lines = self.path(HISTORY).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        records = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RegistryError(f"{self.path(HISTORY)}: line {number} is not valid JSON") from None
-        return records[-limit:] if limit else records
+        """The change-log lines as written (oldest first), the newest `limit` of them."""
+        return changelog.read_changes(self.path(HISTORY), self._discovered_digest(), limit)
+
+    def changes(self, limit: int | None = None) -> list[changelog.ChangeRecord]:
+        return [changelog.to_record(raw) for raw in self.history(limit)]
 
 
-def _pointer(name: str) -> str:
-    return "/models/" + name.replace("~", "~0").replace("/", "~1")
+def _write_error(
+    folder: Path, exc: OSError, state: str, *, prefix: str = "cannot save the registry in"
+) -> RegistryWriteError:
+    reason = (
+        "the folder is read-only"
+        if exc.errno in {errno.EACCES, errno.EROFS, errno.EPERM}
+        else (exc.strerror or str(exc))
+    )
+    return RegistryWriteError(
+        f"{prefix} {folder}: {reason}",
+        hint=f"{state}; fix the folder's permissions or free space and re-run",
+    )
 
 
-def layer_patch(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    """An RFC 6902 patch from one discovered layer to the next. Diffed entry by entry: entries that did
-    not change are skipped by a C-speed equality test, so a 10k-entry registry costs milliseconds."""
-    import jsonpatch
-
-    ops: list[dict[str, Any]] = []
-    for name in sorted(before.keys() | after.keys()):
-        old, new = before.get(name), after.get(name)
-        if old == new:
-            continue
-        pointer = _pointer(name)
-        if old is None:
-            ops.append({"op": "add", "path": pointer, "value": new})
-        elif new is None:
-            ops.append({"op": "remove", "path": pointer})
-        else:
-            for op in jsonpatch.make_patch(old, new).patch:
-                op = dict(op)
-                op["path"] = pointer + op["path"]
-                if "from" in op:
-                    op["from"] = pointer + op["from"]
-                ops.append(op)
-    return ops
+# Importable from here too: the patch is part of the store's contract.
+layer_patch = changelog.layer_patch
 
 
 def _validate_partial(curated: dict[str, dict[str, Any]], origin: str) -> None:
