@@ -242,3 +242,168 @@ def test_usage_errors_use_our_format_and_history_names_the_program(run_cli, isol
     run_cli("remove", "bartowski/llama-gguf:q8_0")
     command = json.loads(run_cli("history", "--json").stdout)["data"][-1]["command"]
     assert command.split()[0] in {"main.py", "imageworks-download"} and "/" not in command.split()[0]
+
+
+# ------------------------------------------------------------------------------ the error boundary
+def _run_group(group, args: list[str], capsys) -> tuple[int, str, str]:
+    import pytest
+
+    from imageworks.cli.app import run_group
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_group(group, "prog", args)
+    out = capsys.readouterr()
+    return int(exit_info.value.code or 0), out.out, out.err
+
+
+def _group_raising(exc: BaseException):
+    import click
+
+    from imageworks.cli.app import json_option
+
+    @click.group()
+    def group() -> None:
+        pass
+
+    @group.command()
+    @json_option
+    def boom(as_json: bool) -> None:
+        raise exc
+
+    @group.command()
+    def ask() -> None:
+        click.confirm("delete it?", abort=True)
+
+    @group.command()
+    def fine() -> int:
+        return 1
+
+    return group
+
+
+def test_the_root_maps_every_error_once(capsys, monkeypatch) -> None:
+    import errno
+
+    cases = [
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x"), 1, "read-only", "writable folder"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/f/sub"), 1, "not a folder", "--location"),
+        (PermissionError(errno.EACCES, "Permission denied", "/p"), 1, "permission denied", "permissions"),
+        (OSError(errno.ENOSPC, "No space left on device", "/d"), 1, "no space", "free some space"),
+        (
+            OSError(errno.EXDEV, "Invalid cross-device link", "/a", "/b"),
+            1,
+            "across filesystems",
+            "one filesystem",
+        ),
+        (OSError(errno.ENAMETOOLONG, "File name too long", "/x" * 10), 1, "too long", "shorter"),
+        (KeyboardInterrupt(), 130, "interrupted", "run the same command again to resume"),
+        (RuntimeError("a bug"), 1, "internal error: RuntimeError: a bug", "IMAGEWORKS_DEBUG=1"),
+    ]
+    for exc, code, message, hint in cases:
+        got, out, err = _run_group(_group_raising(exc), ["boom"], capsys)
+        assert got == code, (exc, err)
+        first, *rest = err.strip().splitlines()
+        assert message in first and "Traceback" not in err
+        assert rest and rest[-1].startswith("hint: ") and hint in rest[-1]
+        if not isinstance(exc, RuntimeError | KeyboardInterrupt):
+            assert first.startswith("error: ") and "internal error" not in err
+        assert out == ""
+    # The envelope for --json, with the same type, message, hint and exit code.
+    got, out, err = _run_group(_group_raising(OSError(errno.EROFS, "x", "/ro")), ["boom", "--json"], capsys)
+    envelope = json.loads(out)
+    assert envelope["schema"] == "imageworks.boom" and envelope["ok"] is False and envelope["data"] is None
+    assert envelope["error"]["type"] == "FilesystemError" and envelope["error"]["exit_code"] == got == 1
+    assert "read-only" in envelope["error"]["message"] and envelope["error"]["hint"]
+    # "no" to a confirmation: exit 1, not an internal error; a command's own exit code passes through.
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    got, out, err = _run_group(_group_raising(RuntimeError()), ["ask"], capsys)
+    assert got == 1 and "aborted" in err and "internal error" not in err
+    assert _run_group(_group_raising(RuntimeError()), ["fine"], capsys)[0] == 1
+    # IMAGEWORKS_DEBUG=1 shows the traceback of a bug instead.
+    monkeypatch.setenv("IMAGEWORKS_DEBUG", "1")
+    import pytest
+
+    from imageworks.cli.app import run_group
+
+    with pytest.raises(RuntimeError):
+        run_group(_group_raising(RuntimeError("a bug")), "prog", ["boom"])
+
+
+def test_os_errors_from_commands_are_one_line_with_a_hint(run_cli, isolated_env, fake_hub, tmp_path) -> None:
+    from tests.fakehub import samples
+
+    repo = samples.add_safetensors_model(fake_hub)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run_cli("download", repo.repo_id, "--location", str(blocker / "models"))
+    assert out.returncode == 1, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert error and "not a folder" in error[0] and str(blocker) in error[0]
+    assert "hint: " in out.stderr
+    # The registry folder under a file: every reading command says so in one line.
+    for args in (["list"], ["history"], ["verify", "--all"]):
+        bad = run_cli(*args, env={"IMAGEWORKS_REGISTRY_DIR": str(blocker / "registry")})
+        assert bad.returncode in {1, 2} and bad.stderr.startswith("error: "), (args, bad.stderr)
+        assert "internal error" not in bad.stderr and "not a folder" in bad.stderr
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(run_cli, isolated_env, fake_hub) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.fakehub import samples
+
+    repo = samples.add_safetensors_model(fake_hub)
+    fake_hub.throttle(total_bps=30_000)  # ~10 s for the weights: interrupted mid-download
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imageworks.cli.main", "download", repo.repo_id, "--engine", "native"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_json_failures_print_the_envelope_for_every_command(run_cli, isolated_env, tmp_path) -> None:
+    """The contract: every command with --json answers a failure with the versioned envelope on stdout,
+    `ok: false` and an error object whose exit_code is the process's."""
+    seed(isolated_env["registry"], isolated_env["models"])
+    bad_toml = tmp_path / "badtoml"
+    bad_toml.mkdir()
+    (bad_toml / "imageworks.toml").write_text("[locations\n")
+    cases = {
+        "list": ["list", "--json", "--backend", "nope"],
+        "show": ["show", "no-such-model", "--json"],
+        "remove": ["remove", "no-such-model", "--json"],
+        "history": ["history", "--json", "-n", "0"],
+        "config": ["--registry-dir", str(bad_toml), "config", "--json"],
+        "doctor": ["--registry-dir", str(bad_toml), "doctor", "--json"],
+        "verify": ["verify", "--json"],
+        "scan": ["scan", "--json", "--base", str(tmp_path / "missing")],
+        "normalize-formats": ["normalize-formats", "--json", "--full"],
+        "download": ["download", "--json", "not a reference"],
+        "analyze": ["analyze", "--json", "not a reference"],
+    }
+    for command, args in cases.items():
+        out = run_cli(*args)
+        assert out.returncode in {1, 2}, (command, out.stdout, out.stderr)
+        envelope = json.loads(out.stdout)
+        assert envelope["schema"] == f"imageworks.{command}" and envelope["version"] == 1, command
+        assert envelope["ok"] is False and envelope["data"] is None, command
+        error = envelope["error"]
+        assert set(error) == {"type", "message", "hint", "exit_code"}, command
+        assert error["exit_code"] == out.returncode and error["message"], command
+        assert out.stderr.startswith("error: "), command
+    # The loader's commands too.
+    out = run_cli("verify", "no-such-model", "--json", script="imageworks-loader")
+    assert out.returncode == 2 and json.loads(out.stdout)["error"]["type"] == "ModelNotFound"

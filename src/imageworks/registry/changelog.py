@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imageworks.clock import utc_now
-from imageworks.errors import RegistryError
+from imageworks.errors import RegistryError, from_os_error
 from imageworks.redaction import redact_argv, redact_obj, redact_text
 
 # JSON pointers of fields that record when something was checked, not what a model is.
@@ -193,8 +193,11 @@ def read_changes(path: Path, discovered_digest: str | None, limit: int | None = 
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path}: cannot read the change log: {exc}") from None
+    except UnicodeDecodeError:
+        raise RegistryError(f"{path}: the change log is not UTF-8 text") from None
+    except OSError as exc:
+        err = from_os_error(exc)
+        raise RegistryError(f"cannot read the change log: {err.message}", hint=err.hint) from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

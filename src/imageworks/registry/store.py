@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from imageworks.clock import utc_stamp
 from imageworks.durable import atomic_write_text
-from imageworks.errors import RegistryError, RegistryWriteError
+from imageworks.errors import RegistryError, RegistryWriteError, from_os_error
 from imageworks.registry import changelog
 from imageworks.registry.merge import field_origins, merge_layers
 
@@ -140,7 +140,8 @@ class RegistryStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
+            err = from_os_error(exc)
+            raise RegistryError(f"cannot read the registry: {err.message}", hint=err.hint) from None
 
     def _parse(self, name: str, data: bytes) -> dict[str, dict[str, Any]]:
         path = self.path(name)
