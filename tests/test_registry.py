@@ -186,41 +186,160 @@ def test_history_has_patch_and_no_token(tmp_path: Path) -> None:
     )
 
 
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under `folder`, hidden ones and backups/ included."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _occupy(path: Path) -> None:
+    """As root, permission bits do not stop a write: a non-empty folder at a file's name does."""
+    path.unlink(missing_ok=True)
+    path.mkdir()
+    (path / "x").write_text("occupied")
+
+
+def _free(path: Path) -> None:
+    (path / "x").unlink()
+    path.rmdir()
+
+
+@pytest.mark.parametrize("blocked", [MERGED, HISTORY, DISCOVERED])
+def test_a_failed_save_changes_nothing_and_says_so(
+    tmp_path: Path, blocked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever write fails (merged view, change log, discovered layer), the whole folder is as it
+    was, and the message's "nothing was changed" is true (issue 9.7)."""
+    import errno
+
+    from imageworks.registry import store as store_module
+
+    folder = tmp_path / "reg"
+    store = RegistryStore(folder)
+    with store.transaction(["t"]) as reg:
+        reg.put(entry("a/b"))
+    with store.transaction(["t"]) as reg:
+        reg.put(entry("a/c"))
+    if blocked == DISCOVERED:  # the disk fills up just then
+        real = store_module.atomic_write_text
+
+        def full_disk(path: Path, text: str | bytes) -> None:
+            if path.name == DISCOVERED:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            real(path, text)
+
+        monkeypatch.setattr(store_module, "atomic_write_text", full_disk)
+    else:
+        (folder / blocked).rename(folder / "saved")
+        _occupy(folder / blocked)
+    before = tree(folder)
+    with (
+        pytest.raises(RegistryWriteError, match="cannot save the registry") as info,
+        store.transaction(["t"]) as reg,
+    ):
+        reg.put(entry("c/d"))
+    assert info.value.hint and info.value.hint.startswith("nothing was changed")
+    assert tree(folder) == before
+    monkeypatch.undo()
+    if blocked != DISCOVERED:
+        _free(folder / blocked)
+        (folder / "saved").rename(folder / blocked)
+    assert sorted(store.load().discovered) == ["a/b", "a/c"]
+    assert [r["command"] for r in store.history()] == ["t", "t"]
+    # and the next command works and logs exactly its own change
+    with store.transaction(["t2"]) as reg:
+        reg.put(entry("e/f"))
+    assert sorted(store.load().discovered) == ["a/b", "a/c", "e/f"]
+    assert [r["command"] for r in store.history()] == ["t", "t", "t2"]
+    assert sorted(json.loads((folder / MERGED).read_text())["models"]) == ["a/b", "a/c", "e/f"]
+
+
 def test_read_only_folder_gives_clear_error_and_nothing_half_written(tmp_path: Path) -> None:
     folder = tmp_path / "reg"
     store = RegistryStore(folder)
     with store.transaction(["t"]) as reg:
         reg.put(entry("a/b"))
-    before = snapshot(folder)
-    # Root ignores permission bits, so make the folder truly unwritable: swap the discovered file
-    # for a directory is not enough either; a read-only bind is unavailable. Use a read-only lock-free
-    # path: chattr is not portable, so simulate with a folder whose files are replaced by a dir target.
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            with pytest.raises(RegistryWriteError, match="cannot"), store.transaction(["t"]) as reg:
-                reg.put(entry("c/d"))
-        finally:
-            folder.chmod(0o755)
-    else:
-        # As root: make the merged file's name a directory so os.replace fails mid-commit.
-        (folder / MERGED).unlink()
-        (folder / MERGED).mkdir()
-        (folder / MERGED / "x").write_text("occupied")
-        with (
-            pytest.raises(RegistryWriteError, match="cannot save the registry"),
-            store.transaction(["t"]) as reg,
-        ):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permission bits (the occupied-name cases above cover the failure paths)")
+    before = tree(folder)
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(RegistryWriteError, match="cannot"), store.transaction(["t"]) as reg:
             reg.put(entry("c/d"))
-        (folder / MERGED / "x").unlink()
-        (folder / MERGED).rmdir()
-        before.pop(MERGED)
-    after = snapshot(folder)
-    for name, data in after.items():
-        if name in before and name != DISCOVERED:
-            assert data == before[name]
-    json.loads((folder / DISCOVERED).read_text())  # still parses
-    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        folder.chmod(0o755)
+    assert tree(folder) == before
+
+
+_DIES = """
+import os, sys
+from imageworks.registry import ModelEntry, RegistryStore
+from imageworks.registry import store as store_module
+store = RegistryStore(sys.argv[1])
+if sys.argv[2] == "after-line":      # the change-log line is written, the layer is not
+    store_module.RegistryStore._write_discovered = lambda self, text: os._exit(9)
+else:                                 # the layer is saved, the merged view is not
+    real = store_module.atomic_write_text
+    def dying(path, text):
+        if path.name == "model_registry.json":
+            os._exit(9)
+        real(path, text)
+    store_module.atomic_write_text = dying
+with store.transaction(["dies"]) as reg:
+    reg.put(ModelEntry(name="x/dies"))
+"""
+
+
+@pytest.mark.parametrize("where", ["after-line", "after-layer"])
+def test_the_change_log_never_misses_a_change_the_registry_holds(tmp_path: Path, where: str) -> None:
+    """Killed between two writes of a commit: the change log and the layer still agree (issue 15.9)."""
+    folder = tmp_path / "reg"
+    store = RegistryStore(folder)
+    with store.transaction(["first"]) as reg:
+        reg.put(entry("a/b"))
+    died = subprocess.run([sys.executable, "-c", _DIES, str(folder), where], timeout=60)
+    assert died.returncode == 9
+    held = "x/dies" in store.load().discovered
+    assert held == (where == "after-layer")
+    logged = [r["command"] for r in store.history()]
+    assert logged == (["first", "dies"] if held else ["first"])
+    with store.transaction(["next"]) as reg:
+        reg.put(entry("n/m"))
+    assert [r["command"] for r in store.history()] == [*logged, "next"]
+    lines = (folder / HISTORY).read_text().splitlines()
+    assert len(lines) == len(logged) + 1  # the orphan line was taken back under the lock
+    merged = json.loads((folder / MERGED).read_text())["models"]
+    assert ("x/dies" in merged) == held and "n/m" in merged
+
+
+def test_verified_at_is_bookkeeping_no_backup_no_log_line(tmp_path: Path) -> None:
+    store = RegistryStore(tmp_path / "reg")
+    with store.transaction(["t"]) as reg:
+        reg.put(entry("a/b", files=[{"path": "f", "size": 1, "sha256": "0" * 64}]))
+    backups = (
+        sorted((tmp_path / "reg" / "backups").glob("*")) if (tmp_path / "reg" / "backups").exists() else []
+    )
+    for i in range(3):
+        with store.transaction(["verify"]) as reg:
+            current = reg.discovered_entry("a/b")
+            assert current is not None
+            updated = current.model_copy(deep=True)
+            updated.verified_at = f"2026-12-06T00:00:0{i}Z"
+            updated.files[0].mtime_ns = 1000 + i
+            reg.put(updated)
+    assert store.load().discovered["a/b"]["verified_at"] == "2026-12-06T00:00:02Z"
+    assert len(store.history()) == 1
+    after = (
+        sorted((tmp_path / "reg" / "backups").glob("*")) if (tmp_path / "reg" / "backups").exists() else []
+    )
+    assert after == backups
+    with store.transaction(["edit"]) as reg:  # a content change still costs both
+        current = reg.discovered_entry("a/b")
+        assert current is not None
+        reg.put(current.model_copy(update={"format": "gguf"}))
+    assert len(store.history()) == 2
 
 
 _WRITER = """
@@ -274,6 +393,9 @@ def test_sigkill_mid_save_leaves_old_or_new_content(tmp_path: Path) -> None:
             lines = (folder / HISTORY).read_text().splitlines()
             for line in lines[:-1]:
                 json.loads(line)
+        # every transaction the layer holds has its change-log line (issue 15.9)
+        held = len(RegistryStore(folder).load().discovered) // 200
+        assert len(RegistryStore(folder).history()) == held
     # and the store is still usable afterwards
     with RegistryStore(folder).transaction(["after"], backup=False) as reg:
         reg.put(ModelEntry(name="after/kill"))

@@ -226,15 +226,12 @@ class RegistryStore:
     def _recover(self) -> None:
         """Under the lock, before reading: take back a change-log line whose layer was never saved (the
         process died between the two writes)."""
-        tail = changelog.last_line(self.path(HISTORY))
-        if tail is None:
-            return
-        offset, record = tail
-        if changelog.is_orphan(record, self._discovered_digest()):
-            try:
-                changelog.truncate_to(self.path(HISTORY), offset)
-            except OSError as exc:
-                raise _write_error(self.folder, exc, "nothing was changed") from None
+        try:
+            tail = changelog.last_line(self.path(HISTORY))
+            if tail is not None and changelog.is_orphan(tail[1], self._discovered_digest()):
+                changelog.truncate_to(self.path(HISTORY), tail[0])
+        except OSError as exc:
+            raise _write_error(self.folder, exc, "nothing was changed") from None
 
     def _commit(
         self, registry: Registry, before: dict[str, Any], command: Sequence[str] | str, *, backup: bool
@@ -252,9 +249,12 @@ class RegistryStore:
         patch = changelog.layer_patch(before, registry.discovered) if before != registry.discovered else []
         content = bool(patch) and not changelog.is_bookkeeping(patch)
         line_at: int | None = None
+        copies: list[Path] = []
+        old_fingerprint = self._current_bytes(FINGERPRINT)
         try:
             if backup and (content or not patch):
-                self._backup([n for n, w in ((DISCOVERED, write_discovered), (MERGED, write_merged)) if w])
+                changing = [n for n, w in ((DISCOVERED, write_discovered), (MERGED, write_merged)) if w]
+                self._backup(changing, copies)
             if content:
                 old_digest = (
                     hashlib.sha256(old_discovered).hexdigest() if old_discovered is not None else None
@@ -265,30 +265,46 @@ class RegistryStore:
             if write_discovered:
                 self._write_discovered(discovered_text)
         except OSError as exc:
-            self._take_back_line(line_at)
+            if write_discovered and old_fingerprint is not None and not self.path(FINGERPRINT).exists():
+                # The layer was not replaced (the write is atomic): its fingerprint still holds.
+                with contextlib.suppress(OSError):
+                    atomic_write_text(self.path(FINGERPRINT), old_fingerprint)
+            self._take_back(line_at, copies)
             raise _write_error(self.folder, exc, "nothing was changed") from None
         if write_merged:
             try:
                 atomic_write_text(self.path(MERGED), merged_text)
             except OSError as exc:
                 if write_discovered:
-                    self._roll_back(exc, old_discovered, line_at)
+                    self._roll_back(exc, old_discovered, old_fingerprint)
+                self._take_back(line_at, copies)
                 raise _write_error(self.folder, exc, "nothing was changed") from None
+        if copies:
+            self._prune_backups(self.path(BACKUPS))
 
     def _write_discovered(self, text: bytes) -> None:
         # Invalidate first: a crash between the two writes must not vouch for other bytes.
         with contextlib.suppress(FileNotFoundError):
             self.path(FINGERPRINT).unlink()
         atomic_write_text(self.path(DISCOVERED), text)
-        atomic_write_text(self.path(FINGERPRINT), hashlib.sha256(text).hexdigest() + "\n")
+        # Only a cache (a missing fingerprint means "validate in full"): its failure is no failed save.
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.path(FINGERPRINT), hashlib.sha256(text).hexdigest() + "\n")
 
-    def _take_back_line(self, offset: int | None) -> None:
-        if offset is not None:
+    def _take_back(self, line_at: int | None, copies: list[Path]) -> None:
+        """Undo the change-log line and the backup copies of a commit that did not happen."""
+        if line_at is not None:
             # If this fails too, `_recover` drops the line before the next write (its layer was not saved).
             with contextlib.suppress(OSError):
-                changelog.truncate_to(self.path(HISTORY), offset)
+                changelog.truncate_to(self.path(HISTORY), line_at)
+        for copy in copies:
+            with contextlib.suppress(OSError):
+                copy.unlink()
+        if copies:
+            with contextlib.suppress(OSError):
+                copies[0].parent.rmdir()  # only if this commit's copies were all it held
 
-    def _roll_back(self, exc: OSError, old_discovered: bytes | None, line_at: int | None) -> None:
+    def _roll_back(self, exc: OSError, old_discovered: bytes | None, old_fingerprint: bytes | None) -> None:
         """The merged view could not be written after the discovered layer was: put the layer back (the
         caller then reports that nothing was changed). Raises the whole truth if even that fails."""
         try:
@@ -298,6 +314,8 @@ class RegistryStore:
                 self.path(DISCOVERED).unlink()
             else:
                 atomic_write_text(self.path(DISCOVERED), old_discovered)
+            if old_fingerprint is not None:
+                atomic_write_text(self.path(FINGERPRINT), old_fingerprint)
         except OSError:
             raise _write_error(
                 self.folder,
@@ -306,9 +324,10 @@ class RegistryStore:
                 " stays out of date until the next command that writes the registry",
                 prefix=f"cannot write {MERGED} in",
             ) from None
-        self._take_back_line(line_at)
 
-    def _backup(self, names: list[str]) -> None:
+    def _backup(self, names: list[str], copies: list[Path]) -> None:
+        """Copy the files about to change into backups/ (pruned once the commit succeeded). `copies`
+        collects what was made, even when a later copy fails, so a failed commit can take them back."""
         folder = self.path(BACKUPS)
         stamp = utc_stamp()
         existing = [n for n in names if self.path(n).exists()]
@@ -316,8 +335,8 @@ class RegistryStore:
             return
         folder.mkdir(exist_ok=True)
         for name in existing:
-            shutil.copy2(self.path(name), folder / f"{stamp}.{name}")
-        self._prune_backups(folder)
+            copies.append(folder / f"{stamp}.{name}")
+            shutil.copy2(self.path(name), copies[-1])
 
     def _prune_backups(self, folder: Path) -> None:
         for name in (DISCOVERED, MERGED):
