@@ -407,3 +407,67 @@ def test_json_failures_print_the_envelope_for_every_command(run_cli, isolated_en
     # The loader's commands too.
     out = run_cli("verify", "no-such-model", "--json", script="imageworks-loader")
     assert out.returncode == 2 and json.loads(out.stdout)["error"]["type"] == "ModelNotFound"
+
+
+def test_doctor_fails_on_a_malformed_layer_and_an_unwritable_root(run_cli, isolated_env, tmp_path) -> None:
+    """A registry file that makes every other command fail is not "ready" (issue 9.15); the hint for the
+    curated file points at git and the line and column, not backups/ (issue 9.16)."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # the hub check fails on its own: look at the others
+    folder = isolated_env["registry"]
+    folder.mkdir(parents=True)
+    (folder / CURATED).write_text('{"schema_version": 1,\n "models": {"a": {"format": "gguf",}}}')
+    out = run_cli("doctor", "--json", env=env)
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)["data"]}
+    files = checks["registry files"]
+    assert files["status"] == "fail" and "line 2, column" in files["detail"]
+    assert "git" in files["fix"] and "backups" not in files["fix"]
+    listed = run_cli("list")
+    assert listed.returncode == 2 and "git checkout" in listed.stderr and "backups/" not in listed.stderr
+    assert "not ready" in run_cli("doctor", env=env).stdout
+    # A tool-written layer may be restored from backups/.
+    (folder / CURATED).unlink()
+    (folder / DISCOVERED).write_text("{")
+    out = run_cli("doctor", "--json", env=env)
+    files = {c["name"]: c for c in json.loads(out.stdout)["data"]}["registry files"]
+    assert files["status"] == "fail" and "backups" in files["fix"]
+    (folder / DISCOVERED).unlink()
+    # A location root under a regular file cannot be written.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = run_cli("doctor", "--json", env={**env, "IMAGEWORKS_MODEL_ROOT": str(blocker / "models")})
+    checks = {c["name"]: c for c in json.loads(out.stdout)["data"]}
+    assert checks["registry files"]["status"] == "ok"
+    assert (
+        checks["location linux_wsl"]["status"] == "fail"
+        and "not a folder" in checks["location linux_wsl"]["detail"]
+    )
+
+
+def test_unknown_toml_keys_are_named_in_a_warning(run_cli, isolated_env) -> None:
+    folder = isolated_env["registry"]
+    folder.mkdir(parents=True)
+    (folder / "imageworks.toml").write_text('hub_timout = 5\n[location]\nnas = "/mnt/nas"\n')
+    out = run_cli("config", "--json")
+    assert out.returncode == 0
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2
+    assert "'hub_timout'" in warnings[0] and "did you mean 'hub_timeout'" in warnings[0]
+    assert "'location'" in warnings[1] and "'locations'" in warnings[1]
+    json.loads(out.stdout)  # stdout stays clean JSON
+
+
+def test_history_decodes_names_in_the_library(run_cli, isolated_env) -> None:
+    from imageworks.registry.changelog import ChangeRecord, pointer_for
+
+    assert pointer_for("a/b~c") == "/models/a~1b~0c"
+    record = ChangeRecord("t", "c", [{"op": "add", "path": "/models/a~1b~0c/format", "value": "x"}])
+    assert record.names == ["a/b~c"]
+    assert ChangeRecord("t", "c", [{"op": "remove", "path": "/models/x~01"}]).names == ["x~1"]
+    store = RegistryStore(isolated_env["registry"])
+    with store.transaction(["seed"]) as reg:
+        reg.put(ModelEntry(name="owner/odd~name"))
+    out = run_cli("history")
+    assert out.returncode == 0 and "    owner/odd~name" in out.stdout.splitlines()
+    data = json.loads(run_cli("history", "--json").stdout)["data"]
+    assert data[-1]["names"] == ["owner/odd~name"]

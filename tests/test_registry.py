@@ -410,3 +410,33 @@ def test_repo_part_beats_substring(tmp_path: Path) -> None:
     reg = store.load()
     assert find_entry(reg, "tiny-llama").name == "theowner/tiny-llama"
     assert find_entry(reg, "tiny-llama-gguf").name == "theowner/tiny-llama-gguf:q4_k_m"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '{"schema_version": 1, "models": {"a": {"metadata": ' + "[" * 5000 + "]" * 5000 + "}}}",
+            "nested too deeply",
+        ),
+        (
+            '{"schema_version": 1, "models": {"a": {"metadata": ' + "[" * 100 + "]" * 100 + "}}}",
+            "nested too deeply",
+        ),
+        ('{"schema_version": 1, "models": {"a": {"size_bytes": ' + "9" * 5000 + "}}}", "number"),
+        ('{"schema_version": 1, "models": {"a": {"size_bytes": ' + "9" * 30 + "}}}", "out of range"),
+    ],
+)
+def test_hostile_curated_layer_is_a_registry_error(tmp_path: Path, body: str, message: str) -> None:
+    """Deep nesting and huge integers give a clear RegistryError, not RecursionError/ValueError, and not
+    a failure later when the merged view is written (issue 15.8)."""
+    folder = tmp_path / "reg"
+    folder.mkdir()
+    (folder / CURATED).write_text(body)
+    store = RegistryStore(folder)
+    with pytest.raises(RegistryError, match=message) as info:
+        store.load()
+    assert info.value.hint and "git" in info.value.hint
+    with pytest.raises(RegistryError, match=message), store.transaction(["t"]) as reg:
+        reg.put(entry("b/c"))
+    assert not (folder / DISCOVERED).exists()
