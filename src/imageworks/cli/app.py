@@ -172,6 +172,23 @@ def _json_kind(group: click.Group, args: list[str]) -> str | None:
     return None
 
 
+def _install_logging() -> None:
+    """Our warnings on stderr as bare lines (as Python's last-resort handler prints them), through the
+    redaction filter: a log line never shows a token or a signed URL's signature."""
+    import logging
+
+    from imageworks.redaction import RedactingFilter
+
+    logger = logging.getLogger("imageworks")
+    if any(isinstance(f, RedactingFilter) for h in logger.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(RedactingFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if _debug() else logging.WARNING)
+
+
 def _debug() -> bool:
     return os.environ.get("IMAGEWORKS_DEBUG", "") not in {"", "0"}
 
@@ -181,6 +198,7 @@ def run_group(group: click.Group, prog_name: str, args: list[str] | None = None)
     stderr, the versioned JSON envelope with `"ok": false` on stdout for `--json`, and a named exit
     code. Commands return their exit code (None = 0); they never call sys.exit."""
     args = sys.argv[1:] if args is None else list(args)
+    _install_logging()
     try:
         code = group.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare command: help, as click would

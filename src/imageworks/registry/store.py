@@ -88,8 +88,14 @@ class Registry:
         return name in self.curated
 
     def put(self, entry: ModelEntry) -> None:
-        """Insert or replace an entry in the discovered layer."""
-        self.discovered[entry.name] = entry.to_layer_dict()
+        """Insert or replace an entry in the discovered layer (a URL's secrets never reach the file)."""
+        data = entry.to_layer_dict()
+        source = data.get("source")
+        if isinstance(source, dict) and isinstance(source.get("url"), str):
+            from imageworks.redaction import redact_url
+
+            source["url"] = redact_url(source["url"])
+        self.discovered[entry.name] = data
         self._models.pop(entry.name, None)
 
     def remove(self, name: str) -> bool:
