@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from imageworks.registry import FileRecord, ModelEntry, RegistryStore, Source
@@ -471,3 +472,65 @@ def test_history_decodes_names_in_the_library(run_cli, isolated_env) -> None:
     assert out.returncode == 0 and "    owner/odd~name" in out.stdout.splitlines()
     data = json.loads(run_cli("history", "--json").stdout)["data"]
     assert data[-1]["names"] == ["owner/odd~name"]
+
+
+def _run_in_terminal(args: list[str], columns: int) -> str:
+    """Run the CLI with stdout on a pseudo-terminal `columns` wide (as a user's terminal window)."""
+    import fcntl
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imageworks.cli.main", *args], stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(master)
+    import re
+
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # styles are not what is measured
+
+
+def test_list_at_80_columns_breaks_no_word(isolated_env) -> None:
+    seed(isolated_env["registry"], isolated_env["models"])
+    store = RegistryStore(isolated_env["registry"])
+    with store.transaction(["seed"]) as reg:
+        reg.put(
+            ModelEntry(
+                name="bartowski/llama-3.2-3b-instruct-uncensored-abliterated-gguf:ud-q4_k_xl",
+                format="gguf",
+                quantization="UD-Q4_K_XL",
+                location="windows_lmstudio",
+                size_bytes=2_345_678_901,
+            )
+        )
+    words = {
+        "bartowski/llama-3.2-3b-instruct-uncensored-abliterated-gguf:ud-q4_k_xl",
+        "qwen/qwen2-vl-2b-instruct",
+        "windows_lmstudio",
+        "safetensors",
+        "UD-Q4_K_XL",
+        "installed",
+        "2.3 GB",
+    }
+    for columns in (80, 200):
+        out = _run_in_terminal(["list"], columns)
+        assert max(len(line) for line in out.splitlines()) <= columns, out
+        for word in words:
+            assert word in out, (columns, word, out)
+    assert "┃ name" in _run_in_terminal(["list"], 200)  # wide enough: the table itself

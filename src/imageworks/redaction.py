@@ -22,7 +22,9 @@ _SECRET_OPTION = re.compile(
 _AUTH_HEADER = re.compile(r"(?i)((?:authorization|cookie|proxy-authorization)\s*:\s*(?:bearer\s+)?)[^\s\"']+")
 _HF_TOKEN = re.compile(r"\b(hf_|token:)[A-Za-z0-9_\-]{3,}")
 _TOKEN_FLAG = re.compile(r"(--token[= ])(\S+)")
-_SECRET_NAME = r"token|key|sig|signature|auth|credential|password|passwd|pwd|secret|session|jwt|x-amz-|expires"
+_SECRET_NAME = (
+    r"token|key|sig|signature|auth|credential|password|passwd|pwd|secret|session|jwt|x-amz-|expires"
+)
 _SECRET_QUERY = re.compile(_SECRET_NAME, re.IGNORECASE)
 _OPTIONS_WITH_SECRET_VALUE = {"--token", "--rpc-secret"}
 # `user:password@` (or a bare `token@`) after a scheme.

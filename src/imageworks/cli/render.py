@@ -54,14 +54,52 @@ def console(stderr: bool = False):  # -> rich.console.Console
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+    """A table that never breaks a word inside a cell: each column is at least as wide as its longest
+    word. When the terminal is too narrow for that, each row is printed as its first cell on a line
+    of its own and the other cells, labelled, below it."""
     from rich.table import Table
+    from rich.text import Text
 
+    out = console()
+    cells = [[Text.from_markup(c) for c in row] for row in rows]
+    longest = [
+        max([len(columns[i]), *(_longest_word(row[i].plain) for row in cells)]) for i in range(len(columns))
+    ]
+    # Borders and padding of rich's default box: one bar per column plus one, one space each side.
+    if sum(longest) + 3 * len(columns) + 1 > out.width:
+        _stacked(out, columns, cells)
+        return
     t = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        t.add_column(col, overflow="fold", no_wrap=col in {"name", "path"})
-    for row in rows:
+    for col, width in zip(columns, longest, strict=True):
+        t.add_column(col, min_width=width, no_wrap=col in {"name", "path"})
+    for row in cells:
         t.add_row(*row)
-    console().print(t)
+    out.print(t)
+
+
+def _longest_word(text: str) -> int:
+    return max((len(word) for word in text.split()), default=0)
+
+
+def _stacked(out: Any, columns: list[str], cells: list[list[Any]]) -> None:
+    """Each row as its first cell, then `label: value` pairs filled into indented lines (a pair is
+    never split)."""
+    from rich.text import Text
+
+    indent = "    "
+    for row in cells:
+        out.print(Text(row[0].plain, style="bold"), soft_wrap=True)
+        line = Text(indent)
+        for col, cell in zip(columns[1:], row[1:], strict=True):
+            pair = Text(f"{col}: ", style="dim")
+            pair.append_text(cell)
+            if line.cell_len > len(indent) and line.cell_len + 2 + pair.cell_len > out.width:
+                out.print(line, soft_wrap=True)
+                line = Text(indent)
+            elif line.cell_len > len(indent):
+                line.append("  ")
+            line.append_text(pair)
+        out.print(line, soft_wrap=True)
 
 
 def byte_progress(description_column: str = "{task.description}", *, transient: bool = False):  # -> Progress
