@@ -4,6 +4,7 @@ HTTP goes only to the loopback fake Hub (tests/fakehub)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,20 @@ def bytecode_cache(tmp_path_factory: pytest.TempPathFactory):
             os.environ[key] = value
 
 
+def _closed_loopback_port() -> int:
+    """A loopback port nothing listens on (bound, then released; the kernel does not reuse it soon)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def closed_endpoint() -> str:
+    return f"http://127.0.0.1:{_closed_loopback_port()}"
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_endpoint: str) -> dict[str, Path]:
     home = tmp_path / "home"
     home.mkdir()
     dirs = {
@@ -51,6 +64,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
     }
     for var in _CLEARED:
         monkeypatch.delenv(var, raising=False)
+    # A test that forgets the fake Hub fails at once (connection refused) instead of reaching the
+    # internet; the `fake_hub` fixture points HF_ENDPOINT at itself.
+    monkeypatch.setenv("HF_ENDPOINT", closed_endpoint)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,25 +20,36 @@ BACKENDS = ("vllm", "ollama", "lmstudio")
 
 @dataclass(frozen=True)
 class ListedModel:
-    entry: ModelEntry
+    """One row of `list`: the fields it shows, read from the merged layers without building a typed
+    entry per model (validating 10,000 entries would cost more than the whole command may take; the
+    layers were validated when written or loaded)."""
+
+    name: str
+    format: str | None
+    quantization: str | None
+    location: str | None
+    path: str | None
+    size_bytes: int | None
     installed: bool
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.entry.name,
-            "format": self.entry.format,
-            "quantization": self.entry.quantization,
-            "location": self.entry.location,
-            "path": self.entry.path,
-            "size_bytes": self.entry.size_bytes,
+            "name": self.name,
+            "format": self.format,
+            "quantization": self.quantization,
+            "location": self.location,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
             "installed": self.installed,
         }
 
 
 def is_installed(entry: ModelEntry) -> bool:
-    if not entry.path:
-        return False
-    return Path(entry.path).expanduser().exists()
+    return _exists(entry.path)
+
+
+def _exists(path: str | None) -> bool:
+    return bool(path) and os.path.exists(os.path.expanduser(path or ""))
 
 
 def list_models(
@@ -49,15 +61,29 @@ def list_models(
 ) -> list[ListedModel]:
     if backend and backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    wanted_format = format.lower() if format else None
     out = []
-    for entry in registry.entries():
-        if format and (entry.format or "").lower() != format.lower():
+    merged = registry.merged_layer_dicts()
+    for name in sorted(merged):
+        entry = merged[name]
+        if wanted_format and str(entry.get("format") or "").lower() != wanted_format:
             continue
-        if location and (entry.location or "") != location:
+        if location and (entry.get("location") or "") != location:
             continue
-        if backend and backend not in entry.serve:
+        if backend and backend not in (entry.get("serve") or {}):
             continue
-        out.append(ListedModel(entry, is_installed(entry)))
+        path = entry.get("path")
+        out.append(
+            ListedModel(
+                name=name,
+                format=entry.get("format"),
+                quantization=entry.get("quantization"),
+                location=entry.get("location"),
+                path=path,
+                size_bytes=entry.get("size_bytes"),
+                installed=_exists(path),
+            )
+        )
     return out
 
 

@@ -39,11 +39,11 @@ def list_cmd(
         return
     rows = [
         [
-            m.entry.name,
-            m.entry.format or "-",
-            m.entry.quantization or "-",
-            m.entry.location or "-",
-            human_size(m.entry.size_bytes),
+            m.name,
+            m.format or "-",
+            m.quantization or "-",
+            m.location or "-",
+            human_size(m.size_bytes),
             "yes" if m.installed else "no",
         ]
         for m in models

@@ -33,7 +33,7 @@ def doctor(app: AppContext, as_json: bool) -> int:
     if as_json:
         emit_json("doctor", report.as_dict(), ok=report.ready)
     else:
-        marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+        marks = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
         table(
             None,
             ["check", "status", "detail", "fix"],
