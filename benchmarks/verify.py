@@ -1,22 +1,22 @@
-"""verify speed (issue 6): a model of 4 files of random data, hashed several ways.
+"""verify speed (issue 13): a model of 4 files of random data, checked by whole commands.
 
   uv run python benchmarks/verify.py [--size-mb 2048] [--files 4] [--reps 3] [--data-dir DIR] [--warm-only]
 
-Prints the median of each method, warm cache (files in the page cache) and, when this process may write
-/proc/sys/vm/drop_caches (root), cold cache (caches dropped before every timed run):
+Every method is a fresh process timed by the wall clock, as a user runs it (PYTHONDONTWRITEBYTECODE is
+unset, so start-up uses the bytecode cache as on a user's machine). Medians, warm cache (files in the
+page cache) and, when this process may write /proc/sys/vm/drop_caches (root), cold cache:
 
-  imageworks verify (CLI)     `imageworks-loader verify NAME`, a subprocess, end to end (start-up,
-                              registry, hashing, recording verified_at)
-  hash_files (library)        imageworks.hashing.hash_files, default jobs, in process
-  hash_files jobs=1           the same, one thread: what the parallelism buys
-  hashlib single-threaded     hashlib.file_digest(f, "sha256") file after file, in process
+  imageworks-loader verify    the console script, end to end (start-up, registry, hashing, recording)
+  python hashlib process      `python -c ...` hashing the files one after the other with hashlib
   sha256sum                   coreutils, one process over all files (sequential)
   sha256sum -P<cores>         coreutils, one process per file, <cores> at a time (xargs -P)
   hf cache verify             huggingface_hub's CLI on an HF cache layout (blobs + snapshot symlinks),
                               against the fake Hub of tests/fakehub serving the same files
 
-Targets: imageworks >= 1.6 x single-threaded hashlib, >= 3 x sha256sum. Ratios are printed for both
-the library (against in-process hashlib) and the CLI (against the sha256sum process).
+and, as a second column, the hashing engine alone in this process (imageworks.hashing.hash_files, and
+hashlib file after file).
+
+Targets: the verify command >= 1.6 x the single-threaded hashlib process, >= 3 x sha256sum.
 The data is generated once (random bytes) and reused across repetitions; with --data-dir it is also
 kept and reused across runs.
 """
@@ -154,7 +154,15 @@ def registry_with_model(folder: Path, model_dir: Path, paths: list[Path], digest
         registry.put(entry)
 
 
-def main() -> None:
+HASHLIB_PROCESS = (
+    "import hashlib, sys\n"
+    "for p in sys.argv[1:]:\n"
+    "    with open(p, 'rb') as f:\n"
+    "        print(hashlib.file_digest(f, 'sha256').hexdigest(), p)\n"
+)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -166,151 +174,188 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps < 1 or args.files < 1 or args.size_mb < 1:
         parser.error("--reps, --files and --size-mb must be positive")
+    return args
 
+
+def user_env(registry_dir: Path) -> dict[str, str]:
+    """The environment of a user's shell: no PYTHONDONTWRITEBYTECODE (start-up reads cached bytecode)."""
+    env = {**os.environ, "IMAGEWORKS_REGISTRY_DIR": str(registry_dir), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def command_methods(
+    paths: list[Path], expected: list[str], env: dict[str, str]
+) -> dict[str, Callable[[], None]]:
+    """The whole commands, each a fresh process."""
+    cores = default_jobs()
+    loader = Path(sys.executable).parent / "imageworks-loader"
+
+    def ours_cli() -> None:
+        doc = json.loads(run([str(loader), "verify", "--json", "--no-backup", NAME], env))
+        assert doc["ok"] is True, doc
+
+    def hashlib_process() -> None:
+        out = run([sys.executable, "-c", HASHLIB_PROCESS, *map(str, paths)], env)
+        assert [line.split()[0] for line in out.splitlines()] == expected
+
+    def sha256sum() -> None:
+        out = run(["sha256sum", *map(str, paths)])
+        assert [line.split()[0] for line in out.splitlines()] == expected
+
+    def sha256sum_parallel() -> None:
+        listing = "\0".join(map(str, paths))
+        result = subprocess.run(
+            ["xargs", "-0", "-n1", f"-P{cores}", "sha256sum"], input=listing, capture_output=True, text=True
+        )
+        got = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()}
+        assert [got[str(p)] for p in paths] == expected, result.stderr
+
+    return {
+        "imageworks-loader verify": ours_cli,
+        "python hashlib process": hashlib_process,
+        "sha256sum": sha256sum,
+        f"sha256sum -P{cores}": sha256sum_parallel,
+    }
+
+
+def engine_methods(paths: list[Path], expected: list[str]) -> dict[str, Callable[[], None]]:
+    """The hashing alone, in this process (second column)."""
+
+    def ours_lib() -> None:
+        assert [d.sha256 for d in hash_files(paths)] == expected
+
+    def py_single() -> None:
+        assert hashlib_sequential(paths) == expected
+
+    return {"hash_files (engine)": ours_lib, "hashlib in process": py_single}
+
+
+def hf_verify_method(
+    work: Path, paths: list[Path], expected: list[str], env: dict[str, str], hub: tuple[str, str]
+) -> Callable[[], None]:
+    endpoint, commit = hub
+    hf_bin = hf_binary()
+    cache = work / "hf-cache"
+    hf_cache_layout(cache, paths, expected, commit)
+    hf_env = {**env, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "NO_COLOR": "1"}
+    hf_env.pop("HF_TOKEN", None)
+
+    def hf_verify() -> None:
+        out = run(
+            [hf_bin, "cache", "verify", REPO_ID, "--cache-dir", str(cache), "--revision", commit,
+             "--fail-on-missing-files", "--fail-on-extra-files"],
+            hf_env,
+        )  # fmt: skip
+        assert f"Verified {len(paths)} file(s)" in out, out
+
+    return hf_verify
+
+
+def hf_binary() -> str:
+    return shutil.which("hf") or str(Path(sys.executable).parent / "hf")
+
+
+def hub_for_hf(
+    paths: list[Path], notes: list[str]
+) -> contextlib.AbstractContextManager[tuple[str, str] | None]:
+    """The fake Hub for `hf cache verify`, or nothing (with a note saying why)."""
+    hf_bin = hf_binary()
+    if not Path(hf_bin).exists():
+        notes.append("hf cache verify: no `hf` CLI installed")
+    elif "verify" not in run([hf_bin, "cache", "--help"], ok_codes=(0, 1, 2)):
+        notes.append("hf cache verify: this huggingface_hub has no `hf cache verify`")
+    else:
+        try:
+            return fake_hub_with(paths)
+        except ImportError as exc:
+            notes.append(f"hf cache verify: the fake Hub (tests/fakehub) cannot be imported: {exc}")
+    return contextlib.nullcontext(None)
+
+
+def cache_modes(warm_only: bool, notes: list[str]) -> list[str]:
+    if warm_only:
+        notes.append("cold cache: skipped (--warm-only)")
+        return ["warm"]
+    if can_drop_caches():
+        return ["warm", "cold"]
+    notes.append("cold cache: cannot write /proc/sys/vm/drop_caches (not root?): warm numbers only")
+    return ["warm"]
+
+
+def time_methods(
+    methods: dict[str, Callable[[], None]], paths: list[Path], modes: list[str], reps: int
+) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {m: {name: [] for name in methods} for m in modes}
+    for fn in methods.values():  # one untimed run each: imports, bytecode cache, the fake Hub's hashes
+        fn()
+    for mode in modes:
+        for _ in range(reps):
+            # Interleaved, so that drift (thermal, a neighbour VM) spreads over every method.
+            for name, fn in methods.items():
+                drop_caches() if mode == "cold" else warm(paths)
+                started = time.perf_counter()
+                fn()
+                results[mode][name].append(time.perf_counter() - started)
+    return results
+
+
+def report(results: dict[str, dict[str, list[float]]], engines: set[str], total: int) -> None:
+    ours = "imageworks-loader verify"
+    for mode, timings in results.items():
+        print(f"\n{mode} cache (medians, wall clock):")
+        medians = {name: statistics.median(times) for name, times in timings.items()}
+        for name, median in medians.items():
+            column = "engine only " if name in engines else "command     "
+            print(
+                f"  {column}{name:<26} {median:7.3f} s {total / MiB / median:7.0f} MiB/s"
+                f"   (best {min(timings[name]):.3f}, max {max(timings[name]):.3f})"
+            )
+        cli = medians[ours]
+        line = (
+            f"  ratios (median): verify command vs python hashlib process "
+            f"{medians['python hashlib process'] / cli:.2f}x (target >= 1.6); "
+            f"vs sha256sum {medians['sha256sum'] / cli:.2f}x (target >= 3); "
+            f"engine: hash_files vs hashlib in process "
+            f"{medians['hashlib in process'] / medians['hash_files (engine)']:.2f}x"
+        )
+        if "hf cache verify" in medians:
+            line += f"; verify command vs hf cache verify {medians['hf cache verify'] / cli:.2f}x"
+        print(line)
+
+
+def main() -> None:
+    args = parse_args()
     load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="iw-bench-verify-"))
     data_dir = args.data_dir or work / "data"
+    notes: list[str] = []
     try:
         paths = generate(data_dir / "model", args.size_mb, args.files)
-        model_dir = paths[0].parent
         total = sum(p.stat().st_size for p in paths)
         expected = hashlib_sequential(paths)  # also warms the cache once
-
         registry_dir = work / "registry"
-        registry_with_model(registry_dir, model_dir, paths, expected)
-        env = {**os.environ, "IMAGEWORKS_REGISTRY_DIR": str(registry_dir), "HF_HUB_DISABLE_TELEMETRY": "1"}
-        cores = default_jobs()
-
-        def ours_cli() -> None:
-            out = run(
-                [sys.executable, "-m", "imageworks.cli.loader", "verify", "--json", "--no-backup", NAME], env
-            )
-            doc = json.loads(out)
-            assert doc["ok"] is True, doc
-
-        def ours_lib() -> None:
-            got = [d.sha256 for d in hash_files(paths)]
-            assert got == expected
-
-        def ours_lib_1() -> None:
-            got = [d.sha256 for d in hash_files(paths, jobs=1)]
-            assert got == expected
-
-        def py_single() -> None:
-            assert hashlib_sequential(paths) == expected
-
-        def sha256sum() -> None:
-            out = run(["sha256sum", *map(str, paths)])
-            assert [line.split()[0] for line in out.splitlines()] == expected
-
-        def sha256sum_parallel() -> None:
-            listing = "\0".join(map(str, paths))
-            result = subprocess.run(
-                ["xargs", "-0", "-n1", f"-P{cores}", "sha256sum"],
-                input=listing,
-                capture_output=True,
-                text=True,
-            )
-            got = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()}
-            assert [got[str(p)] for p in paths] == expected, result.stderr
-
-        methods: dict[str, Callable[[], None]] = {
-            "imageworks verify (CLI)": ours_cli,
-            "hash_files (library)": ours_lib,
-            "hash_files jobs=1": ours_lib_1,
-            "hashlib single-threaded": py_single,
-            "sha256sum": sha256sum,
-            f"sha256sum -P{cores}": sha256sum_parallel,
-        }
-
-        skip_notes: list[str] = []
-        hf_bin = shutil.which("hf") or str(Path(sys.executable).parent / "hf")
-        hub_context: contextlib.AbstractContextManager[tuple[str, str] | None] = contextlib.nullcontext(None)
-        if not Path(hf_bin).exists():
-            skip_notes.append("hf cache verify: no `hf` CLI installed")
-        elif "verify" not in run([hf_bin, "cache", "--help"], ok_codes=(0, 1, 2)):
-            skip_notes.append("hf cache verify: this huggingface_hub has no `hf cache verify`")
-        else:
-            try:
-                hub_context = fake_hub_with(paths)
-            except ImportError as exc:
-                skip_notes.append(f"hf cache verify: the fake Hub (tests/fakehub) cannot be imported: {exc}")
-
-        with hub_context as hub:
+        registry_with_model(registry_dir, paths[0].parent, paths, expected)
+        env = user_env(registry_dir)
+        methods = command_methods(paths, expected, env)
+        engines = engine_methods(paths, expected)
+        with hub_for_hf(paths, notes) as hub:
             if hub is not None:
-                endpoint, commit = hub
-                cache = work / "hf-cache"
-                hf_cache_layout(cache, paths, expected, commit)
-                hf_env = {**env, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "NO_COLOR": "1"}
-                hf_env.pop("HF_TOKEN", None)
-
-                def hf_verify() -> None:
-                    out = run(
-                        [hf_bin, "cache", "verify", REPO_ID, "--cache-dir", str(cache), "--revision", commit,
-                         "--fail-on-missing-files", "--fail-on-extra-files"],
-                        hf_env,
-                    )  # fmt: skip
-                    assert f"Verified {len(paths)} file(s)" in out, out
-
-                methods["hf cache verify"] = hf_verify
-
-            modes = ["warm"]
-            if args.warm_only:
-                skip_notes.append("cold cache: skipped (--warm-only)")
-            elif can_drop_caches():
-                modes.append("cold")
-            else:
-                skip_notes.append(
-                    "cold cache: cannot write /proc/sys/vm/drop_caches (not root?): warm numbers only"
-                )
-
-            results: dict[str, dict[str, list[float]]] = {m: {name: [] for name in methods} for m in modes}
-            for fn in methods.values():  # one untimed run each: imports, the fake Hub's first hashes
-                fn()
-            for mode in modes:
-                for _ in range(args.reps):
-                    # Interleaved, so that drift (thermal, a neighbour VM) spreads over every method.
-                    for name, fn in methods.items():
-                        if mode == "cold":
-                            drop_caches()
-                        else:
-                            warm(paths)
-                        started = time.perf_counter()
-                        fn()
-                        results[mode][name].append(time.perf_counter() - started)
-
+                methods["hf cache verify"] = hf_verify_method(work, paths, expected, env, hub)
+            methods.update(engines)
+            results = time_methods(methods, paths, cache_modes(args.warm_only, notes), args.reps)
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         if load_at_start[0] > 0.5:
-            skip_notes.append(
+            notes.append(
                 f"the machine was busy (1-min load {load_at_start[0]:.2f} at the start): other processes share "
-                "the cores, so parallel hashing cannot show its gain; compare the 'best' figures"
+                "the cores, so parallel hashing cannot show its full gain"
             )
         print(
             f"\nverify benchmark: {len(paths)} files, {total / MiB:.0f} MiB in all, {args.reps} reps, "
-            f"{os.cpu_count()} CPUs (hash_files jobs={cores}); load average at the end {load}"
+            f"{os.cpu_count()} CPUs (hash_files jobs={default_jobs()}); load average at the end {load}"
         )
-        for mode in results:
-            print(f"\n{mode} cache:")
-            medians = {name: statistics.median(times) for name, times in results[mode].items()}
-            best = {name: min(times) for name, times in results[mode].items()}
-            for name, median in medians.items():
-                rate = total / MiB / median
-                print(
-                    f"  {name:<26} median {median:7.3f} s {rate:7.0f} MiB/s   best {best[name]:7.3f} s"
-                    f"   (max {max(results[mode][name]):.3f})"
-                )
-            for label, figures in (("median", medians), ("best", best)):
-                lib, cli = figures["hash_files (library)"], figures["imageworks verify (CLI)"]
-                line = (
-                    f"  ratios ({label}): library vs hashlib single-threaded "
-                    f"{figures['hashlib single-threaded'] / lib:.2f}x (target >= 1.6); "
-                    f"CLI vs sha256sum {figures['sha256sum'] / cli:.2f}x (target >= 3); "
-                    f"library vs sha256sum {figures['sha256sum'] / lib:.2f}x"
-                )
-                if "hf cache verify" in figures:
-                    line += f"; CLI vs hf cache verify {figures['hf cache verify'] / cli:.2f}x"
-                print(line)
-        for note in skip_notes:
+        report(results, set(engines), total)
+        for note in notes:
             print(f"note: {note}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

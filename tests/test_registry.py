@@ -80,7 +80,7 @@ def test_curated_deep_merges_over_discovered(tmp_path: Path) -> None:
     assert merged.source.repo_id == "Org/M" and merged.source.revision == "v2"
     assert merged.tags == ["pinned"]  # lists replace
     assert merged.model_extra == {"my_custom_key": {"keep": True}}
-    assert reg.get("only/curated") is not None and reg.get("only/curated").format == "gguf"
+    assert reg.get("only/curated") is not None and getattr(reg.get("only/curated"), "format", None) == "gguf"
     origins = reg.origins("org/m")
     assert origins["display_name"] == "curated" and origins["format"] == "discovered"
     assert origins["source"] == "curated+discovered"
@@ -125,7 +125,7 @@ def test_newer_schema_is_refused_older_is_migrated(tmp_path: Path) -> None:
         RegistryStore(folder).load()
     (folder / CURATED).write_text(json.dumps([{"name": "legacy/model", "format": "gguf"}]))
     reg = RegistryStore(folder).load()
-    assert reg.get("legacy/model").format == "gguf"
+    assert getattr(reg.get("legacy/model"), "format", None) == "gguf"
 
 
 def test_lookup_rules(tmp_path: Path) -> None:

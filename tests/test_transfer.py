@@ -126,7 +126,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if_range = self.headers.get("If-Range")
             partial = bool(rng) and path not in server.no_range and (if_range is None or if_range == etag)
             if partial:
-                first, _, last = rng.removeprefix("bytes=").partition("-")
+                first, _, last = (rng or "").removeprefix("bytes=").partition("-")
                 start = int(first)
                 end = min(len(data), int(last) + 1) if last else len(data)
                 if start >= len(data):
