@@ -551,3 +551,26 @@ def test_model_downloaded_from_the_fake_hub_then_tampered(
     second = run_cli("verify", name)
     assert second.returncode == 1
     assert biggest.path in second.stdout and biggest.sha256 in second.stdout
+
+
+def test_one_hash_file_gives_both_digests_and_raises_on_demand(tmp_path: Path) -> None:
+    """`hashing.hash_file` is the one function that hashes a file on disk (issue 10.8): verify, the
+    engines' final check and the plan all use it."""
+    import errno
+    import hashlib
+
+    from imageworks.hashing import git_blob_sha1_file, hash_file
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    digest = hash_file(path, git_blob=True)
+    assert digest.sha256 == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert digest.git_sha1 == git_blob_sha1_file(path) and hash_file(path).git_sha1 is None
+    missing = hash_file(tmp_path / "nope")
+    assert missing.sha256 is None and missing.error
+    with pytest.raises(FileNotFoundError) as info:
+        missing.checked()
+    assert info.value.errno == errno.ENOENT
+    import imageworks.transfer.base as base
+
+    assert not hasattr(base, "hash_file") or base.hash_file is hash_file

@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imageworks.clock import utc_now  # noqa: F401  (re-exported: the downloader stamps with it)
 from imageworks.hashing import aggregate_sha256
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 MAX_EVIDENCE = 12
 # Fields people set by hand (or other commands set) that a re-download or re-scan must not reset.
 _KEPT_FIELDS = ("aliases", "tags", "display_name", "family", "deprecated", "testing", "verified_at")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def entry_variant(inspection: ModelInspection) -> str | None:

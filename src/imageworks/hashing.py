@@ -86,10 +86,29 @@ class FileDigest:
     size: int | None
     mtime_ns: int | None
     error: str | None = None
+    git_sha1: str | None = None  # the git blob id, when asked for (`git_blob=True`)
+    errno: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.sha256 is not None
+
+    def checked(self) -> FileDigest:
+        """This digest, or the OSError that prevented it (for callers that stop on an unreadable file)."""
+        if self.sha256 is None:
+            raise OSError(self.errno or 0, self.error or "cannot read", str(self.path))
+        return self
+
+
+class _Tee:
+    """Feeds the same bytes to several digests (SHA-256 and the git blob SHA-1 in one read)."""
+
+    def __init__(self, *digests: _Digest) -> None:
+        self._digests = digests
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        for digest in self._digests:
+            digest.update(data)
 
 
 def _feed(
@@ -124,20 +143,29 @@ def hash_file(
     buffer: bytearray | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    git_blob: bool = False,
 ) -> FileDigest:
-    """SHA-256 of one file. OS errors (missing, unreadable, a folder) come back in `error`, so one bad
-    file does not stop a whole model's check."""
+    """SHA-256 of one file (and its git blob SHA-1 with `git_blob`, in the same read). OS errors
+    (missing, unreadable, a folder) come back in `error`, so one bad file does not stop a whole model's
+    check; `.checked()` raises them instead. The one function that hashes a file on disk."""
     path = Path(path)
     buffer = buffer if buffer is not None else bytearray(READ_CHUNK)
+    sha1 = None
     try:
         with open(path, "rb", buffering=0) as handle:
             st = os.fstat(handle.fileno())
             _advise_sequential(handle.fileno())
             digest = hashlib.sha256()
-            _feed(handle, digest, buffer, progress, cancel)
+            sink: _Digest = digest
+            if git_blob:
+                sha1 = hashlib.sha1(git_blob_sha1_header(st.st_size), usedforsecurity=False)
+                sink = _Tee(digest, sha1)
+            _feed(handle, sink, buffer, progress, cancel)
     except OSError as exc:
-        return FileDigest(path, None, None, None, error=exc.strerror or str(exc))
-    return FileDigest(path, digest.hexdigest(), st.st_size, st.st_mtime_ns)
+        return FileDigest(path, None, None, None, error=exc.strerror or str(exc), errno=exc.errno)
+    return FileDigest(
+        path, digest.hexdigest(), st.st_size, st.st_mtime_ns, git_sha1=sha1.hexdigest() if sha1 else None
+    )
 
 
 def sha256_file(path: Path, chunk: int = READ_CHUNK) -> str:

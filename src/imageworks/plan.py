@@ -490,7 +490,8 @@ def check_present(planned: PlannedFile, known: KnownFile | None) -> None:
     """Fill `present`/`local_sha256`/`partial_bytes` from the disk. A file recorded by an earlier download
     (same size and mtime, same digest) is trusted without reading it, which keeps an up-to-date re-run
     under a second; anything else on disk is hashed and compared."""
-    from imageworks.transfer.base import PartialPaths, hash_file
+    from imageworks.hashing import hash_file
+    from imageworks.transfer.base import PartialPaths
 
     dest = planned.dest
     try:
@@ -510,7 +511,8 @@ def check_present(planned: PlannedFile, known: KnownFile | None) -> None:
             planned.local_sha256 = known.sha256
             return
         if planned.sha256 or planned.git_sha1:
-            sha256, sha1 = hash_file(dest, want_git=planned.git_sha1 is not None, size=st.st_size)
+            on_disk = hash_file(dest, git_blob=planned.git_sha1 is not None).checked()
+            sha256, sha1 = on_disk.sha256, on_disk.git_sha1
             ok = (planned.sha256 is None or sha256 == planned.sha256) and (
                 planned.git_sha1 is None or sha1 == planned.git_sha1
             )

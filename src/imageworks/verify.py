@@ -696,14 +696,3 @@ def _record_one(registry: Registry, plan: _ModelPlan, now: str) -> None:
         updated.verified_at = now
         report.verified_at = now
     registry.put(updated)
-
-
-def first_problem(reports: Iterable[VerifyReport]) -> VerifyReport | None:
-    return next((r for r in reports if not r.ok), None)
-
-
-def summarize(reports: Sequence[VerifyReport]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for report in reports:
-        counts[report.status] = counts.get(report.status, 0) + 1
-    return counts

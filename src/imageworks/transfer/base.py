@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from imageworks.durable import fsync_dir
 from imageworks.errors import IntegrityError, TransferError
-from imageworks.hashing import git_blob_sha1_header
+from imageworks.hashing import git_blob_sha1_header, hash_file
 
 log = logging.getLogger("imageworks.transfer")
 
@@ -268,15 +268,6 @@ class Digests:
             self.sha1.update(data)
 
 
-def hash_file(path: Path, *, want_git: bool, size: int | None = None) -> tuple[str, str | None]:
-    size = path.stat().st_size if size is None else size
-    digests = Digests(size, want_git)
-    with open(path, "rb", buffering=0) as handle:
-        while block := handle.read(HASH_CHUNK):
-            digests.update(block)
-    return digests.sha256.hexdigest(), digests.sha1.hexdigest() if digests.sha1 else None
-
-
 class PrefixHasher:
     """Hashes a file while it is being written out of order: a thread reads back (from the page
     cache, where the bytes were just written) the completed contiguous prefix as it grows, so when
@@ -392,7 +383,8 @@ def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
         return None
     sha256 = ""
     if verify:
-        sha256, sha1 = hash_file(job.dest, want_git=bool(job.git_sha1), size=st.st_size)
+        on_disk = hash_file(job.dest, git_blob=bool(job.git_sha1)).checked()
+        sha256, sha1 = on_disk.sha256 or "", on_disk.git_sha1
         if job.sha256 and sha256 != job.sha256.lower():
             return None
         if job.git_sha1 and sha1 != job.git_sha1.lower():
@@ -418,7 +410,8 @@ def check_and_commit(
             # The streaming hash read bytes while others were being written; before condemning a
             # multi-GB file, confirm from disk that the bytes really are wrong.
             log.warning("%s: %s mismatch while streaming, re-hashing from disk", job.name, bad[0])
-            sha256, sha1 = hash_file(paths.temp, want_git=bool(job.git_sha1), size=size)
+            on_disk = hash_file(paths.temp, git_blob=bool(job.git_sha1)).checked()
+            sha256, sha1 = on_disk.sha256 or "", on_disk.git_sha1
             bad = _mismatch(job, sha256, sha1)
             if bad:
                 _integrity_failure(job, paths, *bad)
