@@ -245,7 +245,7 @@ def test_usage_errors_use_our_format_and_history_names_the_program(run_cli, isol
     assert command.split()[0] in {"main.py", "imageworks-download"} and "/" not in command.split()[0]
 
 
-# ------------------------------------------------------------------------------ the error boundary
+# ---------------------------------------------------------------------------------- the error boundary
 def _run_group(group, args: list[str], capsys) -> tuple[int, str, str]:
     import pytest
 
@@ -282,7 +282,7 @@ def _group_raising(exc: BaseException):
     return group
 
 
-def test_the_root_maps_every_error_once(capsys, monkeypatch) -> None:
+def test_the_boundary_maps_every_error_once(capsys, monkeypatch) -> None:
     import errno
 
     cases = [

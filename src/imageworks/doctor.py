@@ -138,7 +138,7 @@ def _roots(config: Config) -> list[Check]:
 
 def _write_probe(root: Path) -> str | None:
     """Why files cannot be created under `root` (None: they can). A real create-and-delete, not
-    os.access: that says yes to root on a read-only mount's permission bits and to everyone on some
+    os.access: that says yes to the superuser on a read-only mount's permission bits and to everyone on some
     network filesystems."""
     import tempfile
 

@@ -1,5 +1,5 @@
 """The exception hierarchy. The CLI maps these to a one-line message and an exit code in one place
-(`imageworks.cli.app.run_group`, the root of both console scripts); library callers catch them by type."""
+(`imageworks.cli.app.run_group`, the error boundary of both console scripts); library callers catch them by type."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Shared CLI plumbing: the per-invocation context, the one place errors become exit codes (`run_group`,
-the root of both console scripts), and the lazy command group that keeps `--help` instant."""
+the error boundary both console scripts run through), and the lazy command group that keeps `--help`
+instant."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ _RESUME_HINT = "partial downloads are kept; run the same command again to resume
 
 @dataclass(frozen=True)
 class Failure:
-    """What the root tells the user about an error: one line, a hint, an exit code (and the type name
+    """What the boundary tells the user about an error: one line, a hint, an exit code (and the type name
     for the JSON envelope)."""
 
     type: str
@@ -108,7 +109,7 @@ class Failure:
 
 
 def _failure(exc: BaseException, prog_name: str) -> Failure:
-    """Map anything that reached the root to a Failure. Raises it again for IMAGEWORKS_DEBUG=1 and for
+    """Map anything that reached the boundary to a Failure. Raises it again for IMAGEWORKS_DEBUG=1 and for
     what is not an error (a clean exit)."""
     from imageworks.errors import from_os_error
     from imageworks.redaction import redact_text
