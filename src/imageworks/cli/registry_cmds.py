@@ -15,11 +15,7 @@ from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 @click.command("list")
 @click.option("--format", "format_", help="Only this format (gguf, safetensors, awq, ...).")
 @click.option("--location", help="Only this location (linux_wsl, windows_lmstudio, ...).")
-@click.option(
-    "--backend",
-    type=click.Choice(["vllm", "ollama", "lmstudio"]),
-    help="Only models with serve hints for it.",
-)
+@click.option("--backend", help="Only models with serve hints for it (vllm, ollama, lmstudio).")
 @json_option
 @pass_app
 def list_cmd(

@@ -45,8 +45,7 @@ def _write_envelope(envelope: dict[str, Any]) -> None:
     import orjson
 
     options = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-    sys.stdout.flush()  # text written before must come first
-    sys.stdout.buffer.write(orjson.dumps(envelope, default=str, option=options) + b"\n")
+    sys.stdout.write(orjson.dumps(envelope, default=str, option=options).decode("utf-8") + "\n")
     sys.stdout.flush()
 
 
