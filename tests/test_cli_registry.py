@@ -405,6 +405,11 @@ def test_json_failures_print_the_envelope_for_every_command(run_cli, isolated_en
         assert set(error) == {"type", "message", "hint", "exit_code"}, command
         assert error["exit_code"] == out.returncode and error["message"], command
         assert out.stderr.startswith("error: "), command
+    # A command that ran and found problems: its data, and the same error object (exit code 1).
+    out = run_cli("doctor", "--json", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    envelope = json.loads(out.stdout)
+    assert out.returncode == 1 and envelope["ok"] is False and envelope["data"]
+    assert envelope["error"]["exit_code"] == 1 and "hub" in envelope["error"]["message"]
     # The loader's commands too.
     out = run_cli("verify", "no-such-model", "--json", script="imageworks-loader")
     assert out.returncode == 2 and json.loads(out.stdout)["error"]["type"] == "ModelNotFound"

@@ -385,11 +385,14 @@ def test_json_contract(run_cli, model: Path) -> None:
         == hashlib.sha256(WEIGHTS[:700_000]).hexdigest()
     )
     assert doc["data"]["hashed_bytes"] == len(WEIGHTS) + len(FILES["tokenizer/tokenizer.json"])
+    # the envelope's error object, as for every failure (issue 9.14)
+    assert doc["error"]["exit_code"] == 1 and NAME in doc["error"]["message"]
+    assert set(doc["error"]) == {"type", "message", "hint", "exit_code"}
 
     (model / "notes.txt").unlink()
     write_model(model)
     result, doc = verify_json(run_cli, NAME)
-    assert result.returncode == 0 and doc["ok"] is True
+    assert result.returncode == 0 and doc["ok"] is True and "error" not in doc
     assert doc["data"]["models"][0]["verified_at"].endswith("Z")
 
 

@@ -21,9 +21,19 @@ def human_size(num: int | None) -> str:
     return f"{num} B"
 
 
-def emit_json(kind: str, data: Any, *, ok: bool = True) -> None:
-    """`{"schema": "imageworks.<kind>", "version": 1, "ok": ..., "data": ...}` on stdout."""
-    _write_envelope({"schema": f"imageworks.{kind}", "version": JSON_SCHEMA_VERSION, "ok": ok, "data": data})
+def emit_json(kind: str, data: Any, *, ok: bool = True, error: dict[str, Any] | None = None) -> None:
+    """`{"schema": "imageworks.<kind>", "version": 1, "ok": ..., "data": ...}` on stdout. A command that
+    ran but failed (a verify mismatch, doctor not ready) has `"ok": false`, its data, and an `error`
+    object as every failure does (exit code 1 unless `error` says otherwise)."""
+    envelope = {"schema": f"imageworks.{kind}", "version": JSON_SCHEMA_VERSION, "ok": ok, "data": data}
+    if not ok:
+        envelope["error"] = error or operation_failed(f"{kind} reported problems: see data")
+    _write_envelope(envelope)
+
+
+def operation_failed(message: str, hint: str | None = None) -> dict[str, Any]:
+    """The error object of a command that ran and found problems (exit code 1)."""
+    return {"type": "OperationFailed", "message": message, "hint": hint, "exit_code": 1}
 
 
 def emit_error_json(kind: str, error: dict[str, Any]) -> None:

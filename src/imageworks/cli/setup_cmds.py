@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from imageworks.cli.app import AppContext, json_option, pass_app
-from imageworks.cli.render import emit_json, table
+from imageworks.cli.render import emit_json, operation_failed, table
 from imageworks.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -31,7 +31,11 @@ def doctor(app: AppContext, as_json: bool) -> int:
 
     report = run_doctor(app.config)
     if as_json:
-        emit_json("doctor", report.as_dict(), ok=report.ready)
+        failed = [c.name for c in report.checks if c.status == "fail"]
+        error = operation_failed(
+            f"not ready: {', '.join(failed)} failed", "fix the checks whose status is fail"
+        )
+        emit_json("doctor", report.as_dict(), ok=report.ready, error=error)
     else:
         marks = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
         table(

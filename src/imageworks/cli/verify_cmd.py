@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
-from imageworks.cli.render import byte_progress, console, emit_json, human_size
+from imageworks.cli.render import byte_progress, console, emit_json, human_size, operation_failed
 from imageworks.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
@@ -80,7 +80,12 @@ def verify(
             backup=not no_backup,
         )
     if as_json:
-        emit_json("verify", run.as_dict(), ok=run.ok)
+        bad = [r.name for r in run.reports if not r.ok]
+        error = operation_failed(
+            f"{len(bad)} of {len(run.reports)} model(s) did not verify: {', '.join(bad[:5])}",
+            "see each model's files in data",
+        )
+        emit_json("verify", run.as_dict(), ok=run.ok, error=error)
     else:
         _render(run)
     return EXIT_OK if run.ok else EXIT_FAILED
