@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imageworks.clock import utc_now
-from imageworks.errors import HubError, UsageError
-from imageworks.hashing import FileDigest, aggregate_sha256, git_blob_sha1_file, hash_files
+from imageworks.errors import UsageError
+from imageworks.hashing import FileDigest, aggregate_sha256, hash_files
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
 
 if TYPE_CHECKING:
@@ -386,82 +386,6 @@ def _note_missing_digests(plan: _ModelPlan, folder: Path) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------- remote
-def hub_lister(config: Config) -> RemoteLister:
-    """List a repo's files at a commit through the one Hub client (`imageworks.hub`)."""
-    from imageworks.hub import HubClient
-
-    # Fewer rounds than a download: a verify is a one-shot check, and huggingface_hub retries too.
-    client = HubClient(config, retries=2)
-
-    def list_files(repo_id: str, commit: str) -> dict[str, RemoteFile]:
-        return {f.path: f for f in client.list_files(repo_id, commit)}
-
-    return list_files
-
-
-def _check_remote(plan: _ModelPlan, lister: RemoteLister) -> None:
-    entry, report = plan.entry, plan.report
-    source = entry.source
-    if source.provider != "hf" or not source.repo_id:
-        report.remote = "skipped: not a Hub model"
-        return
-    if not source.commit:
-        report.remote = "skipped: no commit recorded"
-        return
-    try:
-        remote = lister(source.repo_id, source.commit)
-    except HubError as exc:
-        report.remote = f"error: {exc.message}"
-        report.problems.append(REMOTE_ERROR)
-        if exc.hint:
-            report.notes.append(f"hint: {exc.hint}")
-        return
-    mismatches = 0
-    by_path = {c.path: c for c in report.files}
-    for record_ in entry.files:
-        check = by_path[record_.path]
-        theirs = remote.get(record_.path)
-        if theirs is None:
-            mismatches += 1
-            _remote_problem(check, F_NOT_ON_HUB, f"not in {source.repo_id} at {source.commit[:12]}")
-            continue
-        if theirs.size != record_.size:
-            mismatches += 1
-            _remote_problem(
-                check, F_REMOTE, f"the Hub lists {theirs.size} bytes, the registry {record_.size}"
-            )
-            continue
-        if theirs.sha256 is not None:
-            check.remote_sha256 = theirs.sha256
-            if record_.sha256 and theirs.sha256 != record_.sha256:
-                mismatches += 1
-                _remote_problem(check, F_REMOTE, "the recorded SHA-256 is not the Hub's")
-        elif theirs.git_sha1 and check.status == F_OK and plan.folder is not None:
-            # A small non-LFS file: the Hub only knows its git blob id. The file on disk was just proven
-            # equal to the recorded digest, so its blob id stands in for the recorded one.
-            relative = _safe_relative(record_.path)
-            if relative is None:
-                continue
-            try:
-                ours = git_blob_sha1_file(plan.folder.joinpath(*relative.parts))
-            except OSError:
-                continue
-            if ours != theirs.git_sha1:
-                mismatches += 1
-                _remote_problem(check, F_REMOTE, f"git blob id {ours} is not the Hub's {theirs.git_sha1}")
-    report.remote = "mismatch" if mismatches else "ok"
-
-
-def _remote_problem(check: FileCheck, status: str, detail: str) -> None:
-    # A local problem (missing, changed) is the more useful headline for the file; keep both in detail.
-    if check.status in {F_OK, F_NO_DIGEST}:
-        check.status = status
-        check.detail = detail
-    else:
-        check.detail = f"{check.detail + '; ' if check.detail else ''}remote: {detail}"
-
-
 # -------------------------------------------------------------------------------------------- api
 def selection(names: Sequence[str], all_models: bool) -> list[str] | None:
     """What to verify: the NAMEs given, or every model (None) for --all; never both, never neither."""
@@ -547,6 +471,29 @@ def verify_models(
     claims = _FolderClaims(registry)
     plans = [_plan_model(claims, e, quick=quick, record=record, explicit=explicit) for e in entries]
 
+    _hash_pending(plans, jobs=jobs, progress=progress)
+    if remote:
+        from imageworks.verify_hub import check_remote, hub_lister
+
+        if remote_lister is None:
+            if config is None:
+                from imageworks.config import resolve_config
+
+                config = resolve_config()
+            remote_lister = hub_lister(config)
+        for plan in plans:
+            if plan.report.status != SKIPPED:
+                check_remote(plan, remote_lister)
+
+    for plan in plans:
+        _conclude(plan)
+    if not quick:
+        _record(store, plans, record=record, command=command, backup=backup)
+    return [plan.report for plan in plans]
+
+
+def _hash_pending(plans: list[_ModelPlan], *, jobs: int | None, progress: ProgressFn | None) -> None:
+    """Every file of every model through one pool (and one progress bar), then each digest applied."""
     pending = [p for plan in plans for p in plan.pending]
     total = sum(p.size for p in pending)
     callback = (lambda n: progress(n, total)) if progress is not None else None
@@ -561,23 +508,6 @@ def verify_models(
             plan.report.hash_seconds = hash_seconds
         for item in plan.pending:
             _apply_digest(plan, item, by_pending[id(item)])
-
-    if remote:
-        if remote_lister is None:
-            if config is None:
-                from imageworks.config import resolve_config
-
-                config = resolve_config()
-            remote_lister = hub_lister(config)
-        for plan in plans:
-            if plan.report.status != SKIPPED:
-                _check_remote(plan, remote_lister)
-
-    for plan in plans:
-        _conclude(plan)
-    if not quick:
-        _record(store, plans, record=record, command=command, backup=backup)
-    return [plan.report for plan in plans]
 
 
 def _apply_digest(plan: _ModelPlan, item: _Pending, digest: FileDigest) -> None:
