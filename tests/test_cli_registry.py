@@ -438,6 +438,10 @@ def test_doctor_fails_on_a_malformed_layer_and_an_unwritable_root(run_cli, isola
     files = {c["name"]: c for c in json.loads(out.stdout)["data"]}["registry files"]
     assert files["status"] == "fail" and "backups" in files["fix"]
     (folder / DISCOVERED).unlink()
+    (folder / MERGED).write_text('{"schema_version": 1, "models": [}')
+    files = {c["name"]: c for c in json.loads(run_cli("doctor", "--json", env=env).stdout)["data"]}
+    assert files["registry files"]["status"] == "fail" and MERGED in files["registry files"]["detail"]
+    (folder / MERGED).unlink()
     # A location root under a regular file cannot be written.
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

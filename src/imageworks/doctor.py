@@ -92,14 +92,23 @@ def _registry_files(folder: Path) -> list[Check]:
     """Each registry file must parse and validate: one malformed layer stops every other command."""
     from imageworks.errors import RegistryError
     from imageworks.registry import RegistryStore
+    from imageworks.registry.schema import parse_layer_text
+    from imageworks.registry.store import MERGED
 
     store = RegistryStore(folder)
     try:
         registry = store.load()
         registry.merged()
         store.history(1)
+        merged = store.path(MERGED)
+        if merged.is_file():  # never read by our commands, but by whatever serves the models
+            parse_layer_text(merged.read_text(encoding="utf-8", errors="replace"), merged)
     except RegistryError as exc:
         return [Check("registry files", FAIL, exc.message, exc.hint or "")]
+    except OSError as exc:
+        return [
+            Check("registry files", FAIL, f"{folder}: {exc.strerror or exc}", "fix the folder's permissions")
+        ]
     count = len(registry.curated.keys() | registry.discovered.keys())
     return [Check("registry files", OK, f"{count} model(s); every layer parses")]
 
