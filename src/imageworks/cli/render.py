@@ -87,15 +87,18 @@ def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
         out.append("┏" + "┳".join("━" * (w + 2) for w in widths) + "┓")
         out.extend(_box_row(["".join((bold[0], c, bold[1])) for c in columns], widths, "┃", columns))
         out.append("┡" + "╇".join("━" * (w + 2) for w in widths) + "┩")
-        for row in rows:
-            out.extend(_box_row(row, widths, "│"))
+        plain_row = "│ " + " │ ".join(f"{{:<{w}}}" for w in widths) + " │"
+        for row in rows:  # the common case, one line per row, formatted in one call
+            fits = all(len(c) <= w for c, w in zip(row, widths, strict=True))
+            out.extend([plain_row.format(*row)] if fits else _box_row(row, widths, "│"))
         out.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
     sys.stdout.write("\n".join(out) + "\n")
 
 
 def _plain(cell: str) -> str:
     """Cells are plain text (a stray `[` is not markup); newlines and tabs become spaces."""
-    return " ".join(str(cell).split()) if ("\n" in str(cell) or "\t" in str(cell)) else str(cell)
+    text = str(cell)
+    return " ".join(text.split()) if ("\n" in text or "\t" in text) else text
 
 
 def _longest_word(text: str) -> int:
