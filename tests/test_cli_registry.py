@@ -543,3 +543,37 @@ def test_list_at_80_columns_breaks_no_word(isolated_env) -> None:
         for word in words:
             assert word in out, (columns, word, out)
     assert "┃ name" in _run_in_terminal(["list"], 200)  # wide enough: the table itself
+
+
+def test_a_read_only_mount_is_one_line_with_a_hint(run_cli, isolated_env, fake_hub, tmp_path) -> None:
+    """`--location` on a read-only filesystem: our error and hint, not "internal error" (issue 9.13)."""
+    import subprocess
+
+    import pytest
+
+    from tests.fakehub import samples
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, timeout=10
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root, or no CAP_SYS_ADMIN)")
+    try:
+        repo = samples.add_safetensors_model(fake_hub)
+        out = run_cli("download", repo.repo_id, "--location", str(mount), "--json")
+        assert out.returncode == 1, out.stderr
+        assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+        error = json.loads(out.stdout)["error"]
+        assert error["type"] == "FilesystemError" and "read-only" in error["message"]
+        assert "writable" in error["hint"]
+        doctor = run_cli("doctor", "--json", env={"IMAGEWORKS_MODEL_ROOT": str(mount / "models")})
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)["data"]}
+        assert (
+            checks["location linux_wsl"]["status"] == "fail"
+            and "read-only" in checks["location linux_wsl"]["detail"]
+        )
+        assert doctor.returncode == 1
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, timeout=10)
