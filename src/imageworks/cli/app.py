@@ -109,8 +109,8 @@ class Failure:
 
 
 def _failure(exc: BaseException, prog_name: str) -> Failure:
-    """Map anything that reached the boundary to a Failure. Raises it again for IMAGEWORKS_DEBUG=1 and for
-    what is not an error (a clean exit)."""
+    """Map anything that reached the boundary to a Failure: our errors as they are, OS errors through
+    `from_os_error` (a hint by errno), Ctrl-C as 130 with the resume hint, anything else as a bug."""
     from imageworks.errors import from_os_error
     from imageworks.redaction import redact_text
 
