@@ -92,3 +92,19 @@ def test_direct_url_secrets_reach_no_file_and_no_output(fake_hub, run_cli, isola
         leaked = [s for s in SECRETS if s in text]
         assert not leaked, (where, leaked)
     assert "alice" not in written[DISCOVERED]
+
+
+def test_log_lines_are_redacted_by_the_cli_handler(capsys) -> None:
+    import logging
+
+    from imageworks.cli.app import _install_logging
+
+    _install_logging()
+    _install_logging()  # idempotent: one handler
+    logger = logging.getLogger("imageworks.transfer")
+    logger.warning("retrying %s", "https://h.example/x.gguf?X-Amz-Signature=abcdef123&token=hf_abcdefghijkl")
+    err = capsys.readouterr().err
+    assert "abcdef123" not in err and "hf_abcdefghijkl" not in err and "h.example/x.gguf" in err
+    handlers = logging.getLogger("imageworks").handlers
+    assert len(handlers) == 1
+    logging.getLogger("imageworks").removeHandler(handlers[0])
