@@ -14,23 +14,39 @@ if TYPE_CHECKING:
 
 
 def find_entries(registry: Registry, name: str) -> list[ModelEntry]:
-    """All entries the NAME the user typed could mean, by the first rule that matches anything."""
-    entries = registry.entries()
+    """All entries the NAME the user typed could mean, by the first rule that matches anything.
+
+    Matched on the merged layers as stored; only the matches are validated into typed entries (a
+    registry of 10,000 models must not validate them all to find one)."""
+    raw = registry.merged_raw()
+    names = sorted(raw)
     ref = name.strip()
     low = ref.lower()
+    repo_ref = low.removeprefix("hf://")
+
+    def aliases(n: str) -> list[str]:
+        value = raw[n].get("aliases")
+        return [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+
+    def repo_id(n: str) -> str:
+        source = raw[n].get("source")
+        value = source.get("repo_id") if isinstance(source, dict) else None
+        return value.lower() if isinstance(value, str) else ""
+
     rules = (
-        lambda e: e.name == ref,
-        lambda e: e.name.lower() == low,
-        lambda e: any(alias.lower() == low for alias in e.aliases),
-        lambda e: (e.source.repo_id or "").lower() == low.removeprefix("hf://"),
+        lambda n: n == ref,
+        lambda n: n.lower() == low,
+        lambda n: any(alias.lower() == low for alias in aliases(n)),
+        lambda n: repo_id(n) == repo_ref,
         # "tiny-llama" means owner/tiny-llama before it means owner/tiny-llama-gguf:q4_k_m
-        lambda e: e.name.lower().partition("/")[2] == low,
-        lambda e: low in e.name.lower(),
+        lambda n: n.lower().partition("/")[2] == low,
+        lambda n: low in n.lower(),
     )
     for rule in rules:
-        matches = [e for e in entries if rule(e)]
+        matches = [n for n in names if rule(n)]
         if matches:
-            return matches
+            entries = [registry.get(n) for n in matches]
+            return [e for e in entries if e is not None]
     return []
 
 
