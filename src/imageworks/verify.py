@@ -214,9 +214,13 @@ def _walk_files(folder: Path) -> Iterable[PurePosixPath]:
 
 def _model_folder(entry: ModelEntry) -> tuple[Path | None, bool]:
     """(folder the file paths are relative to, whether `path` names a single file)."""
-    if not entry.path:
+    return _folder_of(entry.path)
+
+
+def _folder_of(recorded: str | None) -> tuple[Path | None, bool]:
+    if not recorded:
         return None, False
-    path = Path(entry.path).expanduser()
+    path = Path(recorded).expanduser()
     if path.is_file():
         return path.parent, True
     return path, False
@@ -234,11 +238,19 @@ class _FolderClaims:
     def others(self, entry: ModelEntry, folder: Path) -> set[str]:
         if self._by_folder is None:
             self._by_folder = {}
-            for other in self._registry.entries():
-                other_folder, _ = _model_folder(other)
-                if other_folder is not None and other.files:
-                    key = _resolved(other_folder)
-                    self._by_folder.setdefault(key, []).append((other.name, [f.path for f in other.files]))
+            # The merged layers as stored: typing 10,000 entries to read two fields would cost more
+            # than verifying one model.
+            for name, raw in self._registry.merged_raw().items():
+                files = raw.get("files")
+                if not isinstance(files, list) or not files:
+                    continue
+                path = raw.get("path")
+                other_folder, _ = _folder_of(path if isinstance(path, str) else None)
+                if other_folder is not None:
+                    paths = [
+                        f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)
+                    ]
+                    self._by_folder.setdefault(_resolved(other_folder), []).append((name, paths))
         claimed: set[str] = set()
         for name, paths in self._by_folder.get(_resolved(folder), []):
             if name != entry.name:
