@@ -229,3 +229,14 @@ def test_a_deleted_quant_is_missing_not_replaced_by_its_neighbour(scanned) -> No
     assert item.name == "bartowski/llama-gguf:q8_0"
     assert item.drift is not None
     assert (item.drift.missing, item.drift.added) == (["Llama-Q8_0.gguf"], [])
+
+
+def test_normalize_and_scan_are_siblings() -> None:
+    """normalize uses the walk, the diffs and the entry refresh from their own modules, not from scan."""
+    import subprocess
+    import sys
+
+    code = "import sys, imageworks.normalize; print('imageworks.scan' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

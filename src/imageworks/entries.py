@@ -19,19 +19,20 @@ form one more variant without a quant.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageworks.hashing import aggregate_sha256
+from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
 
 if TYPE_CHECKING:
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry import Registry
+    from imageworks.walk import FileStat, ModelFolder
 
 MAX_EVIDENCE = 12
 # Fields people set by hand (or other commands set) that a re-download or re-scan must not reset.
@@ -265,3 +266,106 @@ def same_content(a: ModelEntry, b: ModelEntry) -> bool:
     changes nothing must not write the registry."""
     ignore = {"downloaded_at", "verified_at"}
     return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entries from a folder found on disk (scan, normalize-formats)
+
+
+def entry_for_folder(
+    folder: ModelFolder,
+    inspection: ModelInspection,
+    files: Sequence[str],
+    stats: dict[str, FileStat],
+    *,
+    location: str,
+    testing: bool,
+) -> ModelEntry:
+    """The entry for `files` of a folder found on disk, its source read from the folder's place in the
+    layout (`imageworks.walk.layout_source`), built by `build_entry` (the builder `download` uses), so a
+    scanned folder gets the name and serve hints that downloading the same repo gives."""
+    from imageworks.walk import layout_source
+
+    provider, repo_id, revision = layout_source(folder.layout)
+    source = Source(provider=provider, repo_id=repo_id, revision=revision)  # type: ignore[arg-type]
+    records = [FileRecord(path=p, size=stats[p].size) for p in files]
+    entry = build_entry(folder.path, source=source, location=location, files=records, inspection=inspection)
+    return entry.model_copy(update={"testing": True}) if testing else entry
+
+
+def carry_digests(
+    records: Sequence[FileRecord], old: Sequence[FileRecord], stats: dict[str, FileStat]
+) -> list[FileRecord]:
+    """Keep a recorded SHA-256 while the file is unchanged (`hashing.trusted_digest`); anything else is
+    recorded without a digest (verify/--hash/--rebuild compute it)."""
+    known = {f.path: f for f in old}
+    out = []
+    for record in records:
+        prev = known.get(record.path)
+        stat = stats.get(record.path)
+        if record.sha256 is None and stat is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
+            assert prev is not None
+            record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
+        out.append(record)
+    return out
+
+
+def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat]) -> ModelEntry:
+    """`base` (the discovered layer's entry) updated with the facts from disk in `fresh` (format,
+    quantisation, files, size, capabilities, serve hints, inspection metadata) by the merge `download`
+    uses. What was recorded about where the model came from stays: a folder name knows less than the
+    download did (commit, canonical case). Digests whose files are unchanged are kept."""
+    fresh = fresh.model_copy(update={"files": carry_digests(fresh.files, base.files, stats)})
+    fresh = fresh.model_copy(
+        update={"aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in fresh.files)}
+    )
+    merged = merge_entry(base, fresh)
+    moved = path_key(base.path) != path_key(fresh.path)
+    return merged.model_copy(
+        update={
+            "source": base.source,
+            "path": fresh.path if moved or not base.path else base.path,
+            "location": fresh.location if moved or not base.location else base.location,
+        }
+    )
+
+
+class EntryIndex:
+    """Identity and path lookups over a registry snapshot, built once per scan (not per folder)."""
+
+    def __init__(self, entries: Iterable[ModelEntry]) -> None:
+        self.by_name: dict[str, ModelEntry] = {}
+        self.by_identity: dict[tuple[str, str, str, str], str] = {}
+        self.by_path: dict[str, list[str]] = {}
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: ModelEntry) -> None:
+        self.by_name[entry.name] = entry
+        ident = entry_identity(entry)
+        if ident[1]:
+            self.by_identity.setdefault(ident, entry.name)
+        key = path_key(entry.path)
+        if key:
+            self.by_path.setdefault(key, []).append(entry.name)
+
+    def match(self, entry: ModelEntry, weight_files: frozenset[str]) -> ModelEntry | None:
+        """The existing entry for the same model, by the rule of `find_existing` (same identity, else
+        same folder and same variant), widened to "same folder and an overlap in the weight files
+        recorded" so an entry whose quant label was decided differently (from a file name, by an older
+        version) is still recognised by its files."""
+        ident = entry_identity(entry)
+        # A local entry has no repo id or URL: its identity is only its folder (naming.identity would
+        # make every local model of one variant "the same").
+        name = self.by_identity.get(ident) if ident[1] else None
+        if name is not None:
+            return self.by_name[name]
+        key = path_key(entry.path)
+        same_folder = [self.by_name[n] for n in self.by_path.get(key or "", [])]
+        for other in same_folder:
+            if entry_identity(other)[3] == ident[3]:
+                return other
+        for other in same_folder:
+            if weight_files & {f.path for f in other.files}:
+                return other
+        return None

@@ -6,7 +6,7 @@ nothing is written until `apply_normalize` executes it (STYLE.md #9), so a dry r
 - Every discovered entry's format and quantisation are recomputed from the files it records, with the
   shared inspection rules (serve hints follow, since they depend on both).
 - `rebuild` also recomputes files, sizes and SHA-256 from the folder (the entry's own variant when the
-  folder holds several GGUF quants: see `imageworks.scan`), and reports drift per entry: changed, added and
+  folder holds several GGUF quants: see `imageworks.entries.split_variants`), and reports drift per entry: changed, added and
   missing files. A file whose size and mtime are what was recorded when it was last hashed keeps its
   digest without being read again, unless `full`.
 - `prune_missing` removes discovered entries whose folder no longer exists; entries that have a curated
@@ -20,18 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from imageworks.entries import split_variants
+from imageworks.diffs import FieldChange, diff_fields
+from imageworks.entries import entry_for_folder, refresh_entry, split_variants
+from imageworks.hashing import trusted_digest
 from imageworks.naming import path_key
 from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
-from imageworks.scan import (
-    FieldChange,
-    FileStat,
-    ModelFolder,
-    build_entry,
-    diff_fields,
-    list_model_files,
-    refresh_entry,
-)
+from imageworks.walk import FileStat, ModelFolder, list_model_files
 
 if TYPE_CHECKING:
     from imageworks.hashing import FileDigest
@@ -296,7 +290,7 @@ def _inspect_entry(
         if path in files:
             plan.notes.append(f"unusable weight file {path}: {error}")
     folder_view = ModelFolder(folder, (), list(stats.values()))
-    fresh = build_entry(
+    fresh = entry_for_folder(
         folder_view, inspection, files, stats, location=entry.location or "path", testing=entry.testing
     )
     if inspection.format == "unknown":
@@ -309,13 +303,8 @@ def _inspect_entry(
         for record in fresh.files:
             prev = old.get(record.path)
             stat = stats[record.path]
-            if (
-                not full
-                and prev is not None
-                and prev.sha256
-                and prev.size == stat.size
-                and prev.mtime_ns == stat.mtime_ns
-            ):
+            if not full and trusted_digest(prev, stat.size, stat.mtime_ns):
+                assert prev is not None
                 record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
             else:
                 item.to_hash.append(record.path)

@@ -24,8 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imageworks.errors import HubError, UsageError
-from imageworks.hashing import FileDigest, aggregate_sha256, git_blob_sha1_file, hash_files
+from imageworks.hashing import FileDigest, aggregate_sha256, git_blob_sha1_file, hash_files, trusted_digest
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
+from imageworks.walk import resolved_path
 
 if TYPE_CHECKING:
     from imageworks.config import Config
@@ -241,20 +242,13 @@ class _FolderClaims:
             for other in self._registry.entries():
                 other_root, _ = _model_root(other)
                 if other_root is not None and other.files:
-                    key = _resolved(other_root)
+                    key = resolved_path(other_root)
                     self._by_root.setdefault(key, []).append((other.name, [f.path for f in other.files]))
         claimed: set[str] = set()
-        for name, paths in self._by_root.get(_resolved(root), []):
+        for name, paths in self._by_root.get(resolved_path(root), []):
             if name != entry.name:
                 claimed.update(paths)
         return claimed
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
 
 
 def _plan_model(
@@ -310,11 +304,14 @@ def _plan_model(
             check.status = F_SIZE
             continue
         if quick:
-            if record_.mtime_ns is not None and st.st_mtime_ns != record_.mtime_ns:
+            if record_.mtime_ns is None:
+                check.detail = "no mtime recorded: size checked only"
+            elif trusted_digest(record_, st.st_size, st.st_mtime_ns) is None and record_.sha256:
                 check.status = F_MTIME
                 check.detail = "modified since it was last hashed: run a full verify"
-            elif record_.mtime_ns is None:
-                check.detail = "no mtime recorded: size checked only"
+            elif record_.mtime_ns != st.st_mtime_ns:  # no digest recorded to trust or distrust
+                check.status = F_MTIME
+                check.detail = "modified since it was recorded: run a full verify"
             continue
         if record_.sha256 or record:
             plan.pending.append(_Pending(check, full, st.st_size, record_))

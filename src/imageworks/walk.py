@@ -1,0 +1,332 @@
+"""The folder walk: which folders under a base hold a model, and which files each holds.
+
+Layout (relative to the location root that holds the scanned folder, or to `--base` itself when it lies
+outside every configured location):
+
+  <owner>/<repo>/...           an HF repo as `download` lays it out: provider hf, repo id owner/repo
+  <owner>/<repo>@<rev>/...     the same at revision <rev> (the folder name's part after the last '@')
+  <publisher>/<model-folder>/  LM Studio's layout under its root: the same two levels, so the same rule
+  <folder>/<weights>           weight files one level down (or in --base itself): provider local,
+                               named local/<parent>/<folder>
+
+Everything below an `<owner>/<repo>` folder belongs to that model (GGUF quants in subfolders, split parts).
+Hidden files and folders (`.git`, `.cache`, `.<name>.imageworks-partial` downloads in progress) are not
+part of any model.
+
+Used by `scan` (to find models) and `normalize-formats` (to list an entry's folder again); both list a
+folder by the same rules `imageworks.inspect.inspect_folder` reads it with.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imageworks.errors import UsageError
+
+# Hidden files a download in progress leaves beside its target (transfer.base.PartialPaths, aria2, hf).
+_PARTIAL_SUFFIXES = (
+    ".imageworks-partial",
+    ".imageworks-partial.json",
+    ".imageworks-partial.aria2",
+    ".incomplete",
+)
+
+# Folders that are never model folders of their own: Hugging Face's cache layout stores blobs under
+# content hashes, so its names say nothing about the model (use `hf cache scan` for it).
+_HF_CACHE_PREFIXES = ("models--", "datasets--", "spaces--")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """One regular file of a model folder: POSIX path relative to the folder, size, mtime."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class ModelFolder:
+    """A folder that holds (or, by its place in the layout, should hold) one model."""
+
+    path: Path  # absolute, as reached from the base (symlinks kept, so the user's layout shows)
+    layout: tuple[str, ...]  # components below the layout root, e.g. ("Qwen", "Qwen2-7B@dev")
+    files: list[FileStat]
+    partial_files: int = 0  # hidden downloads in progress
+    problem: str | None = None  # set when the folder cannot be read completely
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FolderListing:
+    files: list[FileStat]
+    partial_files: int
+    problem: str | None
+    notes: list[str]
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _printable(path: Path | str) -> str | None:
+    """None when a name cannot be stored as UTF-8 JSON (undecodable bytes from the filesystem)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def _safe_str(path: Path | str) -> str:
+    """A path for messages: undecodable bytes shown as \\xNN instead of breaking the output."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
+    """Every regular file below `folder`, by the rules `inspect_folder` lists a folder with (so the two
+    agree on what a model holds): hidden names skipped, symlinked files followed, symlinked subfolders
+    not followed (noted, and called a loop when they point back up), at most MAX_DEPTH levels. A
+    subfolder that cannot be read makes the listing incomplete: the caller reports it rather than record
+    part of a model."""
+    from imageworks.inspect.folder import MAX_DEPTH
+
+    files: list[FileStat] = []
+    notes: list[str] = []
+    partial = 0
+    try:
+        top = os.stat(folder)
+    except OSError as exc:
+        return FolderListing([], 0, f"cannot read {_safe_str(folder)}: {_describe_os_error(exc)}", [])
+    stack: list[tuple[Path, str, int, frozenset[tuple[int, int]]]] = [
+        (folder, "", 0, frozenset({(top.st_dev, top.st_ino)}))
+    ]
+    while stack:
+        current, prefix, depth, ancestors = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            return FolderListing(
+                files, partial, f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}", notes
+            )
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.name.startswith("."):
+                if entry.name.endswith(_PARTIAL_SUFFIXES):
+                    partial += 1
+                continue
+            if _printable(rel) is None:
+                return FolderListing(
+                    files, partial, f"name is not valid UTF-8: {_safe_str(current / entry.name)}", notes
+                )
+            try:
+                st = entry.stat()  # follows symlinks
+            except OSError as exc:
+                notes.append(f"ignored {rel}: {_link_problem(entry, exc)}")
+                continue
+            if statmod.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if entry.is_symlink():
+                    why = (
+                        "symlink loop (points back to a parent folder)"
+                        if key in ancestors
+                        else "symlinked folder (not followed)"
+                    )
+                    notes.append(f"ignored {rel}: {why}")
+                elif recursive and depth + 1 < MAX_DEPTH:
+                    stack.append((Path(entry.path), rel + "/", depth + 1, ancestors | {key}))
+            elif statmod.S_ISREG(st.st_mode):
+                files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
+    files.sort(key=lambda f: f.path)
+    return FolderListing(files, partial, None, notes)
+
+
+def _link_problem(entry: os.DirEntry[str], exc: OSError) -> str:
+    if entry.is_symlink():
+        import errno
+
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return f"dangling symlink (-> {_safe_str(target)})"
+    return _describe_os_error(exc)
+
+
+def is_weight(name: str) -> bool:
+    from imageworks.inspect import classify_weight_file
+
+    return classify_weight_file(name) is not None
+
+
+@dataclass
+class Discovery:
+    """The model folders found under a base, and what was skipped on the way. `layout_root` is the
+    location root the layout is read from (None when the base lies outside every location: then the
+    base itself is the root)."""
+
+    base: Path
+    layout_root: Path | None
+    folders: list[ModelFolder]
+    skipped: list[Skip]
+
+
+def find_model_folders(base: Path, *, layout_roots: Sequence[Path] = ()) -> Discovery:
+    """Walk `base` for model folders (see the module docstring for the layout)."""
+    base = Path(base).expanduser().absolute()
+    try:
+        st = os.stat(base)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot scan {base}: {_describe_os_error(exc)}", hint="give an existing folder with --base"
+        ) from None
+    if not statmod.S_ISDIR(st.st_mode):
+        raise UsageError(f"cannot scan {base}: not a folder", hint="give a folder with --base")
+
+    layout_root, base_parts = _layout_root_for(base, layout_roots)
+    discovery = Discovery(base, layout_root, [], [])
+    # Loose weights in a location root belong to no model; in any other base, they are its model.
+    is_location_root = layout_root is not None and not base_parts
+    _walk(discovery, base, base_parts, frozenset({(st.st_dev, st.st_ino)}), is_location_root)
+    discovery.folders.sort(key=lambda f: str(f.path))
+    return discovery
+
+
+def _layout_root_for(base: Path, layout_roots: Sequence[Path]) -> tuple[Path | None, tuple[str, ...]]:
+    """The configured root holding `base` (the deepest one), and `base`'s components below it."""
+    best: tuple[Path, tuple[str, ...]] | None = None
+    for root in layout_roots:
+        root = Path(root).expanduser().absolute()
+        for candidate_base, candidate_root in ((base, root), (resolved_path(base), resolved_path(root))):
+            try:
+                parts = candidate_base.relative_to(candidate_root).parts
+            except ValueError:
+                continue
+            if best is None or len(parts) < len(best[1]):
+                best = (root, parts)
+            break
+    return best if best is not None else (None, ())
+
+
+def resolved_path(path: Path) -> Path:
+    """`path` with symlinks resolved, or as given (absolute) when it cannot be resolved (a loop, a
+    folder that cannot be read): for comparing folders, never for opening them."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
+def _walk(
+    discovery: Discovery,
+    folder: Path,
+    parts: tuple[str, ...],
+    ancestors: frozenset[tuple[int, int]],
+    is_location_root: bool,
+) -> None:
+    if len(parts) >= 2:
+        _add_model_folder(discovery, folder, parts, recursive=True)
+        return
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        discovery.skipped.append(Skip(_safe_str(folder), f"unreadable folder: {_describe_os_error(exc)}"))
+        return
+    visible = [e for e in entries if not e.name.startswith(".")]
+    if not visible:
+        if parts:  # an empty owner folder; an empty base is simply nothing to scan
+            discovery.skipped.append(Skip(_safe_str(folder), "empty folder"))
+        return
+
+    loose_weights = [e.name for e in visible if _entry_is_file(e) and is_weight(e.name)]
+    if loose_weights:
+        if is_location_root:
+            for name in loose_weights:
+                discovery.skipped.append(
+                    Skip(
+                        _safe_str(folder / name),
+                        "weight file directly in the location root: move it into <owner>/<repo>/",
+                    )
+                )
+        else:
+            # Weights right here: a model folder of its own (its subfolders are still looked at, since
+            # this level may also be an owner folder).
+            _add_model_folder(discovery, folder, parts, recursive=False)
+
+    for entry in visible:
+        path = folder / entry.name
+        if _printable(path) is None:
+            discovery.skipped.append(Skip(_safe_str(path), "name is not valid UTF-8"))
+            continue
+        try:
+            st = entry.stat()
+        except OSError as exc:
+            if entry.is_symlink():
+                discovery.skipped.append(Skip(str(path), _link_problem(entry, exc)))
+            else:
+                discovery.skipped.append(Skip(str(path), f"unreadable: {_describe_os_error(exc)}"))
+            continue
+        if not statmod.S_ISDIR(st.st_mode):
+            continue
+        if entry.name.startswith(_HF_CACHE_PREFIXES):
+            discovery.skipped.append(
+                Skip(str(path), "Hugging Face cache folder (content-addressed): not a model folder")
+            )
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            discovery.skipped.append(Skip(str(path), "symlink loop (points back to a parent folder)"))
+            continue
+        _walk(discovery, path, (*parts, entry.name), ancestors | {key}, False)
+
+
+def _entry_is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _add_model_folder(discovery: Discovery, folder: Path, parts: tuple[str, ...], *, recursive: bool) -> None:
+    listing = list_model_files(folder, recursive=recursive)
+    discovery.folders.append(
+        ModelFolder(
+            path=folder,
+            layout=parts,
+            files=listing.files,
+            partial_files=listing.partial_files,
+            problem=listing.problem,
+            notes=listing.notes,
+        )
+    )
+
+
+def layout_source(parts: tuple[str, ...]) -> tuple[str, str | None, str | None]:
+    """(provider, repo_id, revision) that a folder's place in the layout implies."""
+    if len(parts) == 2:
+        owner, repo = parts
+        revision: str | None = None
+        if "@" in repo:
+            repo, _, revision = repo.rpartition("@")
+            revision = revision or None
+        if owner and repo:
+            return "hf", f"{owner}/{repo}", revision
+    return "local", None, None
