@@ -274,10 +274,16 @@ def read_header(src: ByteSource) -> GGUFHeader:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFError(f"invalid general.alignment {alignment!r}")
     header.header_end = cur.pos
-    data_start = -(-cur.pos // alignment) * alignment
     header.tensor_types = types
     header.parameters = params
-    header.data_end = data_start + data_end if sizes_known else None
+    if not sizes_known:
+        header.data_end = None
+    elif data_end == 0:
+        # No tensor data follows (a vocab-only file, as llama.cpp's converter writes with --vocab-only
+        # and ships in models/ggml-vocab-*.gguf): the padding that aligns the data section is not written.
+        header.data_end = cur.pos
+    else:
+        header.data_end = -(-cur.pos // alignment) * alignment + data_end
     return header
 
 
