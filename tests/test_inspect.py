@@ -931,3 +931,22 @@ def test_vocab_only_gguf_as_the_converter_writes_it(tmp_path):
     # A file that claims a tensor still needs its data: the fix is only for files without tensor data.
     truncated = inspect_gguf(mf.gguf_bytes()[:-1])
     assert truncated.error and "truncated" in truncated.error
+
+
+def test_untrusted_json_bounds():
+    from imageworks.inspect.untrusted_json import MAX_DEPTH, UntrustedJSONError, loads
+
+    # Real files: tokenizer_config.json's "no limit" and non-finite numbers some tools write.
+    assert loads(b'{"model_max_length": 1000000000000000019884624838656}')["model_max_length"] > 10**30
+    assert loads('{"a": NaN, "b": 1e999, "c": [1.5]}') == {"a": None, "b": None, "c": [1.5]}
+    assert loads("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
+    for bad, why in (
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested deeper"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+        ('{"n": ' + "1" * 5000 + "}", "integer of 5000 digits"),
+        ('{"n": -' + "1" * 65 + "}", "integer of 65 digits"),
+        (b"\xff{}", "not UTF-8"),
+        ("{", "not valid JSON"),
+    ):
+        with pytest.raises(UntrustedJSONError, match=why):
+            loads(bad)

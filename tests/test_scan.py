@@ -507,3 +507,44 @@ def test_loose_weights_in_a_location_root_versus_a_model_folder_base(tree) -> No
     result = scan(store, outside, ScanOptions(location="path", layout_roots=roots))
     (item,) = result.added
     assert item.name == "local/downloads/my-model:q8_0" and item.path == str(outside)
+
+
+def _raw_safetensors(path: Path, header: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_hostile_files_are_per_folder_skips_and_the_good_models_are_recorded(tree, run_cli) -> None:
+    """Deeply nested JSON in a safetensors header or config.json, 5,000-digit integers and an absurd
+    header length: each is one clear skip or note, and the scan records every good model."""
+    models = tree["models"]
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _raw_safetensors(models / "evil" / "deep-header" / "model.safetensors", deep)
+    digits = b'{"t":{"dtype":"F16","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,2]}}'
+    _raw_safetensors(models / "evil" / "huge-int" / "model.safetensors", digits)
+    wide = b'{"t":{"dtype":"F16","shape":[' + b"9" * 40 + b'],"data_offsets":[0,' + b"9" * 40 + b"]}}"
+    _raw_safetensors(models / "evil" / "wide-int" / "model.safetensors", wide)
+    huge = models / "evil" / "huge-header" / "model.safetensors"
+    huge.parent.mkdir(parents=True)
+    huge.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    # A good model with a hostile config.json: still recorded, the config named in a note.
+    write_safetensors(models / "evil" / "bad-config" / "model.safetensors", dense_tensors("F16"))
+    (models / "evil" / "bad-config" / "config.json").write_text(
+        '{"model_type": "llama", "x": ' + "[" * 50_000 + "]" * 50_000 + ', "n": ' + "7" * 5000 + "}"
+    )
+
+    proc = run_cli("scan", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)["data"]
+    added = {i["name"]: i for i in data["added"]}
+    assert set(added) >= EXPECTED_NAMES
+    reasons = {Path(s["path"]).relative_to(models).as_posix(): s["reason"] for s in data["skipped"]}
+    assert "nested deeper than" in reasons["evil/deep-header"]
+    assert "integer of 5000 digits" in reasons["evil/huge-int"]
+    assert "invalid shape" in reasons["evil/wide-int"]
+    assert "absurd header length" in reasons["evil/huge-header"]
+    for key in ("evil/deep-header", "evil/huge-int", "evil/wide-int", "evil/huge-header"):
+        assert reasons[key].startswith("unusable weight file model.safetensors: "), reasons[key]
+    assert "evil/bad-config" in added
+    assert any("config.json: nested deeper than" in n for n in added["evil/bad-config"]["notes"])

@@ -6,12 +6,12 @@ callable, so the same code serves a folder on disk and a remote repo.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageworks.inspect import untrusted_json
 from imageworks.inspect.quant import bpw_label, group_label, torch_dtype_label
 from imageworks.inspect.types import Evidence
 
@@ -81,9 +81,9 @@ def load_json(raw: bytes | None, name: str, problems: list[str]) -> dict[str, An
         problems.append(f"{name}: larger than {MAX_SMALL_FILE >> 20} MiB, ignored")
         return None
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        problems.append(f"{name}: not valid JSON ({exc})"[:200])
+        data = untrusted_json.loads(raw)
+    except untrusted_json.UntrustedJSONError as exc:
+        problems.append(f"{name}: {exc}"[:200])
         return None
     if not isinstance(data, dict):
         problems.append(f"{name}: not a JSON object")
