@@ -548,3 +548,80 @@ def test_hostile_files_are_per_folder_skips_and_the_good_models_are_recorded(tre
         assert reasons[key].startswith("unusable weight file model.safetensors: "), reasons[key]
     assert "evil/bad-config" in added
     assert any("config.json: nested deeper than" in n for n in added["evil/bad-config"]["notes"])
+
+
+def test_scan_after_direct_url_downloads_adds_no_duplicates(isolated_env, fake_hub, run_cli) -> None:
+    """`download URL` writes <root>/url/<host>/<file stem>/<file>; scanning the root matches those
+    entries (no `url/127.0.0.2` repo), and a URL folder the registry lost is added as a url model."""
+    from tests.fakehub import samples
+
+    repo = samples.add_gguf_model(fake_hub)
+    for file in ("Tiny-Llama-3B-Q8_0.gguf", "Tiny-Llama-3B-Q4_K_M.gguf"):
+        proc = run_cli("download", fake_hub.cdn_url_for(repo.repo_id, file), "--engine", "native")
+        assert proc.returncode == 0, proc.stderr
+    store = RegistryStore(isolated_env["registry"])
+    downloaded = {e.name for e in store.load().entries()}
+    assert downloaded == {"url/tiny-llama-3b-q8_0:q8_0", "url/tiny-llama-3b-q4_k_m:q4_k_m"}
+    before = registry_bytes(isolated_env["registry"])
+
+    data = scan_json(run_cli)
+    assert data["summary"] == {"added": 0, "updated": 0, "unchanged": 2, "skipped": 0}, data
+    assert {i["name"] for i in data["unchanged"]} == downloaded
+    scan_json(run_cli, "--update-existing")
+    assert registry_bytes(isolated_env["registry"]) == before
+
+    # The same layout with no entry (a registry restored from an older backup): a url model.
+    stray = isolated_env["models"] / "url" / "example.org" / "Stray-Q4_K_M"
+    write_gguf(stray / "Stray-Q4_K_M.gguf")
+    data = scan_json(run_cli)
+    (added,) = data["added"]
+    assert (added["name"], added["path"]) == ("url/stray-q4_k_m:q4_k_m", str(stray))
+    entry = store.load().get("url/stray-q4_k_m:q4_k_m")
+    assert entry is not None and entry.source.provider == "url" and entry.source.repo_id is None
+
+
+def test_a_model_three_folders_deep_is_named_by_its_folder(tree, run_cli) -> None:
+    """README: a folder outside the owner/repo layout is local/<parent>/<folder>, at any depth."""
+    deep = tree["models"] / "misc" / "nested" / "deep" / "my-sd-model"
+    write_safetensors(deep / "model.safetensors", dense_tensors("F16"))
+    diffusers = tree["models"] / "misc" / "nested" / "pipelines" / "my-diffuser"
+    (diffusers / "unet").mkdir(parents=True)
+    (diffusers / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    write_safetensors(diffusers / "unet" / "diffusion_pytorch_model.safetensors", dense_tensors("F16"))
+    data = scan_json(run_cli)
+    added = {i["name"]: i for i in data["added"]}
+    assert set(added) == EXPECTED_NAMES | {"local/deep/my-sd-model", "local/pipelines/my-diffuser"}
+    assert added["local/deep/my-sd-model"]["path"] == str(deep)
+    assert added["local/pipelines/my-diffuser"]["path"] == str(diffusers)
+    entry = RegistryStore(tree["registry"]).load().get("local/deep/my-sd-model")
+    assert entry is not None and entry.source.provider == "local"
+    assert [f.path for f in entry.files] == ["model.safetensors"]
+    assert not any(name.startswith(("misc/", "local/misc")) for name in added)
+
+
+def test_symlink_loops_are_reported_as_loops(tree, run_cli) -> None:
+    """A loop anywhere is called a loop, never "empty folder"."""
+    looped = tree["models"] / "acme" / "looped"
+    looped.mkdir()
+    (looped / "self").symlink_to(".")  # the only thing in a repo folder: a link to itself
+    linked = tree["models"] / "acme" / "linked"
+    (linked / "sub").mkdir(parents=True)
+    (linked / "sub" / "back").symlink_to("..")  # inside a model folder's listing
+    (linked / "README.md").write_text("weights elsewhere\n")
+    (linked / "sub" / "x-Q4_K_M.gguf").symlink_to("x-Q4_K_M.gguf")  # ELOOP inside the listing
+    inner = tree["models"] / "misc" / "nested" / "deep" / "circle"
+    inner.mkdir(parents=True)
+    (inner / "up").symlink_to("../..")  # misc/nested/deep/circle/up -> misc/nested
+    (tree["models"] / "self-link").symlink_to("self-link")  # ELOOP: a link to itself
+    only = tree["models"] / "acme" / "only-loop"
+    only.mkdir()
+    (only / "m-Q4_K_M.gguf").symlink_to("m-Q4_K_M.gguf")  # a model folder holding only a looping link
+    data = scan_json(run_cli)
+    reasons = {Path(s["path"]).relative_to(tree["models"]).as_posix(): s["reason"] for s in data["skipped"]}
+    assert "symlink loop" in reasons["acme/looped/self"], reasons
+    assert "no weight files" in reasons["acme/linked"], reasons
+    assert reasons["acme/only-loop"] == "ignored m-Q4_K_M.gguf: symlink loop", reasons
+    assert "symlink loop" in reasons["misc/nested/deep/circle/up"], reasons
+    assert "symlink loop" in reasons["self-link"], reasons
+    assert not any(r == "empty folder" for p, r in reasons.items() if "loop" in p or "circle" in p)
+    assert {i["name"] for i in data["added"]} == EXPECTED_NAMES

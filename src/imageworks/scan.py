@@ -94,8 +94,9 @@ class Candidate:
 
 def _placeholder_reason(folder: ModelFolder) -> str | None:
     """Why a folder looks like a placeholder by name: its owner or repo name (revision stripped), or the
-    folder's own name outside the <owner>/<repo> layout."""
-    names = [part.rpartition("@")[0] if "@" in part else part for part in folder.layout[-2:]]
+    folder's own name outside the <owner>/<repo> layout (and of a direct download's folder, not its host)."""
+    layout = folder.layout[-1:] if folder.layout[:1] == ("url",) else folder.layout[-2:]
+    names = [part.rpartition("@")[0] if "@" in part else part for part in layout]
     for name in names or [folder.path.name]:
         pattern = placeholder_pattern(name)
         if pattern:
@@ -124,7 +125,8 @@ def candidates_for_folder(
     testing_reason = _placeholder_reason(folder)
     weights = [f.path for f in folder.files if is_weight(f.path)]
     if testing_reason is None and not folder.files:
-        testing_reason = "empty folder"
+        # Nothing usable, but something was there (a symlink loop, a dangling link): say what.
+        testing_reason = "; ".join(folder.notes) if folder.notes else "empty folder"
     elif testing_reason is None and not weights:
         testing_reason = "no weight files"
     if testing_reason and not include_testing:

@@ -8,6 +8,11 @@ outside every configured location):
   <publisher>/<model-folder>/  LM Studio's layout under its root: the same two levels, so the same rule
   <folder>/<weights>           weight files one level down (or in --base itself): provider local,
                                named local/<parent>/<folder>
+  url/<host>/<file stem>/      what `download URL` writes: provider url, matched to its entry by folder
+  a/b/.../<folder>/            deeper trees: an <owner>/<repo> level that holds only folders (no file of
+                               its own, no weights one level down) just groups them; below it the folder
+                               holding weights (or config.json / model_index.json) is a local model,
+                               named local/<parent>/<folder>
 
 Everything below an `<owner>/<repo>` folder belongs to that model (GGUF quants in subfolders, split parts).
 Hidden files and folders (`.git`, `.cache`, `.<name>.imageworks-partial` downloads in progress) are not
@@ -38,6 +43,11 @@ _PARTIAL_SUFFIXES = (
 # Folders that are never model folders of their own: Hugging Face's cache layout stores blobs under
 # content hashes, so its names say nothing about the model (use `hf cache scan` for it).
 _HF_CACHE_PREFIXES = ("models--", "datasets--", "spaces--")
+
+# Files that make the folder holding them a model even when its weights lie in subfolders (diffusers'
+# unet/, vae/; a transformers model with onnx/ beside it).
+_MODEL_CONFIGS = frozenset({"config.json", "model_index.json"})
+MAX_WALK_DEPTH = 8  # folders below the layout root; deeper trees are reported, not walked
 
 
 @dataclass(frozen=True)
@@ -241,36 +251,94 @@ def _walk(
     ancestors: frozenset[tuple[int, int]],
     is_location_root: bool,
 ) -> None:
-    if len(parts) >= 2:
-        _add_model_folder(discovery, folder, parts, recursive=True)
-        return
     try:
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            visible = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
         discovery.skipped.append(Skip(_safe_str(folder), f"unreadable folder: {_describe_os_error(exc)}"))
         return
-    visible = [e for e in entries if not e.name.startswith(".")]
+    role = _role(parts, visible)
+    if role == "model":
+        _add_model_folder(discovery, folder, parts, recursive=True)
+        return
     if not visible:
         if parts:  # an empty owner folder; an empty base is simply nothing to scan
             discovery.skipped.append(Skip(_safe_str(folder), "empty folder"))
         return
+    if role == "owner":
+        _loose_weights(discovery, folder, parts, visible, is_location_root)
+    elif not any(_entry_is_dir(e) for e in visible):
+        discovery.skipped.append(Skip(_safe_str(folder), "no weight files"))
+        return
+    if len(parts) >= MAX_WALK_DEPTH:
+        discovery.skipped.append(Skip(_safe_str(folder), f"nested deeper than {MAX_WALK_DEPTH} folders"))
+        return
+    _walk_subfolders(discovery, folder, parts, ancestors, visible)
 
+
+def _role(parts: tuple[str, ...], visible: Sequence[os.DirEntry[str]]) -> str:
+    """What a folder is by its place in the layout and what it holds: "owner" (above the model level:
+    loose weights there are a model of their own, subfolders are walked), "model", or "group" (a folder
+    that only groups models further down, as `url/<host>/` or `misc/nested/` do: walked)."""
+    if len(parts) < 2:
+        return "owner"
+    if parts[0] == "url" and len(parts) <= 3:
+        # <root>/url/<host>/<file stem>/<file>: what `download URL` writes.
+        return "model" if len(parts) == 3 else "group"
+    if len(parts) == 2:
+        # <owner>/<repo>: the repo's files may all lie in subfolders (GGUF quants), one level down.
+        if not visible or any(not _entry_is_dir(e) for e in visible) or any(map(_holds_weights, visible)):
+            return "model"
+        return "group"
+    # Deeper than the <owner>/<repo> layout: the folder that holds the weights (or a diffusers or
+    # transformers config beside its subfolders) is the model, named local/<parent>/<folder>.
+    if any((is_weight(e.name) or e.name in _MODEL_CONFIGS) and _entry_is_file(e) for e in visible):
+        return "model"
+    return "group"
+
+
+def _holds_weights(entry: os.DirEntry[str]) -> bool:
+    """Whether a (real, not symlinked) subfolder directly holds a weight file."""
+    if not _entry_is_dir(entry) or entry.is_symlink():
+        return False
+    try:
+        with os.scandir(entry.path) as it:
+            return any(is_weight(e.name) and _entry_is_file(e) for e in it if not e.name.startswith("."))
+    except OSError:
+        return True  # unreadable: let the model folder's listing report it
+
+
+def _loose_weights(
+    discovery: Discovery,
+    folder: Path,
+    parts: tuple[str, ...],
+    visible: Sequence[os.DirEntry[str]],
+    is_location_root: bool,
+) -> None:
     loose_weights = [e.name for e in visible if _entry_is_file(e) and is_weight(e.name)]
-    if loose_weights:
-        if is_location_root:
-            for name in loose_weights:
-                discovery.skipped.append(
-                    Skip(
-                        _safe_str(folder / name),
-                        "weight file directly in the location root: move it into <owner>/<repo>/",
-                    )
+    if not loose_weights:
+        return
+    if is_location_root:
+        for name in loose_weights:
+            discovery.skipped.append(
+                Skip(
+                    _safe_str(folder / name),
+                    "weight file directly in the location root: move it into <owner>/<repo>/",
                 )
-        else:
-            # Weights right here: a model folder of its own (its subfolders are still looked at, since
-            # this level may also be an owner folder).
-            _add_model_folder(discovery, folder, parts, recursive=False)
+            )
+    else:
+        # Weights right here: a model folder of its own (its subfolders are still looked at, since
+        # this level may also be an owner folder).
+        _add_model_folder(discovery, folder, parts, recursive=False)
 
+
+def _walk_subfolders(
+    discovery: Discovery,
+    folder: Path,
+    parts: tuple[str, ...],
+    ancestors: frozenset[tuple[int, int]],
+    visible: Sequence[os.DirEntry[str]],
+) -> None:
     for entry in visible:
         path = folder / entry.name
         if _printable(path) is None:
@@ -298,6 +366,13 @@ def _walk(
         _walk(discovery, path, (*parts, entry.name), ancestors | {key}, False)
 
 
+def _entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _entry_is_file(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_file()
@@ -321,6 +396,8 @@ def _add_model_folder(discovery: Discovery, folder: Path, parts: tuple[str, ...]
 
 def layout_source(parts: tuple[str, ...]) -> tuple[str, str | None, str | None]:
     """(provider, repo_id, revision) that a folder's place in the layout implies."""
+    if len(parts) == 3 and parts[0] == "url":
+        return "url", None, None  # the URL itself is not in the path: matched by folder, named by file
     if len(parts) == 2:
         owner, repo = parts
         revision: str | None = None
