@@ -625,3 +625,27 @@ def test_symlink_loops_are_reported_as_loops(tree, run_cli) -> None:
     assert "symlink loop" in reasons["self-link"], reasons
     assert not any(r == "empty folder" for p, r in reasons.items() if "loop" in p or "circle" in p)
     assert {i["name"] for i in data["added"]} == EXPECTED_NAMES
+
+
+def test_scan_does_not_bring_back_what_remove_deleted_meanwhile(tree, run_cli) -> None:
+    """A scan walks outside the lock; `remove --delete-files` running between its walk and its write
+    must not be undone: the folder is checked again under the lock."""
+    from imageworks.scan import discover, record_scan
+
+    store = RegistryStore(tree["registry"])
+    options = ScanOptions(location="linux_wsl", layout_roots=(tree["models"],))
+    assert {i.name for i in scan(store, tree["models"], options).added} == EXPECTED_NAMES
+    # A second scan walks (and would re-add a model the registry lacks) ...
+    base, candidates, skips = discover(tree["models"], options)
+    # ... while another process removes a model and its files.
+    folder = tree["models"] / "Qwen" / "Qwen2-VL-2B"
+    proc = run_cli("remove", "qwen/qwen2-vl-2b", "--delete-files", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert not (folder / "model.safetensors").exists()
+    assert store.load().get("qwen/qwen2-vl-2b") is None
+
+    result = record_scan(store, base, candidates, skips, options)
+    assert store.load().get("qwen/qwen2-vl-2b") is None
+    assert not result.added
+    (skip,) = [s for s in result.skipped if s.path == str(folder)]
+    assert "vanished during the scan" in skip.reason

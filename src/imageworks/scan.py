@@ -521,17 +521,35 @@ def scan(
     command may have written meanwhile), and everything is written in one transaction: one backup, one
     change-log line, and no write at all when nothing changed."""
     base, candidates, skips = discover(base, options)
-    plan = plan_scan(
-        store.load(), candidates, skips, update_existing=options.update_existing, want_digests=options.hash
-    )
+    return record_scan(store, base, candidates, skips, options, command)
+
+
+def record_scan(
+    store: RegistryStore,
+    base: Path,
+    candidates: Sequence[Candidate],
+    skips: Sequence[Skip],
+    options: ScanOptions,
+    command: Sequence[str] | str | None = None,
+) -> ScanResult:
+    """Plan what `discover` found against the registry, hash if asked, and write. Under the lock, each
+    entry about to be written is checked against the disk once more: another command (`remove
+    --delete-files`) may have deleted its folder since the walk, and recording it would bring back what
+    was just removed."""
+    update = options.update_existing
+    plan = plan_scan(store.load(), candidates, skips, update_existing=update, want_digests=options.hash)
     hashed = HashStats()
     if options.hash and not options.dry_run and plan.writes:
         skips = [*skips, *hash_items(plan.writes, hashed)]
         candidates = [c for c in plan.candidates if c.rejected is None]
-        plan = plan_scan(store.load(), candidates, skips, update_existing=options.update_existing)
+        plan = plan_scan(store.load(), candidates, skips, update_existing=update)
     if not options.dry_run and plan.writes:
         with store.transaction(command, backup=options.backup) as registry:
-            plan = plan_scan(registry, candidates, skips, update_existing=options.update_existing)
+            plan = plan_scan(registry, candidates, skips, update_existing=update)
+            vanished = _vanished(plan.writes)
+            if vanished:
+                candidates = [c for c in plan.candidates if c.rejected is None]
+                plan = plan_scan(registry, candidates, [*skips, *vanished], update_existing=update)
             apply_scan(registry, plan)
     return ScanResult(
         base=str(base),
@@ -542,6 +560,23 @@ def scan(
         hashed_files=hashed.files,
         hashed_bytes=hashed.bytes,
     )
+
+
+def _vanished(items: Sequence[ScanItem]) -> list[Skip]:
+    """The planned writes whose folder or files are gone from the disk since the walk (their candidates
+    are marked rejected)."""
+    skips = []
+    for item in items:
+        folder = Path(item.path)
+        missing = next((f.path for f in item.entry.files if not (folder / f.path).is_file()), None)
+        if missing is None and folder.is_dir():
+            continue
+        what = "the folder" if not folder.is_dir() else missing
+        reason = f"{what} vanished during the scan (removed by another command?): not recorded"
+        if item.candidate is not None:
+            item.candidate.rejected = reason
+        skips.append(Skip(item.path, reason))
+    return skips
 
 
 def resolve_scan_target(config: Config, base: Path | None, location: str | None) -> tuple[Path, str]:
