@@ -649,3 +649,35 @@ def test_scan_does_not_bring_back_what_remove_deleted_meanwhile(tree, run_cli) -
     assert not result.added
     (skip,) = [s for s in result.skipped if s.path == str(folder)]
     assert "vanished during the scan" in skip.reason
+
+
+def test_stale_partial_records_beside_complete_files_do_not_block_the_folder(tree, run_cli) -> None:
+    """Two downloads of one model at once can leave resume records of files that completed. A record
+    without its partial data, beside the complete file, is stale: the folder is scanned (the record is
+    a note). A real partial data file still skips the folder, and the reason names it."""
+    folder = tree["models"] / "acme" / "Finished-GGUF"
+    final = write_gguf(folder / "Finished-Q4_K_M.gguf")
+    record = {"format": "imageworks-partial", "version": 1, "size": final.stat().st_size, "done": []}
+    (folder / ".Finished-Q4_K_M.gguf.imageworks-partial.json").write_text(json.dumps(record))
+    (folder / ".Finished-Q4_K_M.gguf.imageworks-partial.aria2").write_bytes(b"\0" * 16)
+    # A record that does not match the file on disk (another size) is not stale: it may be resumed.
+    other = tree["models"] / "acme" / "Other-GGUF"
+    done = write_gguf(other / "Other-Q4_K_M.gguf")
+    wrong = {**record, "size": done.stat().st_size + 1}
+    (other / ".Other-Q4_K_M.gguf.imageworks-partial.json").write_text(json.dumps(wrong))
+    # A partial data file is a download in progress, whatever else is there.
+    busy = tree["models"] / "acme" / "Busy-GGUF"
+    write_gguf(busy / "Busy-Q4_K_M-00001-of-00002.gguf", split=(1, 2))
+    (busy / ".Busy-Q4_K_M-00002-of-00002.gguf.imageworks-partial").write_bytes(b"\0" * 64)
+
+    data = scan_json(run_cli)
+    added = {i["name"]: i for i in data["added"]}
+    assert "acme/finished-gguf:q4_k_m" in added
+    notes = added["acme/finished-gguf:q4_k_m"]["notes"]
+    assert any("stale record of a completed download" in n for n in notes), notes
+    reasons = {Path(s["path"]).relative_to(tree["models"]).as_posix(): s["reason"] for s in data["skipped"]}
+    assert reasons["acme/Other-GGUF"].startswith("a download is in progress or was interrupted (1 partial")
+    assert ".Other-Q4_K_M.gguf.imageworks-partial.json" in reasons["acme/Other-GGUF"]
+    assert ".Busy-Q4_K_M-00002-of-00002.gguf.imageworks-partial" in reasons["acme/Busy-GGUF"]
+    entry = RegistryStore(tree["registry"]).load().get("acme/finished-gguf:q4_k_m")
+    assert entry is not None and [f.path for f in entry.files] == ["Finished-Q4_K_M.gguf"]

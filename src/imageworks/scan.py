@@ -113,13 +113,14 @@ def candidates_for_folder(
     where = str(folder.path)
     if folder.problem:
         return [], [Skip(where, folder.problem)]
-    if folder.partial_files:
+    if folder.partials:
         # `download` records the model when it finishes; recording it now would list part of it.
+        shown = ", ".join(folder.partials[:3]) + (", ..." if len(folder.partials) > 3 else "")
         return [], [
             Skip(
                 where,
                 f"a download is in progress or was interrupted ({folder.partial_files} partial file(s)):"
-                " run the download again to finish it, or delete the hidden *.imageworks-partial files",
+                f" {shown}; run the download again to finish it, or delete those hidden files",
             )
         ]
     testing_reason = _placeholder_reason(folder)

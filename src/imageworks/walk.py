@@ -32,13 +32,16 @@ from pathlib import Path
 
 from imageworks.errors import UsageError
 
-# Hidden files a download in progress leaves beside its target (transfer.base.PartialPaths, aria2, hf).
-_PARTIAL_SUFFIXES = (
-    ".imageworks-partial",
-    ".imageworks-partial.json",
-    ".imageworks-partial.aria2",
-    ".incomplete",
+# Hidden files a download leaves beside its target (transfer.base.PartialPaths; aria2's control file;
+# the resume record's temp name while it is replaced), and huggingface_hub's blob in progress.
+PARTIAL_SUFFIX = ".imageworks-partial"
+_RECORD_SUFFIXES = (
+    PARTIAL_SUFFIX,
+    PARTIAL_SUFFIX + ".json",
+    PARTIAL_SUFFIX + ".json.tmp",
+    PARTIAL_SUFFIX + ".aria2",
 )
+_HF_INCOMPLETE = ".incomplete"
 
 # Folders that are never model folders of their own: Hugging Face's cache layout stores blobs under
 # content hashes, so its names say nothing about the model (use `hf cache scan` for it).
@@ -75,17 +78,22 @@ class ModelFolder:
     path: Path  # absolute, as reached from the base (symlinks kept, so the user's layout shows)
     layout: tuple[str, ...]  # components below the layout root, e.g. ("Qwen", "Qwen2-7B@dev")
     files: list[FileStat]
-    partial_files: int = 0  # hidden downloads in progress
+    partials: list[str] = field(default_factory=list)  # hidden downloads in progress (relative paths)
     problem: str | None = None  # set when the folder cannot be read completely
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def partial_files(self) -> int:
+        return len(self.partials)
 
 
 @dataclass
 class FolderListing:
     files: list[FileStat]
-    partial_files: int
     problem: str | None
     notes: list[str]
+    partials: list[str] = field(default_factory=list)  # downloads in progress or interrupted
+    stale: list[str] = field(default_factory=list)  # resume records of downloads that completed
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -112,42 +120,38 @@ def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
     agree on what a model holds): hidden names skipped, symlinked files followed, symlinked subfolders
     not followed (noted, and called a loop when they point back up), at most MAX_DEPTH levels. A
     subfolder that cannot be read makes the listing incomplete: the caller reports it rather than record
-    part of a model."""
+    part of a model. Hidden download leftovers are sorted into downloads in progress and stale records
+    (`_sort_partials`)."""
     from imageworks.inspect.folder import MAX_DEPTH
 
-    files: list[FileStat] = []
-    notes: list[str] = []
-    partial = 0
+    listing = FolderListing([], None, [])
     try:
         top = os.stat(folder)
     except OSError as exc:
-        return FolderListing([], 0, f"cannot read {_safe_str(folder)}: {_describe_os_error(exc)}", [])
+        listing.problem = f"cannot read {_safe_str(folder)}: {_describe_os_error(exc)}"
+        return listing
     stack: list[tuple[Path, str, int, frozenset[tuple[int, int]]]] = [
         (folder, "", 0, frozenset({(top.st_dev, top.st_ino)}))
     ]
-    while stack:
+    while stack and listing.problem is None:
         current, prefix, depth, ancestors = stack.pop()
         try:
             with os.scandir(current) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            return FolderListing(
-                files, partial, f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}", notes
-            )
+            listing.problem = f"cannot read {_safe_str(current)}: {_describe_os_error(exc)}"
+            break
         for entry in entries:
-            rel = prefix + entry.name
             if entry.name.startswith("."):
-                if entry.name.endswith(_PARTIAL_SUFFIXES):
-                    partial += 1
                 continue
+            rel = prefix + entry.name
             if _printable(rel) is None:
-                return FolderListing(
-                    files, partial, f"name is not valid UTF-8: {_safe_str(current / entry.name)}", notes
-                )
+                listing.problem = f"name is not valid UTF-8: {_safe_str(current / entry.name)}"
+                break
             try:
                 st = entry.stat()  # follows symlinks
             except OSError as exc:
-                notes.append(f"ignored {rel}: {_link_problem(entry, exc)}")
+                listing.notes.append(f"ignored {rel}: {_link_problem(entry, exc)}")
                 continue
             if statmod.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
@@ -157,13 +161,60 @@ def list_model_files(folder: Path, *, recursive: bool = True) -> FolderListing:
                         if key in ancestors
                         else "symlinked folder (not followed)"
                     )
-                    notes.append(f"ignored {rel}: {why}")
+                    listing.notes.append(f"ignored {rel}: {why}")
                 elif recursive and depth + 1 < MAX_DEPTH:
                     stack.append((Path(entry.path), rel + "/", depth + 1, ancestors | {key}))
             elif statmod.S_ISREG(st.st_mode):
-                files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
-    files.sort(key=lambda f: f.path)
-    return FolderListing(files, partial, None, notes)
+                listing.files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
+        _sort_partials(listing, current, prefix, [e.name for e in entries if e.name.startswith(".")])
+    listing.files.sort(key=lambda f: f.path)
+    return listing
+
+
+def _partial_target(name: str) -> tuple[str, bool] | None:
+    """For a hidden download leftover: (the final file's name, whether it is the partial data itself
+    rather than a record about it). None for any other hidden name."""
+    if name.endswith(_HF_INCOMPLETE):
+        return "", True  # huggingface_hub's blob in progress: always a download in progress
+    for suffix in _RECORD_SUFFIXES:
+        if name.endswith(suffix):
+            return name[1 : -len(suffix)], suffix == PARTIAL_SUFFIX
+    return None
+
+
+def _sort_partials(listing: FolderListing, folder: Path, prefix: str, hidden: Sequence[str]) -> None:
+    """A partial data file (`.<name>.imageworks-partial`) is a download in progress or interrupted. A
+    resume record (`.json`, aria2's `.aria2`) without its data file, beside a complete `<name>`, is
+    stale: a finished download (files are renamed into place only once verified) whose record was left
+    behind, e.g. by two downloads of one model at once. It is noted, not a reason to skip the folder."""
+    leftovers = [(name, target) for name in hidden if (target := _partial_target(name)) is not None]
+    with_data = {final for _, (final, is_data) in leftovers if is_data}
+    for name, (final, is_data) in leftovers:
+        rel = prefix + name
+        if not is_data and final not in with_data and _complete(folder, name, final):
+            listing.stale.append(rel)
+        else:
+            listing.partials.append(rel)
+
+
+def _complete(folder: Path, record: str, final: str) -> bool:
+    """Whether `final` is in place with the size its resume record expects (when the record says)."""
+    try:
+        st = os.stat(folder / final)
+    except OSError:
+        return False
+    if not statmod.S_ISREG(st.st_mode):
+        return False
+    if record.endswith(".json"):
+        import json
+
+        try:
+            with open(folder / record, "rb") as handle:
+                size = json.loads(handle.read(64 * 1024)).get("size")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return True  # an unreadable record cannot resume anything either
+        return not isinstance(size, int) or size == st.st_size
+    return True
 
 
 def _link_problem(entry: os.DirEntry[str], exc: OSError) -> str:
@@ -387,9 +438,12 @@ def _add_model_folder(discovery: Discovery, folder: Path, parts: tuple[str, ...]
             path=folder,
             layout=parts,
             files=listing.files,
-            partial_files=listing.partial_files,
+            partials=listing.partials,
             problem=listing.problem,
-            notes=listing.notes,
+            notes=[
+                *listing.notes,
+                *(f"ignored {rel}: stale record of a completed download" for rel in listing.stale),
+            ],
         )
     )
 
