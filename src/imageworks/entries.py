@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
@@ -293,19 +293,58 @@ def entry_for_folder(
     return entry.model_copy(update={"testing": True}) if testing else entry
 
 
+# Where a recorded SHA-256 came from: the Hub's listing, the user's `--sha256` for a direct URL, or the
+# bytes on disk (scan --hash, normalize-formats --rebuild, verify --record). Stored per file as the
+# `digest_source` key of a file record.
+DigestSource = Literal["hub", "url", "disk"]
+DIGEST_SOURCES: tuple[DigestSource, ...] = ("hub", "url", "disk")
+AUTHORITATIVE: frozenset[str] = frozenset({"hub", "url"})
+
+
+def digest_source(entry: ModelEntry, record: FileRecord) -> DigestSource | None:
+    """Where `record`'s SHA-256 came from (None without one). Records written before the field existed:
+    a downloaded entry (download time or commit recorded) of the Hub or a URL got its digests from
+    there; anything else (a scanned folder, even in the owner/repo layout) got them from disk."""
+    if not record.sha256:
+        return None
+    explicit = (record.model_extra or {}).get("digest_source")
+    if explicit in DIGEST_SOURCES:
+        return explicit  # type: ignore[no-any-return]
+    downloaded = bool(entry.downloaded_at or entry.source.commit)
+    if downloaded and entry.source.provider == "hf":
+        return "hub"
+    if downloaded and entry.source.provider == "url":
+        return "url"
+    return "disk"
+
+
+def hashed_on_disk(record: FileRecord, sha256: str, size: int | None, mtime_ns: int | None) -> FileRecord:
+    """`record` with a digest just computed from the file on disk."""
+    update: dict[str, Any] = {"sha256": sha256, "mtime_ns": mtime_ns, "digest_source": "disk"}
+    if size is not None:
+        update["size"] = size
+    return record.model_copy(update=update)
+
+
 def carry_digests(
-    records: Sequence[FileRecord], old: Sequence[FileRecord], stats: dict[str, FileStat]
+    base: ModelEntry, records: Sequence[FileRecord], stats: dict[str, FileStat]
 ) -> list[FileRecord]:
-    """Keep a recorded SHA-256 while the file is unchanged (`hashing.trusted_digest`); anything else is
-    recorded without a digest (verify/--hash/--rebuild compute it)."""
-    known = {f.path: f for f in old}
+    """The files of `base` as found again on disk (`records`), keeping what was recorded about digests:
+    a digest from the Hub or a `--sha256` stays with its size whatever the disk now holds (the disk is
+    what may be wrong: `verify` reports it), and one from disk stays while the file is unchanged
+    (`hashing.trusted_digest`). Anything else is recorded without a digest (verify/--hash/--rebuild
+    compute it)."""
+    known = {f.path: f for f in base.files}
     out = []
     for record in records:
         prev = known.get(record.path)
         stat = stats.get(record.path)
-        if record.sha256 is None and stat is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
+        if prev is not None and digest_source(base, prev) in AUTHORITATIVE:
+            # Checked against it just now (normalize-formats --rebuild): the fresher size and mtime.
+            record = record if record.sha256 == prev.sha256 else prev
+        elif record.sha256 is None and stat is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
             assert prev is not None
-            record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
+            record = prev
         out.append(record)
     return out
 
@@ -314,10 +353,14 @@ def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat
     """`base` (the discovered layer's entry) updated with the facts from disk in `fresh` (format,
     quantisation, files, size, capabilities, serve hints, inspection metadata) by the merge `download`
     uses. What was recorded about where the model came from stays: a folder name knows less than the
-    download did (commit, canonical case). Digests whose files are unchanged are kept."""
-    fresh = fresh.model_copy(update={"files": carry_digests(fresh.files, base.files, stats)})
+    download did (commit, canonical case). Digests are kept by `carry_digests`."""
+    files = carry_digests(base, fresh.files, stats)
     fresh = fresh.model_copy(
-        update={"aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in fresh.files)}
+        update={
+            "files": files,
+            "size_bytes": sum(f.size for f in files),
+            "aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in files),
+        }
     )
     merged = merge_entry(base, fresh)
     moved = path_key(base.path) != path_key(fresh.path)

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.diffs import FieldChange, diff_fields
-from imageworks.entries import entry_for_folder, refresh_entry, split_variants
+from imageworks.entries import (
+    AUTHORITATIVE,
+    digest_source,
+    entry_for_folder,
+    hashed_on_disk,
+    refresh_entry,
+    split_variants,
+)
 from imageworks.hashing import trusted_digest
 from imageworks.naming import path_key
 from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry.store import Registry, RegistryStore
 
-Action = Literal["update", "unchanged", "prune", "missing", "curated-missing", "skipped"]
+Action = Literal["update", "unchanged", "drift", "prune", "missing", "curated-missing", "skipped"]
 
 _FORMAT_FIELDS = ("format", "quantization", "serve")
 _REBUILD_FIELDS = (
@@ -71,6 +78,7 @@ class EntryPlan:
     changes: list[FieldChange] = field(default_factory=list)
     drift: FileDrift | None = None
     notes: list[str] = field(default_factory=list)
+    mismatches: list[DigestMismatch] = field(default_factory=list)  # files that differ from a Hub digest
     entry: ModelEntry | None = field(default=None, repr=False)  # the new discovered entry ("update")
     before: dict[str, Any] | None = field(default=None, repr=False)  # the discovered entry planned against
 
@@ -81,8 +89,23 @@ class EntryPlan:
             "action": self.action,
             "changes": [c.as_dict() for c in self.changes],
             "drift": self.drift.as_dict() if self.drift is not None else None,
+            "mismatches": [m.as_dict() for m in self.mismatches],
             "notes": self.notes,
         }
+
+
+@dataclass(frozen=True)
+class DigestMismatch:
+    """A file whose bytes on disk no longer match the digest recorded from the Hub (or `--sha256`): drift
+    to report, as `verify` reports `changed`, never a digest to adopt."""
+
+    path: str
+    expected: str  # the recorded digest, which stays
+    actual: str | None  # what the disk holds now (None: the size alone differs and it was not read)
+    source: str  # "hub" or "url"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "expected": self.expected, "actual": self.actual, "source": self.source}
 
 
 @dataclass
@@ -103,7 +126,8 @@ class NormalizePlan:
         return [e for e in self.entries if e.action in ("update", "prune")]
 
     def summary(self) -> dict[str, int]:
-        counts = {a: 0 for a in ("update", "unchanged", "prune", "missing", "curated-missing", "skipped")}
+        actions = ("update", "unchanged", "drift", "prune", "missing", "curated-missing", "skipped")
+        counts = {a: 0 for a in actions}
         for entry in self.entries:
             counts[entry.action] += 1
         return counts
@@ -127,6 +151,16 @@ class NormalizeResult:
     applied: bool
     written: list[str] = field(default_factory=list)  # entries updated or pruned
     conflicts: list[str] = field(default_factory=list)  # changed by another command meanwhile: not touched
+
+    @property
+    def mismatches(self) -> list[tuple[str, DigestMismatch]]:
+        return [(e.name, m) for e in self.plan.entries for m in e.mismatches]
+
+    @property
+    def ok(self) -> bool:
+        """False when something needs the user: a file differs from its Hub digest, or an entry changed
+        meanwhile was not written."""
+        return not self.conflicts and not self.mismatches
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -305,7 +339,7 @@ def _inspect_entry(
             stat = stats[record.path]
             if not full and trusted_digest(prev, stat.size, stat.mtime_ns):
                 assert prev is not None
-                record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
+                record = prev
             else:
                 item.to_hash.append(record.path)
             records.append(record)
@@ -361,18 +395,37 @@ def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:
     plan.reused_digests = sum(len(item.fresh.files) - len(item.to_hash) for item in work)
     for item in work:
         done = by_item.get(id(item), {})
+        old = {f.path: f for f in item.base.files}
         records: list[FileRecord] = []
         for record in item.fresh.files:
             found = done.get(record.path)
-            if found is not None:
-                if found.ok:
-                    record = record.model_copy(
-                        update={"sha256": found.sha256, "size": found.size, "mtime_ns": found.mtime_ns}
-                    )
-                else:
-                    item.plan.notes.append(f"cannot hash {record.path}: {found.error}")
+            if found is not None and not found.ok:
+                item.plan.notes.append(f"cannot hash {record.path}: {found.error}")
+            elif found is not None:
+                assert found.sha256 is not None
+                record = _hashed(item, record, old.get(record.path), found)
             records.append(record)
         item.fresh = item.fresh.model_copy(update={"files": records})
+
+
+def _hashed(item: _Work, record: FileRecord, prev: FileRecord | None, found: FileDigest) -> FileRecord:
+    """The record for a file just hashed. A digest from the Hub (or `--sha256`) is never replaced from
+    disk: a mismatch is drift, reported with both digests, and the recorded one stays. A digest that
+    came from disk is refreshed, and the plan says so."""
+    assert found.sha256 is not None
+    source = digest_source(item.base, prev) if prev is not None else None
+    if prev is not None and prev.sha256 and source in AUTHORITATIVE:
+        if found.sha256 != prev.sha256:
+            item.plan.mismatches.append(DigestMismatch(record.path, prev.sha256, found.sha256, source or ""))
+            return prev
+        # The bytes are what was published: remember the size and mtime they were checked at.
+        return prev.model_copy(update={"size": found.size, "mtime_ns": found.mtime_ns})
+    if prev is not None and prev.sha256 and prev.sha256 != found.sha256:
+        item.plan.notes.append(
+            f"SHA-256 of {record.path} recomputed from disk: {prev.sha256} -> {found.sha256}"
+            " (the old one was computed from disk too)"
+        )
+    return hashed_on_disk(record, found.sha256, found.size, found.mtime_ns)
 
 
 def _drift(old: Sequence[FileRecord], new: Sequence[FileRecord]) -> FileDrift:
@@ -394,7 +447,9 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     plan = item.plan
     if rebuild:
         new = refresh_entry(item.base, item.fresh, item.stats)
-        plan.drift = _drift(item.base.files, new.files)
+        drift = _drift(item.base.files, new.files)
+        mismatched = [m.path for m in plan.mismatches if m.path not in drift.changed]
+        plan.drift = FileDrift(sorted([*drift.changed, *mismatched]), drift.added, drift.missing)
         fields: tuple[str, ...] = _REBUILD_FIELDS
     else:
         new = _with_format(item.base, item.fresh)
@@ -402,6 +457,8 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     old_raw = plan.before or {}
     new_raw = new.to_layer_dict()
     if old_raw == new_raw:
+        if plan.mismatches:
+            plan.action = "drift"  # nothing to write: the recorded digests stay, the disk is what differs
         return
     plan.action = "update"
     plan.entry = new

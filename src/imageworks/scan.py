@@ -45,7 +45,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.diffs import FieldChange, diff_fields
-from imageworks.entries import EntryIndex, disambiguated, entry_for_folder, folder_variants, refresh_entry
+from imageworks.entries import (
+    EntryIndex,
+    disambiguated,
+    entry_for_folder,
+    folder_variants,
+    hashed_on_disk,
+    refresh_entry,
+)
 from imageworks.hashing import aggregate_sha256
 from imageworks.naming import path_key
 from imageworks.registry.schema import ModelEntry
@@ -414,13 +421,11 @@ def hash_items(items: Sequence[ScanItem], stats_out: HashStats) -> list[Skip]:
         for record in cand.entry.files:
             path = Path(item.path) / record.path
             if record.path in known:
-                prev = known[record.path]
-                record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
+                record = known[record.path]
             elif path in digests:
                 digest = digests[path]
-                record = record.model_copy(
-                    update={"sha256": digest.sha256, "size": digest.size, "mtime_ns": digest.mtime_ns}
-                )
+                assert digest.sha256 is not None
+                record = hashed_on_disk(record, digest.sha256, digest.size, digest.mtime_ns)
                 stats_out.files += 1
                 stats_out.bytes += digest.size or 0
             elif record.sha256 is None:

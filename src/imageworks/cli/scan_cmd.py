@@ -153,14 +153,15 @@ def normalize_formats(
         location_roots={name: app.config.location_root(name) for name in app.config.locations},
     )
     if as_json:
-        emit_json("normalize-formats", result.as_dict(), ok=not result.conflicts)
+        emit_json("normalize-formats", result.as_dict(), ok=result.ok)
     else:
         _render_normalize(result)
-    if result.conflicts:
+    if not result.ok:
         sys.exit(EXIT_FAILED)
 
 
-_MARK = {"update": "~", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
+_MARK = {"update": "~", "drift": "!", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
+_SOURCE = {"hub": "the Hub", "url": "--sha256"}
 
 
 def _render_normalize(result: NormalizeResult) -> None:
@@ -179,6 +180,11 @@ def _render_normalize(result: NormalizeResult) -> None:
                 if paths:
                     shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
                     echo(f"    files {kind}: {shown}")
+        for m in item.mismatches:
+            echo(
+                f"    changed: {m.path}: expected {m.expected} (from {_SOURCE.get(m.source, m.source)}),"
+                f" got {m.actual or '-'}; the recorded digest is kept (re-download with --force)"
+            )
         for note in item.notes:
             echo(f"    note: {note}")
     counts = plan.summary()
@@ -194,6 +200,8 @@ def _render_normalize(result: NormalizeResult) -> None:
         parts = [f"{counts['update']} to update", f"{counts['unchanged']} unchanged"]
         if plan.prune_missing:
             parts.append(f"{counts['prune']} to remove")
+    if counts["drift"]:
+        parts.append(f"{counts['drift']} differ from their recorded digests")
     if counts["missing"]:
         parts.append(f"{counts['missing']} missing")
     if counts["curated-missing"]:
@@ -206,6 +214,13 @@ def _render_normalize(result: NormalizeResult) -> None:
             f"{plan.reused_digests} unchanged by size+mtime"
         )
     echo(", ".join(parts))
+    if result.mismatches:
+        echo(
+            f"{len(result.mismatches)} file(s) differ from the digest recorded from the Hub or --sha256:"
+            " kept as recorded; `imageworks-loader verify NAME` checks them, a re-download with --force"
+            " fetches them again",
+            err=True,
+        )
     for name in result.conflicts:
         echo(
             f"not written: {name} changed in the registry since the plan was made; run the command again",
