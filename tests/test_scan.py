@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from imageworks.candidates import placeholder_pattern
 from imageworks.registry import FileRecord, RegistryStore, Source
-from imageworks.scan import ScanOptions, find_model_folders, placeholder_pattern, scan
+from imageworks.scan import ScanOptions, scan
+from imageworks.walk import find_model_folders
 from tests.modelfiles import dense_tensors, write_gguf, write_gguf_repo, write_hf_model, write_safetensors
 
 

@@ -22,158 +22,44 @@ folder that still exists is a second copy (reported, not merged); one whose fold
 (`update_existing` records the new folder). A name taken by a different model gets the
 `<name>-<8 hex>` suffix of `entries.record_entry`.
 
-Placeholders are skipped unless `include_testing` (the entries then carry `testing: true`):
-  - a layout component (owner or repo, revision stripped) matching one of PLACEHOLDER_PATTERNS
-    (case-insensitive shell patterns): test*, *-test, *-testing, demo*, dummy*, example*, tmp*,
-    *placeholder*, tiny-random-*
-  - a model folder with no weight files, or an empty one.
+Which entries a folder yields, and which folders are placeholders, is `imageworks.candidates`.
 
 Problems never stop the scan: symlink loops, dangling symlinks, unreadable folders, names that are not
-valid UTF-8, unusable (truncated, corrupt) weight files, folders with a download in progress (hidden
-`*.imageworks-partial` files) and Hugging Face cache folders (`models--*`) are reported as skips with a
-reason; files a model folder holds that cannot be used (a symlink loop inside it) are notes on its entry.
+valid UTF-8, unusable (truncated, corrupt, hostile) weight files, folders with a download in progress
+(hidden `*.imageworks-partial` files, named in the reason; a resume record left beside a completed file
+is only a note) and Hugging Face cache folders (`models--*`) are reported as skips with a reason; files a
+model folder holds that cannot be used (a symlink loop inside it) are notes on its entry.
+
+The walk, the inspection and any hashing happen outside the registry lock; under it the plan is made
+again and each folder to record is checked once more (`record_scan`), so a folder another command
+deleted meanwhile is not brought back.
 
 The library computes typed results; `imageworks.cli.scan_cmd` renders them (STYLE.md #1, #2).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from imageworks.candidates import Candidate, candidates_for_folder, merge_candidates
 from imageworks.diffs import FieldChange, diff_fields
 from imageworks.entries import (
     EntryIndex,
     disambiguated,
-    entry_for_folder,
-    folder_variants,
     hashed_on_disk,
     refresh_entry,
 )
 from imageworks.hashing import aggregate_sha256
 from imageworks.naming import path_key
 from imageworks.registry.schema import ModelEntry
-from imageworks.walk import ModelFolder, Skip, find_model_folders, is_weight, resolved_path
+from imageworks.walk import Skip, find_model_folders, resolved_path
 
 if TYPE_CHECKING:
     from imageworks.config import Config
     from imageworks.registry.store import Registry, RegistryStore
-
-PLACEHOLDER_PATTERNS: tuple[str, ...] = (
-    "test*",
-    "*-test",
-    "*-testing",
-    "demo*",
-    "dummy*",
-    "example*",
-    "tmp*",
-    "*placeholder*",
-    "tiny-random-*",
-)
-
-
-def placeholder_pattern(name: str) -> str | None:
-    """The first placeholder pattern `name` matches, or None."""
-    low = name.lower()
-    for pattern in PLACEHOLDER_PATTERNS:
-        if fnmatch.fnmatchcase(low, pattern):
-            return pattern
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# From a folder to registry entries
-
-
-@dataclass
-class Candidate:
-    """One entry a scanned folder yields, before it is matched against the registry."""
-
-    entry: ModelEntry
-    folder: ModelFolder
-    weight_files: frozenset[str]
-    notes: list[str] = field(default_factory=list)
-    rejected: str | None = None  # set when a later step (hashing) finds the candidate unusable
-
-
-def _placeholder_reason(folder: ModelFolder) -> str | None:
-    """Why a folder looks like a placeholder by name: its owner or repo name (revision stripped), or the
-    folder's own name outside the <owner>/<repo> layout (and of a direct download's folder, not its host)."""
-    layout = folder.layout[-1:] if folder.layout[:1] == ("url",) else folder.layout[-2:]
-    names = [part.rpartition("@")[0] if "@" in part else part for part in layout]
-    for name in names or [folder.path.name]:
-        pattern = placeholder_pattern(name)
-        if pattern:
-            return f"placeholder name {name!r} (pattern {pattern})"
-    return None
-
-
-def candidates_for_folder(
-    folder: ModelFolder, *, location: str, include_testing: bool
-) -> tuple[list[Candidate], list[Skip]]:
-    """Inspect one model folder and build its entries (see the module docstring for the rules)."""
-    from imageworks.inspect import inspect_folder
-
-    where = str(folder.path)
-    if folder.problem:
-        return [], [Skip(where, folder.problem)]
-    if folder.partials:
-        # `download` records the model when it finishes; recording it now would list part of it.
-        shown = ", ".join(folder.partials[:3]) + (", ..." if len(folder.partials) > 3 else "")
-        return [], [
-            Skip(
-                where,
-                f"a download is in progress or was interrupted ({folder.partial_files} partial file(s)):"
-                f" {shown}; run the download again to finish it, or delete those hidden files",
-            )
-        ]
-    testing_reason = _placeholder_reason(folder)
-    weights = [f.path for f in folder.files if is_weight(f.path)]
-    if testing_reason is None and not folder.files:
-        # Nothing usable, but something was there (a symlink loop, a dangling link): say what.
-        testing_reason = "; ".join(folder.notes) if folder.notes else "empty folder"
-    elif testing_reason is None and not weights:
-        testing_reason = "no weight files"
-    if testing_reason and not include_testing:
-        return [], [Skip(where, testing_reason)]
-    testing = testing_reason is not None
-    by_path = {f.path: f for f in folder.files}
-
-    all_files = [f.path for f in folder.files]
-    inspection = inspect_folder(folder.path, files=all_files)
-    if not weights:
-        entry = entry_for_folder(folder, inspection, all_files, by_path, location=location, testing=testing)
-        return [Candidate(entry, folder, frozenset(), [testing_reason or "", *folder.notes])], []
-    variants = folder_variants(folder.path, all_files, inspection)
-    candidates: list[Candidate] = []
-    skips: list[Skip] = []
-    for variant, insp in variants:
-        unusable = [(p, e) for p, e in insp.errors if p in variant.files]
-        label = where if len(variants) == 1 else f"{where} [{insp.quantization or insp.format}]"
-        if unusable:
-            path, error = unusable[0]
-            more = f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
-            skips.append(Skip(label, f"unusable weight file {path}: {error}{more}"))
-            continue
-        if insp.format == "unknown" and not include_testing:
-            skips.append(Skip(label, f"cannot tell the weight format: {insp.reason or 'no usable header'}"))
-            continue
-        entry = entry_for_folder(
-            folder, insp, list(variant.files), by_path, location=location, testing=testing
-        )
-        notes = _folder_notes(folder, insp.problems)
-        candidates.append(Candidate(entry, folder, variant.weight_files, notes))
-    return candidates, skips
-
-
-def _folder_notes(folder: ModelFolder, problems: Sequence[str]) -> list[str]:
-    """What the listing ignored plus what the inspection could not use, each file said once."""
-    noted = {n.removeprefix("ignored ").split(":", 1)[0] for n in folder.notes}
-    return [*folder.notes, *(p for p in problems if p.split(":", 1)[0] not in noted)]
-
 
 REFRESHED_FIELDS = (
     "format",
@@ -245,69 +131,75 @@ def plan_scan(
     With `want_digests` (scan --hash), a refreshed entry that lacks digests is an update even when
     nothing else changed, so the hashing step fills them in."""
     index = EntryIndex(registry.entries())
-    items: list[ScanItem] = []
-    skips = list(skipped)
+    plan = ScanPlan([], list(skipped), _fold_into_existing(candidates, index))
     planned: dict[str, str] = {}  # entry name -> folder, for the candidates of this scan
-    candidates = _fold_into_existing(candidates, index)
-    for cand in candidates:
-        entry = cand.entry
-        stats = {f.path: f for f in cand.folder.files}
+    for cand in plan.candidates:
         existing = index.match(cand.entry, cand.weight_files)
         if existing is None:
-            taken = index.by_name.get(entry.name)
-            if taken is not None:
-                # Another model has this name (two local folders with the same last two components):
-                # a suffix from what identifies this one, so it gets the same name next time.
-                entry = disambiguated(entry)
-                cand.entry = entry
-                if entry.name in index.by_name:
-                    skips.append(
-                        Skip(
-                            entry.path or "",
-                            f"name {entry.name} is taken by another entry (path {taken.path or '-'})",
-                        )
-                    )
-                    continue
-            items.append(_item("add", entry, cand))
-            index.add(entry)
-            planned[entry.name] = entry.path or ""
-            continue
-        if existing.name in planned:
-            skips.append(
-                Skip(entry.path or "", f"same model as {planned[existing.name]} (found earlier in this scan)")
+            _plan_new(plan, index, cand)
+        elif existing.name in planned:
+            where = planned[existing.name]
+            plan.skipped.append(
+                Skip(cand.entry.path or "", f"same model as {where} (found earlier in this scan)")
             )
-            continue
-        planned[existing.name] = entry.path or ""
-        same_folder = path_key(existing.path) == path_key(entry.path)
-        if not same_folder and existing.path and Path(existing.path).expanduser().exists():
-            skips.append(
-                Skip(entry.path or "", f"another copy of {existing.name} (registered at {existing.path})")
-            )
-            continue
-        notes = list(cand.notes)
-        if not same_folder:
-            notes.append(
-                f"registered at {existing.path or '-'}, which no longer exists"
-                + ("" if update_existing else "; --update-existing records this folder")
-            )
-        if not update_existing:
-            items.append(_item("unchanged", existing, cand, notes=notes))
-            continue
-        base = registry.discovered_entry(existing.name)
-        if base is None:  # only in curated: tools write the discovered layer under the same name
-            base = entry.model_copy(update={"name": existing.name})
-        refreshed = refresh_entry(base, entry, stats)
-        old_raw = registry.discovered.get(existing.name, {})
-        new_raw = refreshed.to_layer_dict()
-        needs_digests = want_digests and any(f.sha256 is None for f in refreshed.files)
-        if old_raw == new_raw and not needs_digests:
-            items.append(_item("unchanged", existing, cand, notes=notes))
-            continue
-        changes = diff_fields(old_raw, new_raw, REFRESHED_FIELDS)
-        if needs_digests:
-            notes.append("SHA-256 of files without one to be recorded")
-        items.append(_item("update", refreshed, cand, changes=changes, notes=notes))
-    return ScanPlan(items, skips, candidates)
+        else:
+            planned[existing.name] = cand.entry.path or ""
+            _plan_existing(plan, registry, cand, existing, update_existing, want_digests)
+    return plan
+
+
+def _plan_new(plan: ScanPlan, index: EntryIndex, cand: Candidate) -> None:
+    entry = cand.entry
+    taken = index.by_name.get(entry.name)
+    if taken is not None:
+        # Another model has this name (two local folders with the same last two components): a suffix
+        # from what identifies this one, so it gets the same name next time.
+        entry = cand.entry = disambiguated(entry)
+        if entry.name in index.by_name:
+            why = f"name {entry.name} is taken by another entry (path {taken.path or '-'})"
+            plan.skipped.append(Skip(entry.path or "", why))
+            return
+    plan.items.append(_item("add", entry, cand))
+    index.add(entry)
+
+
+def _plan_existing(
+    plan: ScanPlan,
+    registry: Registry,
+    cand: Candidate,
+    existing: ModelEntry,
+    update_existing: bool,
+    want_digests: bool,
+) -> None:
+    entry = cand.entry
+    same_folder = path_key(existing.path) == path_key(entry.path)
+    if not same_folder and existing.path and Path(existing.path).expanduser().exists():
+        why = f"another copy of {existing.name} (registered at {existing.path})"
+        plan.skipped.append(Skip(entry.path or "", why))
+        return
+    notes = list(cand.notes)
+    if not same_folder:
+        notes.append(
+            f"registered at {existing.path or '-'}, which no longer exists"
+            + ("" if update_existing else "; --update-existing records this folder")
+        )
+    if not update_existing:
+        plan.items.append(_item("unchanged", existing, cand, notes=notes))
+        return
+    base = registry.discovered_entry(existing.name)
+    if base is None:  # only in curated: tools write the discovered layer under the same name
+        base = entry.model_copy(update={"name": existing.name})
+    refreshed = refresh_entry(base, entry, {f.path: f for f in cand.folder.files})
+    old_raw = registry.discovered.get(existing.name, {})
+    new_raw = refreshed.to_layer_dict()
+    needs_digests = want_digests and any(f.sha256 is None for f in refreshed.files)
+    if old_raw == new_raw and not needs_digests:
+        plan.items.append(_item("unchanged", existing, cand, notes=notes))
+        return
+    changes = diff_fields(old_raw, new_raw, REFRESHED_FIELDS)
+    if needs_digests:
+        notes.append("SHA-256 of files without one to be recorded")
+    plan.items.append(_item("update", refreshed, cand, changes=changes, notes=notes))
 
 
 def _fold_into_existing(candidates: Sequence[Candidate], index: EntryIndex) -> list[Candidate]:
@@ -330,31 +222,6 @@ def _fold_into_existing(candidates: Sequence[Candidate], index: EntryIndex) -> l
         elif position not in folded:
             out.append(cand)
     return out
-
-
-def merge_candidates(cands: Sequence[Candidate]) -> Candidate:
-    """One candidate holding the files of several variants of the same folder."""
-    from imageworks.inspect import inspect_folder
-
-    folder = cands[0].folder
-    files = sorted({r.path for c in cands for r in c.entry.files})
-    stats = {f.path: f for f in folder.files}
-    inspection = inspect_folder(folder.path, files=files)
-    entry = entry_for_folder(
-        folder,
-        inspection,
-        files,
-        stats,
-        location=cands[0].entry.location or "path",
-        testing=any(c.entry.testing for c in cands),
-    )
-    hashed = {r.path: r for c in cands for r in c.entry.files if r.sha256}
-    records = [hashed.get(r.path, r) for r in entry.files]
-    entry = entry.model_copy(
-        update={"files": records, "aggregate_sha256": aggregate_sha256((r.path, r.sha256) for r in records)}
-    )
-    notes = list(dict.fromkeys(n for c in cands for n in c.notes))
-    return Candidate(entry, folder, frozenset().union(*(c.weight_files for c in cands)), notes)
 
 
 def _item(
@@ -398,7 +265,7 @@ def hash_items(items: Sequence[ScanItem], stats_out: HashStats) -> list[Skip]:
     """Record a SHA-256 (with the size and mtime it was taken at) for every file the planned entries hold
     without one. The digests go into the candidates, so planning again (under the lock) keeps them. A file
     that vanished or cannot be read turns its candidate into a skip."""
-    from imageworks.hashing import FileDigest, aggregate_sha256, hash_files
+    from imageworks.hashing import FileDigest, hash_files
 
     wanted: dict[Path, int] = {}
     for item in items:
