@@ -210,60 +210,70 @@ def plan_normalize(
     plan = NormalizePlan([], rebuild, full, prune_missing)
     work: list[_Work] = []
     for name in sorted(discovered.keys() | registry.curated.keys()):
-        curated = registry.is_curated(name)
         entry = discovered.get(name)
         merged = registry.get(name)
         path = (merged.path if merged else None) or (entry.path if entry else None)
-        exists = bool(path) and Path(path or "").expanduser().exists()
         if entry is None:
             # Curated-only: nothing of it is ours to recompute; a missing folder is still worth saying.
-            if prune_missing and path and not exists:
+            if prune_missing and path and not Path(path).expanduser().exists():
                 plan.entries.append(
                     EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
                 )
             continue
         before = registry.discovered[name]
-        if not path:
-            plan.entries.append(EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before))
+        skipped = _unusable_path(registry, name, entry, path, before, roots, prune_missing)
+        if skipped is not None:
+            plan.entries.append(skipped)
             continue
-        if not exists:
-            root = roots.get(entry.location or "")
-            if root is not None and not Path(root).expanduser().is_dir():
-                note = f"{path} is unreachable: the {entry.location} root {root} is missing (not mounted?)"
-                plan.entries.append(EntryPlan(name, path, "missing", notes=[note + "; not pruned"]))
-            elif not prune_missing:
-                note = f"{path} does not exist; --prune-missing removes the entry"
-                plan.entries.append(EntryPlan(name, path, "missing", notes=[note]))
-            elif curated:
-                plan.entries.append(
-                    EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
-                )
-            else:
-                plan.entries.append(
-                    EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before)
-                )
-            continue
-        if not Path(path).expanduser().is_dir():
-            note = "the recorded path is a file, not a model folder: not normalised"
-            plan.entries.append(EntryPlan(name, path, "skipped", notes=[note], before=before))
-            continue
+        assert path is not None
         others = set().union(
             *(files for other, files in folder_files.get(path_key(path), []) if other != name)
         )
         item = _inspect_entry(
             name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before, others=others
         )
-        if isinstance(item, EntryPlan):
-            plan.entries.append(item)
-        else:
+        if isinstance(item, _Work):
             work.append(item)
             plan.entries.append(item.plan)
+        else:
+            plan.entries.append(item)
 
     if rebuild:
         _hash_work(work, plan)
-    for item in work:
-        _finish(item, rebuild=rebuild)
+    for job in work:
+        _finish(job, rebuild=rebuild)
     return plan
+
+
+def _unusable_path(
+    registry: Registry,
+    name: str,
+    entry: ModelEntry,
+    path: str | None,
+    before: dict[str, Any],
+    roots: Mapping[str, Path],
+    prune_missing: bool,
+) -> EntryPlan | None:
+    """The plan for an entry whose recorded path is not a folder to read (none, missing, a file), or
+    None when it is one."""
+    if not path:
+        return EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before)
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return None
+    if folder.exists():
+        note = "the recorded path is a file, not a model folder: not normalised"
+        return EntryPlan(name, path, "skipped", notes=[note], before=before)
+    root = roots.get(entry.location or "")
+    if root is not None and not Path(root).expanduser().is_dir():
+        note = f"{path} is unreachable: the {entry.location} root {root} is missing (not mounted?)"
+        return EntryPlan(name, path, "missing", notes=[note + "; not pruned"])
+    if not prune_missing:
+        note = f"{path} does not exist; --prune-missing removes the entry"
+        return EntryPlan(name, path, "missing", notes=[note])
+    if registry.is_curated(name):
+        return EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
+    return EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before)
 
 
 def _curated_note(name: str, path: str) -> str:
@@ -283,8 +293,6 @@ def _inspect_entry(
     before: dict[str, Any],
     others: set[str],
 ) -> _Work | EntryPlan:
-    from imageworks.inspect import inspect_folder
-
     plan = EntryPlan(name, str(folder), "unchanged", before=before)
     if rebuild:
         listing = list_model_files(folder)
@@ -294,27 +302,8 @@ def _inspect_entry(
         stats = {f.path: f for f in listing.files}
         files, inspection = _entry_variant(entry, folder, [f.path for f in listing.files], others)
     else:
-        stats = {}
-        recorded = [f.path for f in entry.files]
-        present = []
-        for rel in recorded:
-            try:
-                st = (folder / rel).stat()
-            except OSError:
-                continue
-            stats[rel] = FileStat(rel, st.st_size, st.st_mtime_ns)
-            present.append(rel)
-        if not recorded:  # nothing recorded: judge the folder as a whole
-            listing = list_model_files(folder)
-            stats = {f.path: f for f in listing.files}
-            present = [f.path for f in listing.files]
-        files = present
-        inspection = inspect_folder(folder, files=present)
-        gone = [p for p in recorded if p not in stats]
-        if gone:
-            plan.notes.append(
-                f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift"
-            )
+        stats, inspection = _recorded_files(entry, folder, plan)
+        files = list(stats)
 
     if inspection.format == "unknown":
         plan.notes.append(
@@ -329,22 +318,51 @@ def _inspect_entry(
     )
     if inspection.format == "unknown":
         fresh = fresh.model_copy(update={"format": entry.format, "quantization": entry.quantization})
-    fresh = fresh.model_copy(update={"path": entry.path})
-    item = _Work(plan, entry, fresh, stats)
+    item = _Work(plan, entry, fresh.model_copy(update={"path": entry.path}), stats)
     if rebuild:
-        old = {f.path: f for f in entry.files}
-        records = []
-        for record in fresh.files:
-            prev = old.get(record.path)
-            stat = stats[record.path]
-            if not full and trusted_digest(prev, stat.size, stat.mtime_ns):
-                assert prev is not None
-                record = prev
-            else:
-                item.to_hash.append(record.path)
-            records.append(record)
-        item.fresh = fresh.model_copy(update={"files": records})
+        _choose_files_to_hash(item, full=full)
     return item
+
+
+def _recorded_files(
+    entry: ModelEntry, folder: Path, plan: EntryPlan
+) -> tuple[dict[str, FileStat], ModelInspection]:
+    """Without --rebuild: the files the entry records that are still there (the whole folder when it
+    records none), and their inspection."""
+    from imageworks.inspect import inspect_folder
+
+    stats: dict[str, FileStat] = {}
+    recorded = [f.path for f in entry.files]
+    for rel in recorded:
+        try:
+            st = (folder / rel).stat()
+        except OSError:
+            continue
+        stats[rel] = FileStat(rel, st.st_size, st.st_mtime_ns)
+    if not recorded:  # nothing recorded: judge the folder as a whole
+        stats = {f.path: f for f in list_model_files(folder).files}
+    gone = [p for p in recorded if p not in stats]
+    if gone:
+        plan.notes.append(
+            f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift"
+        )
+    return stats, inspect_folder(folder, files=list(stats))
+
+
+def _choose_files_to_hash(item: _Work, *, full: bool) -> None:
+    """A file whose recorded digest still holds (`hashing.trusted_digest`) keeps its record unread,
+    unless `full`; every other file is hashed."""
+    old = {f.path: f for f in item.base.files}
+    records = []
+    for record in item.fresh.files:
+        prev = old.get(record.path)
+        stat = item.stats[record.path]
+        if not full and prev is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
+            record = prev
+        else:
+            item.to_hash.append(record.path)
+        records.append(record)
+    item.fresh = item.fresh.model_copy(update={"files": records})
 
 
 def _entry_variant(

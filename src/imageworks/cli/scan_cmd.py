@@ -14,7 +14,7 @@ from imageworks.cli.render import emit_json, human_size
 from imageworks.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:
-    from imageworks.normalize import NormalizeResult
+    from imageworks.normalize import EntryPlan, NormalizeResult
     from imageworks.scan import ScanResult
 
 
@@ -168,52 +168,9 @@ def _render_normalize(result: NormalizeResult) -> None:
     echo = click.echo
     plan = result.plan
     for item in plan.entries:
-        if item.action == "unchanged" and not item.notes:
-            continue
-        label = {"prune": "remove", "curated-missing": "curated, missing"}.get(item.action, item.action)
-        echo(f"{_MARK.get(item.action, ' ')} {item.name}  [{label}]  {item.path or '-'}")
-        for change in item.changes:
-            echo(f"    {change.render()}")
-        if item.drift:
-            for kind in ("changed", "added", "missing"):
-                paths = getattr(item.drift, kind)
-                if paths:
-                    shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
-                    echo(f"    files {kind}: {shown}")
-        for m in item.mismatches:
-            echo(
-                f"    changed: {m.path}: expected {m.expected} (from {_SOURCE.get(m.source, m.source)}),"
-                f" got {m.actual or '-'}; the recorded digest is kept (re-download with --force)"
-            )
-        for note in item.notes:
-            echo(f"    note: {note}")
-    counts = plan.summary()
-    written = set(result.written)
-    if result.applied:
-        parts = [
-            f"{sum(1 for e in plan.of('update') if e.name in written)} updated",
-            f"{counts['unchanged']} unchanged",
-        ]
-        if plan.prune_missing:
-            parts.append(f"{sum(1 for e in plan.of('prune') if e.name in written)} removed")
-    else:
-        parts = [f"{counts['update']} to update", f"{counts['unchanged']} unchanged"]
-        if plan.prune_missing:
-            parts.append(f"{counts['prune']} to remove")
-    if counts["drift"]:
-        parts.append(f"{counts['drift']} differ from their recorded digests")
-    if counts["missing"]:
-        parts.append(f"{counts['missing']} missing")
-    if counts["curated-missing"]:
-        parts.append(f"{counts['curated-missing']} curated (edit by hand)")
-    if counts["skipped"]:
-        parts.append(f"{counts['skipped']} skipped")
-    if plan.rebuild:
-        parts.append(
-            f"hashed {plan.hashed_files} files ({human_size(plan.hashed_bytes)}), "
-            f"{plan.reused_digests} unchanged by size+mtime"
-        )
-    echo(", ".join(parts))
+        if item.action != "unchanged" or item.notes:
+            _render_entry_plan(item)
+    echo(", ".join(_normalize_summary(result)))
     if result.mismatches:
         echo(
             f"{len(result.mismatches)} file(s) differ from the digest recorded from the Hub or --sha256:"
@@ -228,3 +185,55 @@ def _render_normalize(result: NormalizeResult) -> None:
         )
     if not result.applied and plan.writes:
         echo("dry run: nothing written; re-run with --apply to write these changes")
+
+
+def _render_entry_plan(item: EntryPlan) -> None:
+    echo = click.echo
+    label = {"prune": "remove", "curated-missing": "curated, missing"}.get(item.action, item.action)
+    echo(f"{_MARK.get(item.action, ' ')} {item.name}  [{label}]  {item.path or '-'}")
+    for change in item.changes:
+        echo(f"    {change.render()}")
+    if item.drift:
+        for kind in ("changed", "added", "missing"):
+            paths = getattr(item.drift, kind)
+            if paths:
+                shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
+                echo(f"    files {kind}: {shown}")
+    for m in item.mismatches:
+        echo(
+            f"    changed: {m.path}: expected {m.expected} (from {_SOURCE.get(m.source, m.source)}),"
+            f" got {m.actual or '-'}; the recorded digest is kept (re-download with --force)"
+        )
+    for note in item.notes:
+        echo(f"    note: {note}")
+
+
+def _normalize_summary(result: NormalizeResult) -> list[str]:
+    plan = result.plan
+    counts = plan.summary()
+    written = set(result.written)
+    if result.applied:
+        parts = [
+            f"{sum(1 for e in plan.of('update') if e.name in written)} updated",
+            f"{counts['unchanged']} unchanged",
+        ]
+        if plan.prune_missing:
+            parts.append(f"{sum(1 for e in plan.of('prune') if e.name in written)} removed")
+    else:
+        parts = [f"{counts['update']} to update", f"{counts['unchanged']} unchanged"]
+        if plan.prune_missing:
+            parts.append(f"{counts['prune']} to remove")
+    for action, text in (
+        ("drift", "differ from their recorded digests"),
+        ("missing", "missing"),
+        ("curated-missing", "curated (edit by hand)"),
+        ("skipped", "skipped"),
+    ):
+        if counts[action]:
+            parts.append(f"{counts[action]} {text}")
+    if plan.rebuild:
+        parts.append(
+            f"hashed {plan.hashed_files} files ({human_size(plan.hashed_bytes)}), "
+            f"{plan.reused_digests} unchanged by size+mtime"
+        )
+    return parts
