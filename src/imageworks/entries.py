@@ -138,16 +138,7 @@ def build_entry(
     fmt = detected or (format_hint.lower() if format_hint else None)
     variant = entry_variant(inspection)
     quantization = variant or inspection.quantization
-    # A direct download is named after its file: the URL's last segment may be a CDN hash or "download".
-    name_url = files[0].path if source.provider == "url" and len(files) == 1 else source.url
-    name = model_name(
-        source.provider,
-        repo_id=source.repo_id,
-        revision=source.revision,
-        quant=variant,
-        url=name_url,
-        folder=folder,
-    )
+    name = _name(folder, source, files, variant)
     paths = [r.path for r in files]
     metadata = _metadata(inspection)
     if format_hint and detected and FORMAT_FAMILY.get(format_hint.lower(), format_hint.lower()) != detected:
@@ -176,6 +167,19 @@ def build_entry(
             location=location,
         ),
         metadata=metadata,
+    )
+
+
+def _name(folder: Path, source: Source, files: Sequence[FileRecord], variant: str | None) -> str:
+    # A direct download is named after its file: the URL's last segment may be a CDN hash or "download".
+    name_url = files[0].path if source.provider == "url" and len(files) == 1 else source.url
+    return model_name(
+        source.provider,
+        repo_id=source.repo_id,
+        revision=source.revision,
+        quant=variant,
+        url=name_url,
+        folder=folder,
     )
 
 
