@@ -284,3 +284,11 @@ def test_rebuild_full_never_replaces_a_hub_digest_from_disk(isolated_env, sample
     assert f"expected {hub_digest} (from the Hub), got {damaged}" in text.stdout
     verify = run_cli("verify", "theowner/tiny-llama", script="imageworks-loader")
     assert verify.returncode == 1 and "changed" in verify.stdout + verify.stderr
+
+    # scan --update-existing keeps the Hub's record too, and says the file moved.
+    proc = run_cli("scan", "--update-existing", "--json")
+    assert proc.returncode == 0, proc.stderr
+    items = {i["name"]: i for key in ("updated", "unchanged") for i in json.loads(proc.stdout)["data"][key]}
+    assert any("model.safetensors changed on disk" in n for n in items["theowner/tiny-llama"]["notes"])
+    stored = RegistryStore(isolated_env["registry"]).load().get("theowner/tiny-llama")
+    assert {f.path: f.sha256 for f in stored.files}["model.safetensors"] == hub_digest

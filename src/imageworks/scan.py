@@ -47,15 +47,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from imageworks.candidates import Candidate, candidates_for_folder, merge_candidates
 from imageworks.diffs import FieldChange, diff_fields
 from imageworks.entries import (
+    AUTHORITATIVE,
     EntryIndex,
+    digest_source,
     disambiguated,
     hashed_on_disk,
     refresh_entry,
 )
-from imageworks.hashing import aggregate_sha256
+from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import path_key
 from imageworks.registry.schema import ModelEntry
-from imageworks.walk import Skip, find_model_folders, resolved_path
+from imageworks.walk import FileStat, Skip, find_model_folders, resolved_path
 
 if TYPE_CHECKING:
     from imageworks.config import Config
@@ -189,7 +191,9 @@ def _plan_existing(
     base = registry.discovered_entry(existing.name)
     if base is None:  # only in curated: tools write the discovered layer under the same name
         base = entry.model_copy(update={"name": existing.name})
-    refreshed = refresh_entry(base, entry, {f.path: f for f in cand.folder.files})
+    stats = {f.path: f for f in cand.folder.files}
+    refreshed = refresh_entry(base, entry, stats)
+    notes += _changed_since_published(refreshed, stats)
     old_raw = registry.discovered.get(existing.name, {})
     new_raw = refreshed.to_layer_dict()
     needs_digests = want_digests and any(f.sha256 is None for f in refreshed.files)
@@ -200,6 +204,25 @@ def _plan_existing(
     if needs_digests:
         notes.append("SHA-256 of files without one to be recorded")
     plan.items.append(_item("update", refreshed, cand, changes=changes, notes=notes))
+
+
+def _changed_since_published(entry: ModelEntry, stats: dict[str, FileStat]) -> list[str]:
+    """Files whose digest came from the Hub (or --sha256) and that moved on disk since: the record stays
+    (a scan never adopts the disk's bytes over a published digest); say so, and how to check."""
+    out = []
+    for record in entry.files:
+        stat = stats.get(record.path)
+        if stat is None or digest_source(entry, record) not in AUTHORITATIVE:
+            continue
+        if record.size != stat.size or (
+            record.mtime_ns is not None and trusted_digest(record, stat.size, stat.mtime_ns) is None
+        ):
+            out.append(
+                f"{record.path} changed on disk since its digest was recorded from the"
+                f" {'Hub' if digest_source(entry, record) == 'hub' else 'URL'}: the record is kept;"
+                f" `imageworks-loader verify {entry.name}` checks it"
+            )
+    return out
 
 
 def _fold_into_existing(candidates: Sequence[Candidate], index: EntryIndex) -> list[Candidate]:
