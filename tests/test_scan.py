@@ -683,3 +683,22 @@ def test_stale_partial_records_beside_complete_files_do_not_block_the_folder(tre
     assert ".Busy-Q4_K_M-00002-of-00002.gguf.imageworks-partial" in reasons["acme/Busy-GGUF"]
     entry = RegistryStore(tree["registry"]).load().get("acme/finished-gguf:q4_k_m")
     assert entry is not None and [f.path for f in entry.files] == ["Finished-Q4_K_M.gguf"]
+
+
+def test_one_folder_failing_in_an_unforeseen_way_does_not_cost_the_scan(tree, monkeypatch) -> None:
+    """The backstop behind the per-file errors: an exception nobody foresaw while inspecting one folder
+    is a skip for that folder; the rest of the tree is recorded."""
+    import imageworks.candidates as candidates
+
+    real = candidates.folder_variants
+
+    def failing(folder, files, inspection=None):
+        if folder.name == "Llama-AWQ":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(folder, files, inspection)
+
+    monkeypatch.setattr(candidates, "folder_variants", failing)
+    result = scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions(location="linux_wsl"))
+    assert {i.name for i in result.added} == EXPECTED_NAMES - {"thebloke/llama-awq"}
+    (skip,) = [s for s in result.skipped if s.path.endswith("TheBloke/Llama-AWQ")]
+    assert skip.reason == "cannot inspect: RecursionError: maximum recursion depth exceeded"

@@ -54,6 +54,7 @@ from imageworks.entries import (
     hashed_on_disk,
     refresh_entry,
 )
+from imageworks.errors import ImageworksError
 from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import path_key
 from imageworks.registry.schema import ModelEntry
@@ -401,9 +402,15 @@ def discover(base: Path, options: ScanOptions) -> tuple[Path, list[Candidate], l
     candidates: list[Candidate] = []
     skips = list(discovery.skipped)
     for folder in discovery.folders:
-        found, skipped = candidates_for_folder(
-            folder, location=options.location, include_testing=options.include_testing
-        )
+        try:
+            found, skipped = candidates_for_folder(
+                folder, location=options.location, include_testing=options.include_testing
+            )
+        except (ImageworksError, OSError, ValueError, RecursionError) as exc:
+            # The inspection turns hostile or broken files into per-file errors; this is the backstop
+            # that keeps one folder nobody foresaw from costing the whole tree its scan.
+            reason = str(exc) if isinstance(exc, ImageworksError) else f"{type(exc).__name__}: {exc}"
+            found, skipped = [], [Skip(str(folder.path), f"cannot inspect: {reason}"[:300])]
         candidates.extend(found)
         skips.extend(skipped)
     return discovery.base, candidates, skips
