@@ -702,3 +702,16 @@ def test_one_folder_failing_in_an_unforeseen_way_does_not_cost_the_scan(tree, mo
     assert {i.name for i in result.added} == EXPECTED_NAMES - {"thebloke/llama-awq"}
     (skip,) = [s for s in result.skipped if s.path.endswith("TheBloke/Llama-AWQ")]
     assert skip.reason == "cannot inspect: RecursionError: maximum recursion depth exceeded"
+
+
+def test_scan_accepts_a_real_vocab_only_gguf_from_llama_cpp(isolated_env, run_cli) -> None:
+    """llama.cpp's own vocab-only GGUF (no tensors, no padding after the metadata) is a usable file, not
+    "truncated" (tests/data/llama.cpp/README.md says where it comes from)."""
+    real = Path(__file__).parent / "data" / "llama.cpp" / "ggml-vocab-bert-bge.gguf"
+    folder = isolated_env["models"] / "ggml-org" / "vocab-bert-bge"
+    folder.mkdir(parents=True)
+    shutil.copyfile(real, folder / real.name)
+    data = scan_json(run_cli)
+    assert not data["skipped"], data["skipped"]
+    (added,) = data["added"]
+    assert (added["name"], added["format"]) == ("ggml-org/vocab-bert-bge:f16", "gguf")
