@@ -47,7 +47,8 @@ def scan(
     """Add the models found under a folder to the registry.
 
     \b
-    Layouts: <owner>/<repo>, <owner>/<repo>@<rev>, LM Studio's <publisher>/<model>/*.gguf.
+    Layouts: <owner>/<repo>, <owner>/<repo>@<rev>, LM Studio's <publisher>/<model>/*.gguf,
+    url/<host>/<file stem>/ (direct downloads); deeper folders are local/<parent>/<folder>.
     A folder holding several GGUF quants gives one entry per quant (<owner>/<repo>:<quant>).
     Placeholders (test*, demo*, dummy*, example*, tmp*, *placeholder*, folders without weights)
     are skipped unless --include-testing. Models already registered (same identity or folder)
