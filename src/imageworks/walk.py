@@ -35,7 +35,7 @@ from imageworks.errors import UsageError
 # Hidden files a download leaves beside its target (transfer.base.PartialPaths; aria2's control file;
 # the resume record's temp name while it is replaced), and huggingface_hub's blob in progress.
 PARTIAL_SUFFIX = ".imageworks-partial"
-_RECORD_SUFFIXES = (
+_LEFTOVER_SUFFIXES = (
     PARTIAL_SUFFIX,
     PARTIAL_SUFFIX + ".json",
     PARTIAL_SUFFIX + ".json.tmp",
@@ -176,7 +176,7 @@ def _partial_target(name: str) -> tuple[str, bool] | None:
     rather than a record about it). None for any other hidden name."""
     if name.endswith(_HF_INCOMPLETE):
         return "", True  # huggingface_hub's blob in progress: always a download in progress
-    for suffix in _RECORD_SUFFIXES:
+    for suffix in _LEFTOVER_SUFFIXES:
         if name.endswith(suffix):
             return name[1 : -len(suffix)], suffix == PARTIAL_SUFFIX
     return None
