@@ -162,7 +162,7 @@ def normalize_formats(
 
 
 _MARK = {"update": "~", "drift": "!", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
-_SOURCE = {"hub": "the Hub", "url": "--sha256"}
+_SOURCE = {"hub": "the Hub", "url": "the URL download (--sha256)"}
 
 
 def _render_normalize(result: NormalizeResult) -> None:
