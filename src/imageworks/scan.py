@@ -20,7 +20,11 @@ as `imageworks.entries.find_existing`), else the same folder with the same quant
 weight files recorded. A local entry (no repo id) is matched by its folder only. A match in another
 folder that still exists is a second copy (reported, not merged); one whose folder is gone was moved
 (`update_existing` records the new folder). A name taken by a different model gets the
-`<name>-<8 hex>` suffix of `entries.record_entry`.
+`<name>-<8 hex>` suffix of `entries.record_entry`. The lookups are `imageworks.entries.EntryIndex`.
+
+Digests on refresh (`entries.carry_digests`): a file record whose SHA-256 came from the Hub or
+`--sha256` is kept whatever the disk now holds (a note says the file moved: `verify` checks it); one
+computed from disk is kept while the file's size and mtime hold (`hashing.trusted_digest`).
 
 Which entries a folder yields, and which folders are placeholders, is `imageworks.candidates`.
 
