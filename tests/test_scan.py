@@ -715,3 +715,28 @@ def test_scan_accepts_a_real_vocab_only_gguf_from_llama_cpp(isolated_env, run_cl
     assert not data["skipped"], data["skipped"]
     (added,) = data["added"]
     assert (added["name"], added["format"]) == ("ggml-org/vocab-bert-bge:f16", "gguf")
+
+
+def test_absurd_numbers_in_a_config_never_reach_the_registry(isolated_env, run_cli) -> None:
+    """A config.json claiming a 10**30-token context (a 31-digit number, as tokenizer_config.json's
+    "no limit" is) parses, but the registry keeps only numbers that fit in 64 bits."""
+    folder = isolated_env["models"] / "odd" / "Huge-Context"
+    write_hf_model(folder, "plain-bf16")
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 10**30
+    (folder / "config.json").write_text(json.dumps(config))
+    scan_json(run_cli)
+    ints: list[int] = []
+    doc = json.loads((isolated_env["registry"] / "model_registry.discovered.json").read_text())
+    stack: list = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            ints.append(value)
+    assert ints and all(-(2**63) <= n < 2**63 for n in ints)
+    entry = RegistryStore(isolated_env["registry"]).load().get("odd/huge-context")
+    assert entry is not None and "context_length" not in entry.metadata

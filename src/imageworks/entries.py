@@ -110,7 +110,13 @@ def _metadata(inspection: ModelInspection) -> dict[str, Any]:
         "problems": inspection.problems or None,
         "reason": inspection.reason,
     }
-    return {k: v for k, v in data.items() if v is not None}
+    return {k: v for k, v in data.items() if v is not None and not _out_of_range(v)}
+
+
+def _out_of_range(value: Any) -> bool:
+    """An integer no registry file may hold (the layers are limited to 64 bits): a hostile or broken
+    config.json claiming a context of 10**30 tokens must not make the registry unreadable."""
+    return isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63
 
 
 def build_entry(
@@ -163,7 +169,7 @@ def build_entry(
             quantization=quantization,
             path=str(folder),
             files=paths,
-            context_length=inspection.context_length,
+            context_length=metadata.get("context_length"),
             location=location,
         ),
         metadata=metadata,
