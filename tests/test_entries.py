@@ -202,3 +202,26 @@ def test_one_kind_of_weights_is_one_variant_with_every_file(tmp_path: Path) -> N
     ((variant, inspection),) = folder_variants(folder, paths)
     assert list(variant.files) == paths and inspection.quantization == "Q5_K_M"
     assert len(variant.weight_files) == 3
+
+
+def test_digest_source_per_file() -> None:
+    """Where a recorded digest came from: the record's own `digest_source` when set, else what the entry
+    says (a downloaded Hub/URL entry: "hub"/"url"; anything else, e.g. a scanned owner/repo folder: "disk")."""
+    from imageworks.entries import digest_source
+    from imageworks.registry import ModelEntry
+
+    digest = "a" * 64
+    hashed = FileRecord(path="w.safetensors", size=1, sha256=digest)
+    hub = Source(provider="hf", repo_id="o/r", commit="c" * 40)
+    downloaded = ModelEntry(name="o/r", source=hub, downloaded_at="2026-12-06T00:00:00Z", files=[hashed])
+    scanned = ModelEntry(name="o/r", source=Source(provider="hf", repo_id="o/r"), files=[hashed])
+    url = ModelEntry(
+        name="url/w", source=Source(provider="url", url="http://h/w"), downloaded_at="x", files=[hashed]
+    )
+    assert digest_source(downloaded, hashed) == "hub"
+    assert digest_source(url, hashed) == "url"
+    assert digest_source(scanned, hashed) == "disk"
+    assert digest_source(downloaded, hashed.model_copy(update={"sha256": None})) is None
+    explicit = FileRecord.model_validate({**hashed.model_dump(), "digest_source": "disk"})
+    assert digest_source(downloaded, explicit) == "disk"
+    assert digest_source(scanned, explicit.model_copy(update={"digest_source": "hub"})) == "hub"

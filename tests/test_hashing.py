@@ -141,3 +141,26 @@ def test_default_jobs_is_bounded_by_cores(monkeypatch: pytest.MonkeyPatch) -> No
     assert default_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert default_jobs() == hashing.MAX_DEFAULT_JOBS
+
+
+def test_trusted_digest_is_the_one_size_and_mtime_rule(tmp_path: Path) -> None:
+    """A recorded digest is reused only while size and mtime are exactly those it was taken at."""
+    from imageworks.hashing import trusted_digest
+    from imageworks.registry import FileRecord
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"abc")
+    st = path.stat()
+    digest = hashlib.sha256(b"abc").hexdigest()
+    record = FileRecord(path="w.bin", size=3, sha256=digest, mtime_ns=st.st_mtime_ns)
+    assert trusted_digest(record, st.st_size, st.st_mtime_ns) == digest
+    assert trusted_digest(record, st.st_size, st.st_mtime_ns + 1) is None  # touched
+    assert trusted_digest(record, 4, st.st_mtime_ns) is None  # grew
+    assert trusted_digest(None, 3, st.st_mtime_ns) is None  # nothing recorded
+    assert trusted_digest(record.model_copy(update={"mtime_ns": None}), 3, st.st_mtime_ns) is None
+    assert trusted_digest(record.model_copy(update={"sha256": None}), 3, st.st_mtime_ns) is None
+    # An edit that changes the mtime is caught even with the size unchanged.
+    path.write_bytes(b"abd")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    moved = path.stat()
+    assert trusted_digest(record, moved.st_size, moved.st_mtime_ns) is None

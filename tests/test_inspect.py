@@ -892,3 +892,61 @@ def test_remote_errors_propagate(tmp_path):
 def test_result_types_are_stable():
     result = ModelInspection(format="unknown")
     assert result.errors == [] and result.offers == [] and result.bytes_read == 0
+
+
+LLAMA_CPP_DATA = Path(__file__).parent / "data" / "llama.cpp"
+
+
+def test_real_vocab_only_gguf_from_llama_cpp_is_accepted():
+    """llama.cpp ships vocab-only GGUFs (no tensors, no alignment padding after the metadata) in
+    models/ggml-vocab-*.gguf; this one is unmodified (tests/data/llama.cpp/README.md)."""
+    import hashlib
+
+    path = LLAMA_CPP_DATA / "ggml-vocab-bert-bge.gguf"
+    assert (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        == "fbcbe22278fb302694d5f4a41bfe48c5f90e8e3554eab1c0435387dff654a854"
+    )
+    assert path.stat().st_size % 32 != 0  # really unpadded: the case that was called "truncated"
+    result = inspect_gguf(path)
+    assert (result.format, result.error, result.architecture) == ("gguf", None, "bert")
+    assert result.parameters in (None, 0)
+
+
+def test_vocab_only_gguf_as_the_converter_writes_it(tmp_path):
+    """convert_hf_to_gguf.py --vocab-only: header and key/values only (ModelBase.write_vocab), no tensor
+    info, no padding."""
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(4096)
+    writer.add_token_list(["<s>", "</s>", "hello", "wörld"])
+    writer.add_string("general.name", "x" * 5)  # leaves the metadata end off any 32-byte boundary
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert path.stat().st_size % 32 != 0
+    result = inspect_gguf(path)
+    assert (result.format, result.error, result.context_length) == ("gguf", None, 4096)
+    # A file that claims a tensor still needs its data: the fix is only for files without tensor data.
+    truncated = inspect_gguf(mf.gguf_bytes()[:-1])
+    assert truncated.error and "truncated" in truncated.error
+
+
+def test_untrusted_json_bounds():
+    from imageworks.inspect.untrusted_json import MAX_DEPTH, UntrustedJSONError, loads
+
+    # Real files: tokenizer_config.json's "no limit" and non-finite numbers some tools write.
+    assert loads(b'{"model_max_length": 1000000000000000019884624838656}')["model_max_length"] > 10**30
+    assert loads('{"a": NaN, "b": 1e999, "c": [1.5]}') == {"a": None, "b": None, "c": [1.5]}
+    assert loads("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
+    for bad, why in (
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested deeper"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+        ('{"n": ' + "1" * 5000 + "}", "integer of 5000 digits"),
+        ('{"n": -' + "1" * 65 + "}", "integer of 65 digits"),
+        (b"\xff{}", "not UTF-8"),
+        ("{", "not valid JSON"),
+    ):
+        with pytest.raises(UntrustedJSONError, match=why):
+            loads(bad)

@@ -229,3 +229,70 @@ def test_a_deleted_quant_is_missing_not_replaced_by_its_neighbour(scanned) -> No
     assert item.name == "bartowski/llama-gguf:q8_0"
     assert item.drift is not None
     assert (item.drift.missing, item.drift.added) == (["Llama-Q8_0.gguf"], [])
+
+
+def test_normalize_and_scan_are_siblings() -> None:
+    """normalize uses the walk, the diffs and the entry refresh from their own modules, not from scan."""
+    import subprocess
+    import sys
+
+    code = "import sys, imageworks.normalize; print('imageworks.scan' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_rebuild_full_never_replaces_a_hub_digest_from_disk(isolated_env, sample_hub, run_cli) -> None:
+    """A downloaded file damaged on disk: `--rebuild --full --apply` reports it as drift with both
+    digests (exit 1) and keeps the Hub's digest, so `verify` still says changed. A scanned model's digest
+    (computed from disk) is refreshed, and the plan says so."""
+    from tests.fakehub.samples import SAFETENSORS_REPO
+
+    proc = run_cli("download", SAFETENSORS_REPO, "--engine", "native")
+    assert proc.returncode == 0, proc.stderr
+    folder = isolated_env["models"] / "TheOwner" / "Tiny-Llama"
+    weights = folder / "model.safetensors"
+    hub_digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # same size, new mtime
+    damaged = hashlib.sha256(data).hexdigest()
+    # A scanned model beside it, hashed from disk, then changed on purpose.
+    local = isolated_env["models"] / "Mine" / "Tuned"
+    write_hf_model(local, "plain-bf16")
+    assert scan(RegistryStore(isolated_env["registry"]), isolated_env["models"], ScanOptions(hash=True)).added
+    mine = local / "model.safetensors"
+    old_mine = hashlib.sha256(mine.read_bytes()).hexdigest()
+    mine.write_bytes(mine.read_bytes()[:-1] + b"\x01")
+    new_mine = hashlib.sha256(mine.read_bytes()).hexdigest()
+
+    result = normalize_json(run_cli, "--rebuild", "--full", "--apply", code=1)
+    entries = {e["name"]: e for e in result["entries"]}
+    hub_entry = entries["theowner/tiny-llama"]
+    assert hub_entry["mismatches"] == [
+        {"path": "model.safetensors", "expected": hub_digest, "actual": damaged, "source": "hub"}
+    ]
+    assert hub_entry["drift"]["changed"] == ["model.safetensors"]
+    registry = RegistryStore(isolated_env["registry"]).load()
+    hub_stored, mine_stored = registry.get("theowner/tiny-llama"), registry.get("mine/tuned")
+    assert hub_stored is not None and mine_stored is not None
+    assert {f.path: f.sha256 for f in hub_stored.files}[
+        "model.safetensors"
+    ] == hub_digest  # never the damaged file's
+    assert {f.path: f.sha256 for f in mine_stored.files}["model.safetensors"] == new_mine
+    assert any(old_mine in n and new_mine in n for n in entries["mine/tuned"]["notes"])
+
+    text = run_cli("normalize-formats", "--rebuild", "--full")
+    assert text.returncode == 1
+    assert f"expected {hub_digest} (from the Hub), got {damaged}" in text.stdout
+    verify = run_cli("verify", "theowner/tiny-llama", script="imageworks-loader")
+    assert verify.returncode == 1 and "changed" in verify.stdout + verify.stderr
+
+    # scan --update-existing keeps the Hub's record too, and says the file moved.
+    proc = run_cli("scan", "--update-existing", "--json")
+    assert proc.returncode == 0, proc.stderr
+    items = {i["name"]: i for key in ("updated", "unchanged") for i in json.loads(proc.stdout)["data"][key]}
+    assert any("model.safetensors changed on disk" in n for n in items["theowner/tiny-llama"]["notes"])
+    rescanned = RegistryStore(isolated_env["registry"]).load().get("theowner/tiny-llama")
+    assert rescanned is not None
+    assert {f.path: f.sha256 for f in rescanned.files}["model.safetensors"] == hub_digest

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from imageworks.candidates import placeholder_pattern
 from imageworks.registry import FileRecord, RegistryStore, Source
-from imageworks.scan import ScanOptions, find_model_folders, placeholder_pattern, scan
+from imageworks.scan import ScanOptions, scan
+from imageworks.walk import find_model_folders
 from tests.modelfiles import dense_tensors, write_gguf, write_gguf_repo, write_hf_model, write_safetensors
 
 
@@ -507,3 +509,234 @@ def test_loose_weights_in_a_location_root_versus_a_model_folder_base(tree) -> No
     result = scan(store, outside, ScanOptions(location="path", layout_roots=roots))
     (item,) = result.added
     assert item.name == "local/downloads/my-model:q8_0" and item.path == str(outside)
+
+
+def _raw_safetensors(path: Path, header: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_hostile_files_are_per_folder_skips_and_the_good_models_are_recorded(tree, run_cli) -> None:
+    """Deeply nested JSON in a safetensors header or config.json, 5,000-digit integers and an absurd
+    header length: each is one clear skip or note, and the scan records every good model."""
+    models = tree["models"]
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _raw_safetensors(models / "evil" / "deep-header" / "model.safetensors", deep)
+    digits = b'{"t":{"dtype":"F16","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,2]}}'
+    _raw_safetensors(models / "evil" / "huge-int" / "model.safetensors", digits)
+    wide = b'{"t":{"dtype":"F16","shape":[' + b"9" * 40 + b'],"data_offsets":[0,' + b"9" * 40 + b"]}}"
+    _raw_safetensors(models / "evil" / "wide-int" / "model.safetensors", wide)
+    huge = models / "evil" / "huge-header" / "model.safetensors"
+    huge.parent.mkdir(parents=True)
+    huge.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    # A good model with a hostile config.json: still recorded, the config named in a note.
+    write_safetensors(models / "evil" / "bad-config" / "model.safetensors", dense_tensors("F16"))
+    (models / "evil" / "bad-config" / "config.json").write_text(
+        '{"model_type": "llama", "x": ' + "[" * 50_000 + "]" * 50_000 + ', "n": ' + "7" * 5000 + "}"
+    )
+
+    proc = run_cli("scan", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)["data"]
+    added = {i["name"]: i for i in data["added"]}
+    assert set(added) >= EXPECTED_NAMES
+    reasons = {Path(s["path"]).relative_to(models).as_posix(): s["reason"] for s in data["skipped"]}
+    assert "nested deeper than" in reasons["evil/deep-header"]
+    assert "integer of 5000 digits" in reasons["evil/huge-int"]
+    assert "invalid shape" in reasons["evil/wide-int"]
+    assert "absurd header length" in reasons["evil/huge-header"]
+    for key in ("evil/deep-header", "evil/huge-int", "evil/wide-int", "evil/huge-header"):
+        assert reasons[key].startswith("unusable weight file model.safetensors: "), reasons[key]
+    assert "evil/bad-config" in added
+    assert any("config.json: nested deeper than" in n for n in added["evil/bad-config"]["notes"])
+
+
+def test_scan_after_direct_url_downloads_adds_no_duplicates(isolated_env, fake_hub, run_cli) -> None:
+    """`download URL` writes <root>/url/<host>/<file stem>/<file>; scanning the root matches those
+    entries (no `url/127.0.0.2` repo), and a URL folder the registry lost is added as a url model."""
+    from tests.fakehub import samples
+
+    repo = samples.add_gguf_model(fake_hub)
+    for file in ("Tiny-Llama-3B-Q8_0.gguf", "Tiny-Llama-3B-Q4_K_M.gguf"):
+        proc = run_cli("download", fake_hub.cdn_url_for(repo.repo_id, file), "--engine", "native")
+        assert proc.returncode == 0, proc.stderr
+    store = RegistryStore(isolated_env["registry"])
+    downloaded = {e.name for e in store.load().entries()}
+    assert downloaded == {"url/tiny-llama-3b-q8_0:q8_0", "url/tiny-llama-3b-q4_k_m:q4_k_m"}
+    before = registry_bytes(isolated_env["registry"])
+
+    data = scan_json(run_cli)
+    assert data["summary"] == {"added": 0, "updated": 0, "unchanged": 2, "skipped": 0}, data
+    assert {i["name"] for i in data["unchanged"]} == downloaded
+    scan_json(run_cli, "--update-existing")
+    assert registry_bytes(isolated_env["registry"]) == before
+
+    # The same layout with no entry (a registry restored from an older backup): a url model.
+    stray = isolated_env["models"] / "url" / "example.org" / "Stray-Q4_K_M"
+    write_gguf(stray / "Stray-Q4_K_M.gguf")
+    data = scan_json(run_cli)
+    (added,) = data["added"]
+    assert (added["name"], added["path"]) == ("url/stray-q4_k_m:q4_k_m", str(stray))
+    entry = store.load().get("url/stray-q4_k_m:q4_k_m")
+    assert entry is not None and entry.source.provider == "url" and entry.source.repo_id is None
+
+
+def test_a_model_three_folders_deep_is_named_by_its_folder(tree, run_cli) -> None:
+    """README: a folder outside the owner/repo layout is local/<parent>/<folder>, at any depth."""
+    deep = tree["models"] / "misc" / "nested" / "deep" / "my-sd-model"
+    write_safetensors(deep / "model.safetensors", dense_tensors("F16"))
+    diffusers = tree["models"] / "misc" / "nested" / "pipelines" / "my-diffuser"
+    (diffusers / "unet").mkdir(parents=True)
+    (diffusers / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    write_safetensors(diffusers / "unet" / "diffusion_pytorch_model.safetensors", dense_tensors("F16"))
+    data = scan_json(run_cli)
+    added = {i["name"]: i for i in data["added"]}
+    assert set(added) == EXPECTED_NAMES | {"local/deep/my-sd-model", "local/pipelines/my-diffuser"}
+    assert added["local/deep/my-sd-model"]["path"] == str(deep)
+    assert added["local/pipelines/my-diffuser"]["path"] == str(diffusers)
+    entry = RegistryStore(tree["registry"]).load().get("local/deep/my-sd-model")
+    assert entry is not None and entry.source.provider == "local"
+    assert [f.path for f in entry.files] == ["model.safetensors"]
+    assert not any(name.startswith(("misc/", "local/misc")) for name in added)
+
+
+def test_symlink_loops_are_reported_as_loops(tree, run_cli) -> None:
+    """A loop anywhere is called a loop, never "empty folder"."""
+    looped = tree["models"] / "acme" / "looped"
+    looped.mkdir()
+    (looped / "self").symlink_to(".")  # the only thing in a repo folder: a link to itself
+    linked = tree["models"] / "acme" / "linked"
+    (linked / "sub").mkdir(parents=True)
+    (linked / "sub" / "back").symlink_to("..")  # inside a model folder's listing
+    (linked / "README.md").write_text("weights elsewhere\n")
+    (linked / "sub" / "x-Q4_K_M.gguf").symlink_to("x-Q4_K_M.gguf")  # ELOOP inside the listing
+    inner = tree["models"] / "misc" / "nested" / "deep" / "circle"
+    inner.mkdir(parents=True)
+    (inner / "up").symlink_to("../..")  # misc/nested/deep/circle/up -> misc/nested
+    (tree["models"] / "self-link").symlink_to("self-link")  # ELOOP: a link to itself
+    only = tree["models"] / "acme" / "only-loop"
+    only.mkdir()
+    (only / "m-Q4_K_M.gguf").symlink_to("m-Q4_K_M.gguf")  # a model folder holding only a looping link
+    data = scan_json(run_cli)
+    reasons = {Path(s["path"]).relative_to(tree["models"]).as_posix(): s["reason"] for s in data["skipped"]}
+    assert "symlink loop" in reasons["acme/looped/self"], reasons
+    assert "no weight files" in reasons["acme/linked"], reasons
+    assert reasons["acme/only-loop"] == "ignored m-Q4_K_M.gguf: symlink loop", reasons
+    assert "symlink loop" in reasons["misc/nested/deep/circle/up"], reasons
+    assert "symlink loop" in reasons["self-link"], reasons
+    assert not any(r == "empty folder" for p, r in reasons.items() if "loop" in p or "circle" in p)
+    assert {i["name"] for i in data["added"]} == EXPECTED_NAMES
+
+
+def test_scan_does_not_bring_back_what_remove_deleted_meanwhile(tree, run_cli) -> None:
+    """A scan walks outside the lock; `remove --delete-files` running between its walk and its write
+    must not be undone: the folder is checked again under the lock."""
+    from imageworks.scan import discover, record_scan
+
+    store = RegistryStore(tree["registry"])
+    options = ScanOptions(location="linux_wsl", layout_roots=(tree["models"],))
+    assert {i.name for i in scan(store, tree["models"], options).added} == EXPECTED_NAMES
+    # A second scan walks (and would re-add a model the registry lacks) ...
+    base, candidates, skips = discover(tree["models"], options)
+    # ... while another process removes a model and its files.
+    folder = tree["models"] / "Qwen" / "Qwen2-VL-2B"
+    proc = run_cli("remove", "qwen/qwen2-vl-2b", "--delete-files", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert not (folder / "model.safetensors").exists()
+    assert store.load().get("qwen/qwen2-vl-2b") is None
+
+    result = record_scan(store, base, candidates, skips, options)
+    assert store.load().get("qwen/qwen2-vl-2b") is None
+    assert not result.added
+    (skip,) = [s for s in result.skipped if s.path == str(folder)]
+    assert "vanished during the scan" in skip.reason
+
+
+def test_stale_partial_records_beside_complete_files_do_not_block_the_folder(tree, run_cli) -> None:
+    """Two downloads of one model at once can leave resume records of files that completed. A record
+    without its partial data, beside the complete file, is stale: the folder is scanned (the record is
+    a note). A real partial data file still skips the folder, and the reason names it."""
+    folder = tree["models"] / "acme" / "Finished-GGUF"
+    final = write_gguf(folder / "Finished-Q4_K_M.gguf")
+    record = {"format": "imageworks-partial", "version": 1, "size": final.stat().st_size, "done": []}
+    (folder / ".Finished-Q4_K_M.gguf.imageworks-partial.json").write_text(json.dumps(record))
+    (folder / ".Finished-Q4_K_M.gguf.imageworks-partial.aria2").write_bytes(b"\0" * 16)
+    # A record that does not match the file on disk (another size) is not stale: it may be resumed.
+    other = tree["models"] / "acme" / "Other-GGUF"
+    done = write_gguf(other / "Other-Q4_K_M.gguf")
+    wrong = {**record, "size": done.stat().st_size + 1}
+    (other / ".Other-Q4_K_M.gguf.imageworks-partial.json").write_text(json.dumps(wrong))
+    # A partial data file is a download in progress, whatever else is there.
+    busy = tree["models"] / "acme" / "Busy-GGUF"
+    write_gguf(busy / "Busy-Q4_K_M-00001-of-00002.gguf", split=(1, 2))
+    (busy / ".Busy-Q4_K_M-00002-of-00002.gguf.imageworks-partial").write_bytes(b"\0" * 64)
+
+    data = scan_json(run_cli)
+    added = {i["name"]: i for i in data["added"]}
+    assert "acme/finished-gguf:q4_k_m" in added
+    notes = added["acme/finished-gguf:q4_k_m"]["notes"]
+    assert any("stale record of a completed download" in n for n in notes), notes
+    reasons = {Path(s["path"]).relative_to(tree["models"]).as_posix(): s["reason"] for s in data["skipped"]}
+    assert reasons["acme/Other-GGUF"].startswith("a download is in progress or was interrupted (1 partial")
+    assert ".Other-Q4_K_M.gguf.imageworks-partial.json" in reasons["acme/Other-GGUF"]
+    assert ".Busy-Q4_K_M-00002-of-00002.gguf.imageworks-partial" in reasons["acme/Busy-GGUF"]
+    entry = RegistryStore(tree["registry"]).load().get("acme/finished-gguf:q4_k_m")
+    assert entry is not None and [f.path for f in entry.files] == ["Finished-Q4_K_M.gguf"]
+
+
+def test_one_folder_failing_in_an_unforeseen_way_does_not_cost_the_scan(tree, monkeypatch) -> None:
+    """The backstop behind the per-file errors: an exception nobody foresaw while inspecting one folder
+    is a skip for that folder; the rest of the tree is recorded."""
+    import imageworks.candidates as candidates
+
+    real = candidates.folder_variants
+
+    def failing(folder, files, inspection=None):
+        if folder.name == "Llama-AWQ":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(folder, files, inspection)
+
+    monkeypatch.setattr(candidates, "folder_variants", failing)
+    result = scan(RegistryStore(tree["registry"]), tree["models"], ScanOptions(location="linux_wsl"))
+    assert {i.name for i in result.added} == EXPECTED_NAMES - {"thebloke/llama-awq"}
+    (skip,) = [s for s in result.skipped if s.path.endswith("TheBloke/Llama-AWQ")]
+    assert skip.reason == "cannot inspect: RecursionError: maximum recursion depth exceeded"
+
+
+def test_scan_accepts_a_real_vocab_only_gguf_from_llama_cpp(isolated_env, run_cli) -> None:
+    """llama.cpp's own vocab-only GGUF (no tensors, no padding after the metadata) is a usable file, not
+    "truncated" (tests/data/llama.cpp/README.md says where it comes from)."""
+    real = Path(__file__).parent / "data" / "llama.cpp" / "ggml-vocab-bert-bge.gguf"
+    folder = isolated_env["models"] / "ggml-org" / "vocab-bert-bge"
+    folder.mkdir(parents=True)
+    shutil.copyfile(real, folder / real.name)
+    data = scan_json(run_cli)
+    assert not data["skipped"], data["skipped"]
+    (added,) = data["added"]
+    assert (added["name"], added["format"]) == ("ggml-org/vocab-bert-bge:f16", "gguf")
+
+
+def test_absurd_numbers_in_a_config_never_reach_the_registry(isolated_env, run_cli) -> None:
+    """A config.json claiming a 10**30-token context (a 31-digit number, as tokenizer_config.json's
+    "no limit" is) parses, but the registry keeps only numbers that fit in 64 bits."""
+    folder = isolated_env["models"] / "odd" / "Huge-Context"
+    write_hf_model(folder, "plain-bf16")
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 10**30
+    (folder / "config.json").write_text(json.dumps(config))
+    scan_json(run_cli)
+    ints: list[int] = []
+    doc = json.loads((isolated_env["registry"] / "model_registry.discovered.json").read_text())
+    stack: list = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            ints.append(value)
+    assert ints and all(-(2**63) <= n < 2**63 for n in ints)
+    entry = RegistryStore(isolated_env["registry"]).load().get("odd/huge-context")
+    assert entry is not None and "context_length" not in entry.metadata

@@ -19,19 +19,20 @@ form one more variant without a quant.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.clock import utc_now  # noqa: F401  (re-exported: the downloader stamps with it)
-from imageworks.hashing import aggregate_sha256
+from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
 
 if TYPE_CHECKING:
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry import Registry
+    from imageworks.walk import FileStat, ModelFolder
 
 MAX_EVIDENCE = 12
 # Fields people set by hand (or other commands set) that a re-download or re-scan must not reset.
@@ -105,7 +106,13 @@ def _metadata(inspection: ModelInspection) -> dict[str, Any]:
         "problems": inspection.problems or None,
         "reason": inspection.reason,
     }
-    return {k: v for k, v in data.items() if v is not None}
+    return {k: v for k, v in data.items() if v is not None and not _out_of_range(v)}
+
+
+def _out_of_range(value: Any) -> bool:
+    """An integer no registry file may hold (the layers are limited to 64 bits): a hostile or broken
+    config.json claiming a context of 10**30 tokens must not make the registry unreadable."""
+    return isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63
 
 
 def build_entry(
@@ -133,16 +140,7 @@ def build_entry(
     fmt = detected or (format_hint.lower() if format_hint else None)
     variant = entry_variant(inspection)
     quantization = variant or inspection.quantization
-    # A direct download is named after its file: the URL's last segment may be a CDN hash or "download".
-    name_url = files[0].path if source.provider == "url" and len(files) == 1 else source.url
-    name = model_name(
-        source.provider,
-        repo_id=source.repo_id,
-        revision=source.revision,
-        quant=variant,
-        url=name_url,
-        folder=folder,
-    )
+    name = _name(folder, source, files, variant)
     paths = [r.path for r in files]
     metadata = _metadata(inspection)
     if format_hint and detected and FORMAT_FAMILY.get(format_hint.lower(), format_hint.lower()) != detected:
@@ -167,10 +165,23 @@ def build_entry(
             quantization=quantization,
             path=str(folder),
             files=paths,
-            context_length=inspection.context_length,
+            context_length=metadata.get("context_length"),
             location=location,
         ),
         metadata=metadata,
+    )
+
+
+def _name(folder: Path, source: Source, files: Sequence[FileRecord], variant: str | None) -> str:
+    # A direct download is named after its file: the URL's last segment may be a CDN hash or "download".
+    name_url = files[0].path if source.provider == "url" and len(files) == 1 else source.url
+    return model_name(
+        source.provider,
+        repo_id=source.repo_id,
+        revision=source.revision,
+        quant=variant,
+        url=name_url,
+        folder=folder,
     )
 
 
@@ -261,3 +272,149 @@ def same_content(a: ModelEntry, b: ModelEntry) -> bool:
     changes nothing must not write the registry."""
     ignore = {"downloaded_at", "verified_at"}
     return a.model_dump(exclude=ignore) == b.model_dump(exclude=ignore)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entries from a folder found on disk (scan, normalize-formats)
+
+
+def entry_for_folder(
+    folder: ModelFolder,
+    inspection: ModelInspection,
+    files: Sequence[str],
+    stats: dict[str, FileStat],
+    *,
+    location: str,
+    testing: bool,
+) -> ModelEntry:
+    """The entry for `files` of a folder found on disk, its source read from the folder's place in the
+    layout (`imageworks.walk.layout_source`), built by `build_entry` (the builder `download` uses), so a
+    scanned folder gets the name and serve hints that downloading the same repo gives."""
+    from imageworks.walk import layout_source
+
+    provider, repo_id, revision = layout_source(folder.layout)
+    source = Source(provider=provider, repo_id=repo_id, revision=revision)  # type: ignore[arg-type]
+    records = [FileRecord(path=p, size=stats[p].size) for p in files]
+    entry = build_entry(folder.path, source=source, location=location, files=records, inspection=inspection)
+    return entry.model_copy(update={"testing": True}) if testing else entry
+
+
+# Where a recorded SHA-256 came from: the Hub's listing, the user's `--sha256` for a direct URL, or the
+# bytes on disk (scan --hash, normalize-formats --rebuild, verify --record). Stored per file as the
+# `digest_source` key of a file record.
+DigestSource = Literal["hub", "url", "disk"]
+DIGEST_SOURCES: tuple[DigestSource, ...] = ("hub", "url", "disk")
+AUTHORITATIVE: frozenset[str] = frozenset({"hub", "url"})
+
+
+def digest_source(entry: ModelEntry, record: FileRecord) -> DigestSource | None:
+    """Where `record`'s SHA-256 came from (None without one). Records written before the field existed:
+    a downloaded entry (download time or commit recorded) of the Hub or a URL got its digests from
+    there; anything else (a scanned folder, even in the owner/repo layout) got them from disk."""
+    if not record.sha256:
+        return None
+    explicit = (record.model_extra or {}).get("digest_source")
+    if explicit in DIGEST_SOURCES:
+        return explicit  # type: ignore[no-any-return]
+    downloaded = bool(entry.downloaded_at or entry.source.commit)
+    if downloaded and entry.source.provider == "hf":
+        return "hub"
+    if downloaded and entry.source.provider == "url":
+        return "url"
+    return "disk"
+
+
+def hashed_on_disk(record: FileRecord, sha256: str, size: int | None, mtime_ns: int | None) -> FileRecord:
+    """`record` with a digest just computed from the file on disk."""
+    update: dict[str, Any] = {"sha256": sha256, "mtime_ns": mtime_ns, "digest_source": "disk"}
+    if size is not None:
+        update["size"] = size
+    return record.model_copy(update=update)
+
+
+def carry_digests(
+    base: ModelEntry, records: Sequence[FileRecord], stats: dict[str, FileStat]
+) -> list[FileRecord]:
+    """The files of `base` as found again on disk (`records`), keeping what was recorded about digests:
+    a digest from the Hub or a `--sha256` stays with its size whatever the disk now holds (the disk is
+    what may be wrong: `verify` reports it), and one from disk stays while the file is unchanged
+    (`hashing.trusted_digest`). Anything else is recorded without a digest (verify/--hash/--rebuild
+    compute it)."""
+    known = {f.path: f for f in base.files}
+    out = []
+    for record in records:
+        prev = known.get(record.path)
+        stat = stats.get(record.path)
+        if prev is not None and digest_source(base, prev) in AUTHORITATIVE:
+            # Checked against it just now (normalize-formats --rebuild): the fresher size and mtime.
+            record = record if record.sha256 == prev.sha256 else prev
+        elif record.sha256 is None and stat is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
+            assert prev is not None
+            record = prev
+        out.append(record)
+    return out
+
+
+def refresh_entry(base: ModelEntry, fresh: ModelEntry, stats: dict[str, FileStat]) -> ModelEntry:
+    """`base` (the discovered layer's entry) updated with the facts from disk in `fresh` (format,
+    quantisation, files, size, capabilities, serve hints, inspection metadata) by the merge `download`
+    uses. What was recorded about where the model came from stays: a folder name knows less than the
+    download did (commit, canonical case). Digests are kept by `carry_digests`."""
+    files = carry_digests(base, fresh.files, stats)
+    fresh = fresh.model_copy(
+        update={
+            "files": files,
+            "size_bytes": sum(f.size for f in files),
+            "aggregate_sha256": aggregate_sha256((f.path, f.sha256) for f in files),
+        }
+    )
+    merged = merge_entry(base, fresh)
+    moved = path_key(base.path) != path_key(fresh.path)
+    return merged.model_copy(
+        update={
+            "source": base.source,
+            "path": fresh.path if moved or not base.path else base.path,
+            "location": fresh.location if moved or not base.location else base.location,
+        }
+    )
+
+
+class EntryIndex:
+    """Identity and path lookups over a registry snapshot, built once per scan (not per folder)."""
+
+    def __init__(self, entries: Iterable[ModelEntry]) -> None:
+        self.by_name: dict[str, ModelEntry] = {}
+        self.by_identity: dict[tuple[str, str, str, str], str] = {}
+        self.by_path: dict[str, list[str]] = {}
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: ModelEntry) -> None:
+        self.by_name[entry.name] = entry
+        ident = entry_identity(entry)
+        if ident[1]:
+            self.by_identity.setdefault(ident, entry.name)
+        key = path_key(entry.path)
+        if key:
+            self.by_path.setdefault(key, []).append(entry.name)
+
+    def match(self, entry: ModelEntry, weight_files: frozenset[str]) -> ModelEntry | None:
+        """The existing entry for the same model, by the rule of `find_existing` (same identity, else
+        same folder and same variant), widened to "same folder and an overlap in the weight files
+        recorded" so an entry whose quant label was decided differently (from a file name, by an older
+        version) is still recognised by its files."""
+        ident = entry_identity(entry)
+        # A local entry has no repo id or URL: its identity is only its folder (naming.identity would
+        # make every local model of one variant "the same").
+        name = self.by_identity.get(ident) if ident[1] else None
+        if name is not None:
+            return self.by_name[name]
+        key = path_key(entry.path)
+        same_folder = [self.by_name[n] for n in self.by_path.get(key or "", [])]
+        for other in same_folder:
+            if entry_identity(other)[3] == ident[3]:
+                return other
+        for other in same_folder:
+            if weight_files & {f.path for f in other.files}:
+                return other
+        return None

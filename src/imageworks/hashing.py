@@ -35,6 +35,29 @@ class _Digest(Protocol):
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
 
+class Recorded(Protocol):
+    """What a registry records about a file when it hashes it (`FileRecord`, the download plan's record)."""
+
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def mtime_ns(self) -> int | None: ...
+    @property
+    def sha256(self) -> str | None: ...
+
+
+def trusted_digest(recorded: Recorded | None, size: int, mtime_ns: int) -> str | None:
+    """The one rule for skipping a re-hash: the recorded SHA-256 still holds when the file's size and
+    mtime are exactly those it had when it was hashed. None when the file must be read again (nothing
+    recorded, no digest or no mtime recorded, or either moved). An edit in place that restores the mtime
+    is not seen: `verify` (full) and `normalize-formats --rebuild --full` read every byte."""
+    if recorded is None or not recorded.sha256 or recorded.mtime_ns is None:
+        return None
+    if recorded.size != size or recorded.mtime_ns != mtime_ns:
+        return None
+    return recorded.sha256
+
+
 class _Cancelled(Exception):
     """Raised inside a worker when the caller gave up (Ctrl-C): stop reading at the next chunk."""
 

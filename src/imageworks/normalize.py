@@ -6,7 +6,7 @@ nothing is written until `apply_normalize` executes it (STYLE.md #9), so a dry r
 - Every discovered entry's format and quantisation are recomputed from the files it records, with the
   shared inspection rules (serve hints follow, since they depend on both).
 - `rebuild` also recomputes files, sizes and SHA-256 from the folder (the entry's own variant when the
-  folder holds several GGUF quants: see `imageworks.scan`), and reports drift per entry: changed, added and
+  folder holds several GGUF quants: see `imageworks.entries.split_variants`), and reports drift per entry: changed, added and
   missing files. A file whose size and mtime are what was recorded when it was last hashed keeps its
   digest without being read again, unless `full`.
 - `prune_missing` removes discovered entries whose folder no longer exists; entries that have a curated
@@ -20,25 +20,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from imageworks.entries import split_variants
+from imageworks.diffs import FieldChange, diff_fields
+from imageworks.entries import (
+    AUTHORITATIVE,
+    digest_source,
+    entry_for_folder,
+    hashed_on_disk,
+    refresh_entry,
+    split_variants,
+)
+from imageworks.hashing import trusted_digest
 from imageworks.naming import path_key
 from imageworks.registry.schema import FileRecord, ModelEntry, validate_entries
-from imageworks.scan import (
-    FieldChange,
-    FileStat,
-    ModelFolder,
-    build_entry,
-    diff_fields,
-    list_model_files,
-    refresh_entry,
-)
+from imageworks.walk import FileStat, ModelFolder, list_model_files
 
 if TYPE_CHECKING:
     from imageworks.hashing import FileDigest
     from imageworks.inspect.types import ModelInspection
     from imageworks.registry.store import Registry, RegistryStore
 
-Action = Literal["update", "unchanged", "prune", "missing", "curated-missing", "skipped"]
+Action = Literal["update", "unchanged", "drift", "prune", "missing", "curated-missing", "skipped"]
 
 _FORMAT_FIELDS = ("format", "quantization", "serve")
 _REBUILD_FIELDS = (
@@ -77,6 +78,7 @@ class EntryPlan:
     changes: list[FieldChange] = field(default_factory=list)
     drift: FileDrift | None = None
     notes: list[str] = field(default_factory=list)
+    mismatches: list[DigestMismatch] = field(default_factory=list)  # files that differ from a Hub digest
     entry: ModelEntry | None = field(default=None, repr=False)  # the new discovered entry ("update")
     before: dict[str, Any] | None = field(default=None, repr=False)  # the discovered entry planned against
 
@@ -87,8 +89,23 @@ class EntryPlan:
             "action": self.action,
             "changes": [c.as_dict() for c in self.changes],
             "drift": self.drift.as_dict() if self.drift is not None else None,
+            "mismatches": [m.as_dict() for m in self.mismatches],
             "notes": self.notes,
         }
+
+
+@dataclass(frozen=True)
+class DigestMismatch:
+    """A file whose bytes on disk no longer match the digest recorded from the Hub (or `--sha256`): drift
+    to report, as `verify` reports `changed`, never a digest to adopt."""
+
+    path: str
+    expected: str  # the recorded digest, which stays
+    actual: str | None  # what the disk holds now (None: the size alone differs and it was not read)
+    source: str  # "hub" or "url"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "expected": self.expected, "actual": self.actual, "source": self.source}
 
 
 @dataclass
@@ -109,7 +126,8 @@ class NormalizePlan:
         return [e for e in self.entries if e.action in ("update", "prune")]
 
     def summary(self) -> dict[str, int]:
-        counts = {a: 0 for a in ("update", "unchanged", "prune", "missing", "curated-missing", "skipped")}
+        actions = ("update", "unchanged", "drift", "prune", "missing", "curated-missing", "skipped")
+        counts = {a: 0 for a in actions}
         for entry in self.entries:
             counts[entry.action] += 1
         return counts
@@ -133,6 +151,16 @@ class NormalizeResult:
     applied: bool
     written: list[str] = field(default_factory=list)  # entries updated or pruned
     conflicts: list[str] = field(default_factory=list)  # changed by another command meanwhile: not touched
+
+    @property
+    def mismatches(self) -> list[tuple[str, DigestMismatch]]:
+        return [(e.name, m) for e in self.plan.entries for m in e.mismatches]
+
+    @property
+    def ok(self) -> bool:
+        """False when something needs the user: a file differs from its Hub digest, or an entry changed
+        meanwhile was not written."""
+        return not self.conflicts and not self.mismatches
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -182,60 +210,70 @@ def plan_normalize(
     plan = NormalizePlan([], rebuild, full, prune_missing)
     work: list[_Work] = []
     for name in sorted(discovered.keys() | registry.curated.keys()):
-        curated = registry.is_curated(name)
         entry = discovered.get(name)
         merged = registry.get(name)
         path = (merged.path if merged else None) or (entry.path if entry else None)
-        exists = bool(path) and Path(path or "").expanduser().exists()
         if entry is None:
             # Curated-only: nothing of it is ours to recompute; a missing folder is still worth saying.
-            if prune_missing and path and not exists:
+            if prune_missing and path and not Path(path).expanduser().exists():
                 plan.entries.append(
                     EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
                 )
             continue
         before = registry.discovered[name]
-        if not path:
-            plan.entries.append(EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before))
+        skipped = _unusable_path(registry, name, entry, path, before, roots, prune_missing)
+        if skipped is not None:
+            plan.entries.append(skipped)
             continue
-        if not exists:
-            root = roots.get(entry.location or "")
-            if root is not None and not Path(root).expanduser().is_dir():
-                note = f"{path} is unreachable: the {entry.location} root {root} is missing (not mounted?)"
-                plan.entries.append(EntryPlan(name, path, "missing", notes=[note + "; not pruned"]))
-            elif not prune_missing:
-                note = f"{path} does not exist; --prune-missing removes the entry"
-                plan.entries.append(EntryPlan(name, path, "missing", notes=[note]))
-            elif curated:
-                plan.entries.append(
-                    EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
-                )
-            else:
-                plan.entries.append(
-                    EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before)
-                )
-            continue
-        if not Path(path).expanduser().is_dir():
-            note = "the recorded path is a file, not a model folder: not normalised"
-            plan.entries.append(EntryPlan(name, path, "skipped", notes=[note], before=before))
-            continue
+        assert path is not None
         others = set().union(
             *(files for other, files in folder_files.get(path_key(path), []) if other != name)
         )
         item = _inspect_entry(
             name, entry, Path(path).expanduser(), rebuild=rebuild, full=full, before=before, others=others
         )
-        if isinstance(item, EntryPlan):
-            plan.entries.append(item)
-        else:
+        if isinstance(item, _Work):
             work.append(item)
             plan.entries.append(item.plan)
+        else:
+            plan.entries.append(item)
 
     if rebuild:
         _hash_work(work, plan)
-    for item in work:
-        _finish(item, rebuild=rebuild)
+    for job in work:
+        _finish(job, rebuild=rebuild)
     return plan
+
+
+def _unusable_path(
+    registry: Registry,
+    name: str,
+    entry: ModelEntry,
+    path: str | None,
+    before: dict[str, Any],
+    roots: Mapping[str, Path],
+    prune_missing: bool,
+) -> EntryPlan | None:
+    """The plan for an entry whose recorded path is not a folder to read (none, missing, a file), or
+    None when it is one."""
+    if not path:
+        return EntryPlan(name, None, "skipped", notes=["no path recorded"], before=before)
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return None
+    if folder.exists():
+        note = "the recorded path is a file, not a model folder: not normalised"
+        return EntryPlan(name, path, "skipped", notes=[note], before=before)
+    root = roots.get(entry.location or "")
+    if root is not None and not Path(root).expanduser().is_dir():
+        note = f"{path} is unreachable: the {entry.location} root {root} is missing (not mounted?)"
+        return EntryPlan(name, path, "missing", notes=[note + "; not pruned"])
+    if not prune_missing:
+        note = f"{path} does not exist; --prune-missing removes the entry"
+        return EntryPlan(name, path, "missing", notes=[note])
+    if registry.is_curated(name):
+        return EntryPlan(name, path, "curated-missing", notes=[_curated_note(name, path)])
+    return EntryPlan(name, path, "prune", notes=[f"{path} does not exist"], before=before)
 
 
 def _curated_note(name: str, path: str) -> str:
@@ -255,8 +293,6 @@ def _inspect_entry(
     before: dict[str, Any],
     others: set[str],
 ) -> _Work | EntryPlan:
-    from imageworks.inspect import inspect_folder
-
     plan = EntryPlan(name, str(folder), "unchanged", before=before)
     if rebuild:
         listing = list_model_files(folder)
@@ -266,27 +302,8 @@ def _inspect_entry(
         stats = {f.path: f for f in listing.files}
         files, inspection = _entry_variant(entry, folder, [f.path for f in listing.files], others)
     else:
-        stats = {}
-        recorded = [f.path for f in entry.files]
-        present = []
-        for rel in recorded:
-            try:
-                st = (folder / rel).stat()
-            except OSError:
-                continue
-            stats[rel] = FileStat(rel, st.st_size, st.st_mtime_ns)
-            present.append(rel)
-        if not recorded:  # nothing recorded: judge the folder as a whole
-            listing = list_model_files(folder)
-            stats = {f.path: f for f in listing.files}
-            present = [f.path for f in listing.files]
-        files = present
-        inspection = inspect_folder(folder, files=present)
-        gone = [p for p in recorded if p not in stats]
-        if gone:
-            plan.notes.append(
-                f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift"
-            )
+        stats, inspection = _recorded_files(entry, folder, plan)
+        files = list(stats)
 
     if inspection.format == "unknown":
         plan.notes.append(
@@ -296,32 +313,56 @@ def _inspect_entry(
         if path in files:
             plan.notes.append(f"unusable weight file {path}: {error}")
     folder_view = ModelFolder(folder, (), list(stats.values()))
-    fresh = build_entry(
+    fresh = entry_for_folder(
         folder_view, inspection, files, stats, location=entry.location or "path", testing=entry.testing
     )
     if inspection.format == "unknown":
         fresh = fresh.model_copy(update={"format": entry.format, "quantization": entry.quantization})
-    fresh = fresh.model_copy(update={"path": entry.path})
-    item = _Work(plan, entry, fresh, stats)
+    item = _Work(plan, entry, fresh.model_copy(update={"path": entry.path}), stats)
     if rebuild:
-        old = {f.path: f for f in entry.files}
-        records = []
-        for record in fresh.files:
-            prev = old.get(record.path)
-            stat = stats[record.path]
-            if (
-                not full
-                and prev is not None
-                and prev.sha256
-                and prev.size == stat.size
-                and prev.mtime_ns == stat.mtime_ns
-            ):
-                record = record.model_copy(update={"sha256": prev.sha256, "mtime_ns": prev.mtime_ns})
-            else:
-                item.to_hash.append(record.path)
-            records.append(record)
-        item.fresh = fresh.model_copy(update={"files": records})
+        _choose_files_to_hash(item, full=full)
     return item
+
+
+def _recorded_files(
+    entry: ModelEntry, folder: Path, plan: EntryPlan
+) -> tuple[dict[str, FileStat], ModelInspection]:
+    """Without --rebuild: the files the entry records that are still there (the whole folder when it
+    records none), and their inspection."""
+    from imageworks.inspect import inspect_folder
+
+    stats: dict[str, FileStat] = {}
+    recorded = [f.path for f in entry.files]
+    for rel in recorded:
+        try:
+            st = (folder / rel).stat()
+        except OSError:
+            continue
+        stats[rel] = FileStat(rel, st.st_size, st.st_mtime_ns)
+    if not recorded:  # nothing recorded: judge the folder as a whole
+        stats = {f.path: f for f in list_model_files(folder).files}
+    gone = [p for p in recorded if p not in stats]
+    if gone:
+        plan.notes.append(
+            f"{len(gone)} recorded file(s) missing ({', '.join(gone[:3])}); --rebuild records the drift"
+        )
+    return stats, inspect_folder(folder, files=list(stats))
+
+
+def _choose_files_to_hash(item: _Work, *, full: bool) -> None:
+    """A file whose recorded digest still holds (`hashing.trusted_digest`) keeps its record unread,
+    unless `full`; every other file is hashed."""
+    old = {f.path: f for f in item.base.files}
+    records = []
+    for record in item.fresh.files:
+        prev = old.get(record.path)
+        stat = item.stats[record.path]
+        if not full and prev is not None and trusted_digest(prev, stat.size, stat.mtime_ns):
+            record = prev
+        else:
+            item.to_hash.append(record.path)
+        records.append(record)
+    item.fresh = item.fresh.model_copy(update={"files": records})
 
 
 def _entry_variant(
@@ -372,18 +413,37 @@ def _hash_work(work: Sequence[_Work], plan: NormalizePlan) -> None:
     plan.reused_digests = sum(len(item.fresh.files) - len(item.to_hash) for item in work)
     for item in work:
         done = by_item.get(id(item), {})
+        old = {f.path: f for f in item.base.files}
         records: list[FileRecord] = []
         for record in item.fresh.files:
             found = done.get(record.path)
-            if found is not None:
-                if found.ok:
-                    record = record.model_copy(
-                        update={"sha256": found.sha256, "size": found.size, "mtime_ns": found.mtime_ns}
-                    )
-                else:
-                    item.plan.notes.append(f"cannot hash {record.path}: {found.error}")
+            if found is not None and not found.ok:
+                item.plan.notes.append(f"cannot hash {record.path}: {found.error}")
+            elif found is not None:
+                assert found.sha256 is not None
+                record = _hashed(item, record, old.get(record.path), found)
             records.append(record)
         item.fresh = item.fresh.model_copy(update={"files": records})
+
+
+def _hashed(item: _Work, record: FileRecord, prev: FileRecord | None, found: FileDigest) -> FileRecord:
+    """The record for a file just hashed. A digest from the Hub (or `--sha256`) is never replaced from
+    disk: a mismatch is drift, reported with both digests, and the recorded one stays. A digest that
+    came from disk is refreshed, and the plan says so."""
+    assert found.sha256 is not None
+    source = digest_source(item.base, prev) if prev is not None else None
+    if prev is not None and prev.sha256 and source in AUTHORITATIVE:
+        if found.sha256 != prev.sha256:
+            item.plan.mismatches.append(DigestMismatch(record.path, prev.sha256, found.sha256, source or ""))
+            return prev
+        # The bytes are what was published: remember the size and mtime they were checked at.
+        return prev.model_copy(update={"size": found.size, "mtime_ns": found.mtime_ns})
+    if prev is not None and prev.sha256 and prev.sha256 != found.sha256:
+        item.plan.notes.append(
+            f"SHA-256 of {record.path} recomputed from disk: {prev.sha256} -> {found.sha256}"
+            " (the old one was computed from disk too)"
+        )
+    return hashed_on_disk(record, found.sha256, found.size, found.mtime_ns)
 
 
 def _drift(old: Sequence[FileRecord], new: Sequence[FileRecord]) -> FileDrift:
@@ -405,7 +465,9 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     plan = item.plan
     if rebuild:
         new = refresh_entry(item.base, item.fresh, item.stats)
-        plan.drift = _drift(item.base.files, new.files)
+        drift = _drift(item.base.files, new.files)
+        mismatched = [m.path for m in plan.mismatches if m.path not in drift.changed]
+        plan.drift = FileDrift(sorted([*drift.changed, *mismatched]), drift.added, drift.missing)
         fields: tuple[str, ...] = _REBUILD_FIELDS
     else:
         new = _with_format(item.base, item.fresh)
@@ -413,6 +475,8 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     old_raw = plan.before or {}
     new_raw = new.to_layer_dict()
     if old_raw == new_raw:
+        if plan.mismatches:
+            plan.action = "drift"  # nothing to write: the recorded digests stay, the disk is what differs
         return
     plan.action = "update"
     plan.entry = new

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imageworks.clock import utc_now
 from imageworks.errors import UsageError
-from imageworks.hashing import FileDigest, aggregate_sha256, hash_files
+from imageworks.hashing import FileDigest, aggregate_sha256, hash_files, trusted_digest
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
+from imageworks.walk import resolved_path
 
 if TYPE_CHECKING:
     from imageworks.config import Config
@@ -250,19 +251,12 @@ class _FolderClaims:
                     paths = [
                         f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)
                     ]
-                    self._by_folder.setdefault(_resolved(other_folder), []).append((name, paths))
+                    self._by_folder.setdefault(resolved_path(other_folder), []).append((name, paths))
         claimed: set[str] = set()
-        for name, paths in self._by_folder.get(_resolved(folder), []):
+        for name, paths in self._by_folder.get(resolved_path(folder), []):
             if name != entry.name:
                 claimed.update(paths)
         return claimed
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
 
 
 def _plan_model(
@@ -336,11 +330,14 @@ def _plan_file(plan: _ModelPlan, folder: Path, record_: FileRecord, *, quick: bo
         # nobody can use.
         check.status = F_SIZE
     elif quick:
-        if record_.mtime_ns is not None and st.st_mtime_ns != record_.mtime_ns:
+        if record_.mtime_ns is None:
+            check.detail = "no mtime recorded: size checked only"
+        elif trusted_digest(record_, st.st_size, st.st_mtime_ns) is None and record_.sha256:
             check.status = F_MTIME
             check.detail = "modified since it was last hashed: run a full verify"
-        elif record_.mtime_ns is None:
-            check.detail = "no mtime recorded: size checked only"
+        elif record_.mtime_ns != st.st_mtime_ns:  # no digest recorded to trust or distrust
+            check.status = F_MTIME
+            check.detail = "modified since it was recorded: run a full verify"
     elif record_.sha256 or record:
         plan.pending.append(_Pending(check, full, st.st_size, record_))
     else:

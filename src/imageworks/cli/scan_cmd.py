@@ -14,7 +14,7 @@ from imageworks.cli.render import emit_json, human_size
 from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
-    from imageworks.normalize import NormalizeResult
+    from imageworks.normalize import EntryPlan, NormalizeResult
     from imageworks.scan import ScanResult
 
 
@@ -46,7 +46,8 @@ def scan(
     """Add the models found under a folder to the registry.
 
     \b
-    Layouts: <owner>/<repo>, <owner>/<repo>@<rev>, LM Studio's <publisher>/<model>/*.gguf.
+    Layouts: <owner>/<repo>, <owner>/<repo>@<rev>, LM Studio's <publisher>/<model>/*.gguf,
+    url/<host>/<file stem>/ (direct downloads); deeper folders are local/<parent>/<folder>.
     A folder holding several GGUF quants gives one entry per quant (<owner>/<repo>:<quant>).
     Placeholders (test*, demo*, dummy*, example*, tmp*, *placeholder*, folders without weights)
     are skipped unless --include-testing. Models already registered (same identity or folder)
@@ -151,33 +152,62 @@ def normalize_formats(
         location_roots=app.config.location_roots(),
     )
     if as_json:
-        emit_json("normalize-formats", result.as_dict(), ok=not result.conflicts)
+        emit_json("normalize-formats", result.as_dict(), ok=result.ok)
     else:
         _render_normalize(result)
-    return EXIT_FAILED if result.conflicts else EXIT_OK
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
-_MARK = {"update": "~", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
+_MARK = {"update": "~", "drift": "!", "prune": "-", "missing": "?", "curated-missing": "!", "skipped": "!"}
+_SOURCE = {"hub": "the Hub", "url": "the URL download (--sha256)"}
 
 
 def _render_normalize(result: NormalizeResult) -> None:
     echo = click.echo
     plan = result.plan
     for item in plan.entries:
-        if item.action == "unchanged" and not item.notes:
-            continue
-        label = {"prune": "remove", "curated-missing": "curated, missing"}.get(item.action, item.action)
-        echo(f"{_MARK.get(item.action, ' ')} {item.name}  [{label}]  {item.path or '-'}")
-        for change in item.changes:
-            echo(f"    {change.render()}")
-        if item.drift:
-            for kind in ("changed", "added", "missing"):
-                paths = getattr(item.drift, kind)
-                if paths:
-                    shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
-                    echo(f"    files {kind}: {shown}")
-        for note in item.notes:
-            echo(f"    note: {note}")
+        if item.action != "unchanged" or item.notes:
+            _render_entry_plan(item)
+    echo(", ".join(_normalize_summary(result)))
+    if result.mismatches:
+        echo(
+            f"{len(result.mismatches)} file(s) differ from the digest recorded from the Hub or --sha256:"
+            " kept as recorded; `imageworks-loader verify NAME` checks them, a re-download with --force"
+            " fetches them again",
+            err=True,
+        )
+    for name in result.conflicts:
+        echo(
+            f"not written: {name} changed in the registry since the plan was made; run the command again",
+            err=True,
+        )
+    if not result.applied and plan.writes:
+        echo("dry run: nothing written; re-run with --apply to write these changes")
+
+
+def _render_entry_plan(item: EntryPlan) -> None:
+    echo = click.echo
+    label = {"prune": "remove", "curated-missing": "curated, missing"}.get(item.action, item.action)
+    echo(f"{_MARK.get(item.action, ' ')} {item.name}  [{label}]  {item.path or '-'}")
+    for change in item.changes:
+        echo(f"    {change.render()}")
+    if item.drift:
+        for kind in ("changed", "added", "missing"):
+            paths = getattr(item.drift, kind)
+            if paths:
+                shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
+                echo(f"    files {kind}: {shown}")
+    for m in item.mismatches:
+        echo(
+            f"    changed: {m.path}: expected {m.expected} (from {_SOURCE.get(m.source, m.source)}),"
+            f" got {m.actual or '-'}; the recorded digest is kept (re-download with --force)"
+        )
+    for note in item.notes:
+        echo(f"    note: {note}")
+
+
+def _normalize_summary(result: NormalizeResult) -> list[str]:
+    plan = result.plan
     counts = plan.summary()
     written = set(result.written)
     if result.applied:
@@ -191,22 +221,17 @@ def _render_normalize(result: NormalizeResult) -> None:
         parts = [f"{counts['update']} to update", f"{counts['unchanged']} unchanged"]
         if plan.prune_missing:
             parts.append(f"{counts['prune']} to remove")
-    if counts["missing"]:
-        parts.append(f"{counts['missing']} missing")
-    if counts["curated-missing"]:
-        parts.append(f"{counts['curated-missing']} curated (edit by hand)")
-    if counts["skipped"]:
-        parts.append(f"{counts['skipped']} skipped")
+    for action, text in (
+        ("drift", "differ from their recorded digests"),
+        ("missing", "missing"),
+        ("curated-missing", "curated (edit by hand)"),
+        ("skipped", "skipped"),
+    ):
+        if counts[action]:
+            parts.append(f"{counts[action]} {text}")
     if plan.rebuild:
         parts.append(
             f"hashed {plan.hashed_files} files ({human_size(plan.hashed_bytes)}), "
             f"{plan.reused_digests} unchanged by size+mtime"
         )
-    echo(", ".join(parts))
-    for name in result.conflicts:
-        echo(
-            f"not written: {name} changed in the registry since the plan was made; run the command again",
-            err=True,
-        )
-    if not result.applied and plan.writes:
-        echo("dry run: nothing written; re-run with --apply to write these changes")
+    return parts

@@ -6,12 +6,12 @@ callable, so the same code serves a folder on disk and a remote repo.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageworks.inspect import untrusted_json
 from imageworks.inspect.quant import bpw_label, group_label, torch_dtype_label
 from imageworks.inspect.types import Evidence
 
@@ -81,9 +81,9 @@ def load_json(raw: bytes | None, name: str, problems: list[str]) -> dict[str, An
         problems.append(f"{name}: larger than {MAX_SMALL_FILE >> 20} MiB, ignored")
         return None
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        problems.append(f"{name}: not valid JSON ({exc})"[:200])
+        data = untrusted_json.loads(raw)
+    except untrusted_json.UntrustedJSONError as exc:
+        problems.append(f"{name}: {exc}"[:200])
         return None
     if not isinstance(data, dict):
         problems.append(f"{name}: not a JSON object")
@@ -107,50 +107,22 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
     method = str(qc.get("quant_method") or "").lower().replace("_", "-")
     bits = _num(qc.get("bits", qc.get("w_bit")))
     group = _int(qc.get("group_size", qc.get("q_group_size")))
-
+    method = method or _implied_method(qc, bits) or ""
     if not method:
-        if "load_in_4bit" in qc or "load_in_8bit" in qc:
-            method = "bitsandbytes"
-        elif "w_bit" in qc:
-            method = "awq"
-        elif "desc_act" in qc or "damp_percent" in qc:
-            method = "gptq"
-        elif bits is not None and ("group_size" in qc or "mode" in qc):
-            method = "mlx"
-        else:
-            return None
-
+        return None
     if method in ("awq", "gptq"):
         detail = ", ".join(f"{k}={qc[k]}" for k in ("version", "desc_act", "sym", "zero_point") if k in qc)
         return QuantConfig(method, method, group_label(method, bits, group), bits, group, source, detail)
     if method in ("exl2", "exl3"):
-        return QuantConfig(
-            method, method, bpw_label(method, bits), bits, None, source, f"head_bits={qc.get('head_bits')}"
-        )
+        detail = f"head_bits={qc.get('head_bits')}"
+        return QuantConfig(method, method, bpw_label(method, bits), bits, None, source, detail)
     if method == "mlx":
         mode = qc.get("mode")
-        label = (
-            "mlx-" + str(mode)
-            if isinstance(mode, str) and mode not in ("affine", "")
-            else group_label("mlx", bits, None)
-        )
+        custom = isinstance(mode, str) and mode not in ("affine", "")
+        label = f"mlx-{mode}" if custom else group_label("mlx", bits, None)
         return QuantConfig("mlx", "mlx", label, bits, group, source, f"group_size={group}")
     if method == "bitsandbytes":
-        if qc.get("load_in_4bit") or qc.get("_load_in_4bit"):
-            return QuantConfig(
-                method,
-                "bnb",
-                "bnb-4bit",
-                4.0,
-                None,
-                source,
-                f"bnb_4bit_quant_type={qc.get('bnb_4bit_quant_type', 'fp4')}",
-            )
-        if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
-            return QuantConfig(method, "bnb", "bnb-8bit", 8.0, None, source, "llm.int8")
-        return QuantConfig(
-            method, "bnb", "bnb", None, None, source, "neither load_in_4bit nor load_in_8bit set"
-        )
+        return _bitsandbytes(qc, source)
     if method in ("fbgemm-fp8", "fp8"):
         detail = ", ".join(
             f"{k}={qc[k]}" for k in ("fmt", "weight_block_size", "activation_scheme") if k in qc
@@ -159,23 +131,9 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
     if method == "compressed-tensors":
         return _compressed_tensors(qc, source)
     if method == "modelopt" or "quant_algo" in qc:
-        algo = str(qc.get("quant_algo") or "").upper()
-        if algo.startswith("FP8"):
-            return QuantConfig(method or "modelopt", "fp8", "fp8", 8.0, None, source, f"quant_algo={algo}")
-        if "NVFP4" in algo:
-            return QuantConfig(
-                method or "modelopt", "safetensors", "nvfp4", 4.0, None, source, f"quant_algo={algo}"
-            )
-        return QuantConfig(
-            method or "modelopt", "safetensors", (algo or "modelopt").lower(), None, None, source, ""
-        )
+        return _modelopt(qc, method, source)
     if method == "hqq":
-        params = (
-            (qc.get("quant_config") or {}).get("weight_quant_params") or qc.get("weight_quant_params") or qc
-        )
-        hbits = _num(params.get("nbits")) if isinstance(params, dict) else None
-        hgroup = _int(params.get("group_size")) if isinstance(params, dict) else None
-        return QuantConfig(method, "safetensors", group_label("hqq", hbits, None), hbits, hgroup, source, "")
+        return _hqq(qc, source)
     if method == "eetq":
         return QuantConfig(method, "safetensors", "eetq-int8", 8.0, None, source, "")
     if method == "mxfp4":
@@ -183,6 +141,51 @@ def parse_quantization(qc: dict[str, Any], source: str) -> QuantConfig | None:
     return QuantConfig(
         method, "safetensors", method, bits, group, source, "quant_method not in the vocabulary"
     )
+
+
+def _implied_method(qc: dict[str, Any], bits: float | None) -> str | None:
+    """The method of a config that does not name one (older AutoGPTQ/AutoAWQ files, bitsandbytes, MLX)."""
+    if "load_in_4bit" in qc or "load_in_8bit" in qc:
+        return "bitsandbytes"
+    if "w_bit" in qc:
+        return "awq"
+    if "desc_act" in qc or "damp_percent" in qc:
+        return "gptq"
+    if bits is not None and ("group_size" in qc or "mode" in qc):
+        return "mlx"
+    return None
+
+
+def _bitsandbytes(qc: dict[str, Any], source: str) -> QuantConfig:
+    method = "bitsandbytes"
+    if qc.get("load_in_4bit") or qc.get("_load_in_4bit"):
+        detail = f"bnb_4bit_quant_type={qc.get('bnb_4bit_quant_type', 'fp4')}"
+        return QuantConfig(method, "bnb", "bnb-4bit", 4.0, None, source, detail)
+    if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
+        return QuantConfig(method, "bnb", "bnb-8bit", 8.0, None, source, "llm.int8")
+    return QuantConfig(method, "bnb", "bnb", None, None, source, "neither load_in_4bit nor load_in_8bit set")
+
+
+def _modelopt(qc: dict[str, Any], method: str, source: str) -> QuantConfig:
+    method = method or "modelopt"
+    algo = str(qc.get("quant_algo") or "").upper()
+    if algo.startswith("FP8"):
+        return QuantConfig(method, "fp8", "fp8", 8.0, None, source, f"quant_algo={algo}")
+    if "NVFP4" in algo:
+        return QuantConfig(method, "safetensors", "nvfp4", 4.0, None, source, f"quant_algo={algo}")
+    return QuantConfig(method, "safetensors", (algo or "modelopt").lower(), None, None, source, "")
+
+
+def _hqq(qc: dict[str, Any], source: str) -> QuantConfig:
+    nested = qc.get("quant_config")
+    params = (
+        (nested.get("weight_quant_params") if isinstance(nested, dict) else None)
+        or qc.get("weight_quant_params")
+        or qc
+    )
+    hbits = _num(params.get("nbits")) if isinstance(params, dict) else None
+    hgroup = _int(params.get("group_size")) if isinstance(params, dict) else None
+    return QuantConfig("hqq", "safetensors", group_label("hqq", hbits, None), hbits, hgroup, source, "")
 
 
 def _compressed_tensors(qc: dict[str, Any], source: str) -> QuantConfig:
@@ -280,67 +283,82 @@ def read_configs(read_small: ReadSmall, present: set[str]) -> ConfigInfo:
     """Everything the small files of a model say. `present` is the set of root-level file names there;
     only those are read."""
     info = ConfigInfo()
-    ev, problems = info.evidence, info.problems
 
     def get(name: str) -> dict[str, Any] | None:
-        return load_json(read_small(name), name, problems) if name in present else None
+        return load_json(read_small(name), name, info.problems) if name in present else None
 
     config = get("config.json")
     if config is not None:
-        info.found = True
-        archs = config.get("architectures")
-        if isinstance(archs, list):
-            info.architectures = [a for a in archs if isinstance(a, str)]
-        if isinstance(config.get("model_type"), str):
-            info.model_type = config["model_type"]
-        ctx = _context_length(config)
-        if ctx:
-            info.context_length = ctx[0]
-            ev.append(Evidence(f"config.{ctx[1]}", str(ctx[0])))
-        dt = _dtype(config)
-        if dt:
-            info.dtype = dt[0]
-            ev.append(Evidence("config.torch_dtype", dt[1]))
-        qc = config.get("quantization_config")
-        if isinstance(qc, dict):
-            info.quant = parse_quantization(qc, "config.json:quantization_config")
-        mlx_q = config.get("quantization")
-        if isinstance(mlx_q, dict) and (info.quant is None or info.quant.method == "mlx"):
-            q = parse_quantization(
-                {k: v for k, v in mlx_q.items() if k != "quant_method"}, "config.json:quantization"
-            )
-            if q is not None:
-                info.quant = QuantConfig(
-                    "mlx",
-                    "mlx",
-                    q.label if q.method == "mlx" else "mlx",
-                    q.bits,
-                    q.group_size,
-                    q.source,
-                    q.detail,
-                )
-        vision = _vision(config)
-        if vision:
-            info.vision = vision
-        for key in ("audio_config", "audio_token_index", "audio_token_id"):
-            if config.get(key) is not None:
-                info.audio = f"config.{key}"
-                break
-
+        _read_config(info, config)
     if info.quant is None:
-        for name in ("quantize_config.json", "quant_config.json", "hf_quant_config.json"):
-            data = get(name)
-            if data is None:
-                continue
-            if name == "hf_quant_config.json" and isinstance(data.get("quantization"), dict):
-                data = {"quant_method": "modelopt", **data["quantization"]}
-            info.quant = parse_quantization(data, name)
-            if info.quant:
-                break
+        _read_quant_files(info, get)
     if info.quant:
         q = info.quant
-        ev.append(Evidence(q.source, f"{q.method} -> {q.label}" + (f" ({q.detail})" if q.detail else "")))
+        info.evidence.append(
+            Evidence(q.source, f"{q.method} -> {q.label}" + (f" ({q.detail})" if q.detail else ""))
+        )
+    _find_chat_template(info, read_small, present, get)
+    if info.vision is None and config is not None:
+        pre = get("preprocessor_config.json")
+        if pre is not None and ("image_processor_type" in pre or "image_mean" in pre):
+            info.vision = "preprocessor_config.json: image processor"
+    if info.vision:
+        info.evidence.append(Evidence("vision", info.vision))
+    return info
 
+
+def _read_config(info: ConfigInfo, config: dict[str, Any]) -> None:
+    """What config.json says: architecture, context, dtype, quantisation, vision and audio."""
+    info.found = True
+    archs = config.get("architectures")
+    if isinstance(archs, list):
+        info.architectures = [a for a in archs if isinstance(a, str)]
+    if isinstance(config.get("model_type"), str):
+        info.model_type = config["model_type"]
+    ctx = _context_length(config)
+    if ctx:
+        info.context_length = ctx[0]
+        info.evidence.append(Evidence(f"config.{ctx[1]}", str(ctx[0])))
+    dt = _dtype(config)
+    if dt:
+        info.dtype = dt[0]
+        info.evidence.append(Evidence("config.torch_dtype", dt[1]))
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict):
+        info.quant = parse_quantization(qc, "config.json:quantization_config")
+    mlx_q = config.get("quantization")
+    if isinstance(mlx_q, dict) and (info.quant is None or info.quant.method == "mlx"):
+        q = parse_quantization(
+            {k: v for k, v in mlx_q.items() if k != "quant_method"}, "config.json:quantization"
+        )
+        if q is not None:
+            label = q.label if q.method == "mlx" else "mlx"
+            info.quant = QuantConfig("mlx", "mlx", label, q.bits, q.group_size, q.source, q.detail)
+    vision = _vision(config)
+    if vision:
+        info.vision = vision
+    for key in ("audio_config", "audio_token_index", "audio_token_id"):
+        if config.get(key) is not None:
+            info.audio = f"config.{key}"
+            break
+
+
+def _read_quant_files(info: ConfigInfo, get: Callable[[str], dict[str, Any] | None]) -> None:
+    """The quantisation configs that live beside config.json (AutoGPTQ, AWQ, ModelOpt)."""
+    for name in ("quantize_config.json", "quant_config.json", "hf_quant_config.json"):
+        data = get(name)
+        if data is None:
+            continue
+        if name == "hf_quant_config.json" and isinstance(data.get("quantization"), dict):
+            data = {"quant_method": "modelopt", **data["quantization"]}
+        info.quant = parse_quantization(data, name)
+        if info.quant:
+            return
+
+
+def _find_chat_template(
+    info: ConfigInfo, read_small: ReadSmall, present: set[str], get: Callable[[str], dict[str, Any] | None]
+) -> None:
     tok = get("tokenizer_config.json")
     if tok is not None and _has_template(tok.get("chat_template")):
         info.chat_template_source = "tokenizer_config.json"
@@ -354,16 +372,7 @@ def read_configs(read_small: ReadSmall, present: set[str]) -> ConfigInfo:
             if data is not None and _has_template(data.get("chat_template")):
                 info.chat_template_source = name
     if info.chat_template_source:
-        ev.append(Evidence("chat_template", f"in {info.chat_template_source}"))
-
-    if info.vision is None and config is not None:
-        pre = get("preprocessor_config.json")
-        if pre is not None and ("image_processor_type" in pre or "image_mean" in pre):
-            info.vision = "preprocessor_config.json: image processor"
-    if info.vision:
-        ev.append(Evidence("vision", info.vision))
-
-    return info
+        info.evidence.append(Evidence("chat_template", f"in {info.chat_template_source}"))
 
 
 def _vision(config: dict[str, Any]) -> str | None:

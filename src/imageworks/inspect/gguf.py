@@ -202,6 +202,57 @@ def _read_value(cur: _Cursor, vtype: int, depth: int, decode: bool) -> object:
     raise GGUFError(f"unknown value type {vtype}")
 
 
+def _read_kv(cur: _Cursor, header: GGUFHeader, n_kv: int) -> None:
+    """The key/value section: keep the keys we use, note a chat template, skip the rest (tokenizer
+    arrays are most of a header and are skipped without decoding)."""
+    for _ in range(n_kv):
+        raw_key = cur.string(MAX_KEY_BYTES, "key")
+        try:
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GGUFError(f"key is not UTF-8 ({raw_key[:40]!r})") from exc
+        vtype = cur.u32()
+        if key == "tokenizer.chat_template" or key.startswith(
+            ("tokenizer.chat_template.", "tokenizer.chat_templates")
+        ):
+            start = cur.pos
+            _read_value(cur, vtype, 0, False)
+            header.chat_template = header.chat_template or cur.pos - start > 8
+            continue
+        wanted = key in _WANTED or key.endswith(".context_length")
+        value = _read_value(cur, vtype, 0, wanted)
+        if wanted and value is not None:
+            header.kv[key] = value
+
+
+def _read_tensor_infos(cur: _Cursor, n_tensors: int) -> tuple[dict[str, int], int, int, bool]:
+    """(elements per ggml type, parameters, end of the tensor data relative to the data section, whether
+    every type's size is known)."""
+    types: dict[str, int] = {}
+    params = 0
+    data_end = 0
+    sizes_known = True
+    for _ in range(n_tensors):
+        cur.skip_string()  # tensor name
+        n_dims = cur.u32()
+        if n_dims > MAX_DIMS:
+            raise GGUFError(f"tensor with {n_dims} dimensions")
+        dims = [cur.u64() for _ in range(n_dims)]
+        ttype = cur.u32()
+        offset = cur.u64()
+        elements = prod(dims)
+        params += elements
+        info = GGML_TYPES.get(ttype)
+        name = info[0] if info else f"type{ttype}"
+        types[name] = types.get(name, 0) + elements
+        if info is None:
+            sizes_known = False
+            continue
+        _, block, type_size = info
+        data_end = max(data_end, offset + -(-elements // block) * type_size)
+    return types, params, data_end, sizes_known
+
+
 def read_header(src: ByteSource) -> GGUFHeader:
     """Parse a GGUF header from `src`; raises GGUFError with the reason."""
     cur = _Cursor(src)
@@ -229,55 +280,22 @@ def read_header(src: ByteSource) -> GGUFHeader:
         raise GGUFError(f"absurd counts: {n_tensors} tensors, {n_kv} key/value pairs")
     header.kv_count = n_kv
     header.tensor_count = n_tensors
-    for _ in range(n_kv):
-        raw_key = cur.string(MAX_KEY_BYTES, "key")
-        try:
-            key = raw_key.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise GGUFError(f"key is not UTF-8 ({raw_key[:40]!r})") from exc
-        vtype = cur.u32()
-        if key == "tokenizer.chat_template" or key.startswith(
-            ("tokenizer.chat_template.", "tokenizer.chat_templates")
-        ):
-            start = cur.pos
-            _read_value(cur, vtype, 0, False)
-            header.chat_template = header.chat_template or cur.pos - start > 8
-            continue
-        wanted = key in _WANTED or key.endswith(".context_length")
-        value = _read_value(cur, vtype, 0, wanted)
-        if wanted and value is not None:
-            header.kv[key] = value
-
-    types: dict[str, int] = {}
-    params = 0
-    data_end = 0
-    sizes_known = True
-    for _ in range(n_tensors):
-        cur.skip_string()  # tensor name
-        n_dims = cur.u32()
-        if n_dims > MAX_DIMS:
-            raise GGUFError(f"tensor with {n_dims} dimensions")
-        dims = [cur.u64() for _ in range(n_dims)]
-        ttype = cur.u32()
-        offset = cur.u64()
-        elements = prod(dims)
-        params += elements
-        info = GGML_TYPES.get(ttype)
-        name = info[0] if info else f"type{ttype}"
-        types[name] = types.get(name, 0) + elements
-        if info is None:
-            sizes_known = False
-            continue
-        _, block, type_size = info
-        data_end = max(data_end, offset + -(-elements // block) * type_size)
+    _read_kv(cur, header, n_kv)
+    types, params, data_end, sizes_known = _read_tensor_infos(cur, n_tensors)
     alignment = header.kv.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFError(f"invalid general.alignment {alignment!r}")
     header.header_end = cur.pos
-    data_start = -(-cur.pos // alignment) * alignment
     header.tensor_types = types
     header.parameters = params
-    header.data_end = data_start + data_end if sizes_known else None
+    if not sizes_known:
+        header.data_end = None
+    elif data_end == 0:
+        # No tensor data follows (a vocab-only file, as llama.cpp's converter writes with --vocab-only
+        # and ships in models/ggml-vocab-*.gguf): the padding that aligns the data section is not written.
+        header.data_end = cur.pos
+    else:
+        header.data_end = -(-cur.pos // alignment) * alignment + data_end
     return header
 
 
@@ -344,9 +362,14 @@ def _fill(result: FileInspection, header: GGUFHeader, path: str) -> None:
         if ctx:
             result.context_length = ctx
             ev.append(Evidence(f"gguf.{arch}.context_length", str(ctx)))
-
-    # mmproj: llama.cpp writes general.type "mmproj" and the dummy architecture "clip".
     name = PurePosixPath(path.replace("\\", "/")).name
+    _fill_projector(result, kv, arch, name)
+    _fill_split(result, kv, name)
+    _fill_quantization(result, kv, path)
+
+
+def _fill_projector(result: FileInspection, kv: dict[str, object], arch: str | None, name: str) -> None:
+    # mmproj: llama.cpp writes general.type "mmproj" and the dummy architecture "clip".
     projector_signals = [
         s
         for s, hit in (
@@ -358,34 +381,38 @@ def _fill(result: FileInspection, header: GGUFHeader, path: str) -> None:
     ]
     if projector_signals:
         result.is_projector = True
-        ev.append(Evidence("gguf.projector", ", ".join(projector_signals)))
+        result.evidence.append(Evidence("gguf.projector", ", ".join(projector_signals)))
 
+
+def _fill_split(result: FileInspection, kv: dict[str, object], name: str) -> None:
     split_no, split_count = _int(kv.get("split.no")), _int(kv.get("split.count"))
     if split_no is not None and split_count and split_count > 1:
         result.split = (split_no + 1, split_count)
-        ev.append(Evidence("gguf.split", f"split.no={split_no} split.count={split_count}"))
-    else:
-        m = _SPLIT_NAME.search(name)
-        if m and int(m.group(2)) > 1:
-            result.split = (int(m.group(1)), int(m.group(2)))
-            ev.append(Evidence("filename", f"split part {m.group(1)} of {m.group(2)} (no split.* keys)"))
+        result.evidence.append(Evidence("gguf.split", f"split.no={split_no} split.count={split_count}"))
+        return
+    m = _SPLIT_NAME.search(name)
+    if m and int(m.group(2)) > 1:
+        result.split = (int(m.group(1)), int(m.group(2)))
+        result.evidence.append(
+            Evidence("filename", f"split part {m.group(1)} of {m.group(2)} (no split.* keys)")
+        )
 
+
+def _fill_quantization(result: FileInspection, kv: dict[str, object], path: str) -> None:
+    """The header's general.file_type, refined by a publisher's file name label of the same bit width;
+    else the file name; else the dominant tensor type."""
+    ev = result.evidence
     file_type = _int(kv.get("general.file_type"))
     header_label = gguf_file_type_label(file_type) if file_type is not None else None
     name_label = gguf_label_from_name(path)
     if header_label:
-        detail = f"{file_type} -> {header_label}"
+        ev.append(Evidence("gguf.general.file_type", f"{file_type} -> {header_label}"))
         if name_label and refines(name_label, header_label):
             result.quantization = name_label
-            ev.append(Evidence("gguf.general.file_type", detail))
-            ev.append(
-                Evidence(
-                    "filename", f"{name_label} refines {header_label} (publisher variant, same bit width)"
-                )
-            )
+            why = f"{name_label} refines {header_label} (publisher variant, same bit width)"
+            ev.append(Evidence("filename", why))
         else:
             result.quantization = header_label
-            ev.append(Evidence("gguf.general.file_type", detail))
             if name_label and name_label != header_label:
                 ev.append(Evidence("filename", f"says {name_label}, header wins"))
         return

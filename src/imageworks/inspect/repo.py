@@ -111,6 +111,18 @@ def _safetensors_sets(
     return chosen, alternatives
 
 
+@dataclass
+class _Weights:
+    """The weight files of a repo, grouped by kind, with what their headers say."""
+
+    kinds: dict[str, list[RepoFile]]
+    gguf: list[FileInspection]
+    safetensors: dict[str, FileInspection]
+    chosen: list[list[str]]  # the safetensors set(s) that make the model
+    alternatives: list[list[str]]  # other complete sets (a second precision, consolidated copies)
+    results: list[FileInspection]  # every weight file, sorted by path
+
+
 def analyse(
     files: list[RepoFile],
     access: RepoAccess,
@@ -119,27 +131,64 @@ def analyse(
     read_alternatives: bool = True,
     name_hint: str = "",
 ) -> ModelInspection:
-    by_path = {f.path: f for f in files}
     root_names = {f.path for f in files if "/" not in f.path}
     problems: list[str] = []
-    evidence: list[Evidence] = []
-
     config = read_configs(access.small, root_names & set(CONFIG_FILES))
     problems += config.problems
+    weights = _read_weights(files, access, problems, gguf_headers, read_alternatives)
 
+    model = ModelInspection(format="unknown", files=weights.results, problems=problems, evidence=[])
+    model.total_size = sum(f.size for members in weights.kinds.values() for f in members)
+    model.architecture = config.architectures[0] if config.architectures else None
+    model.model_type = config.model_type
+    model.context_length = config.context_length
+    model.chat_template_source = config.chat_template_source
+    model.evidence += config.evidence
+
+    good_gguf = [
+        r for r in weights.gguf if r.format == "gguf" and not (r.error and r.error.startswith("unreadable"))
+    ]
+    gguf_weights = [r for r in good_gguf if not r.is_projector]
+    projectors = [r for r in good_gguf if r.is_projector]
+    chosen_st = [weights.safetensors[p] for s in weights.chosen for p in s if p in weights.safetensors]
+    good_st = [r for r in chosen_st if r.format == "safetensors"]
+    _decide(model, config, weights.kinds, gguf_weights, good_st, access, root_names, name_hint)
+    if model.dtype is None and config.dtype and model.format not in _NO_CONFIG_DTYPE:
+        model.dtype = {"bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64"}.get(config.dtype)
+    if model.bits is None:
+        model.bits = nominal_bits(model.quantization)
+    _fill_from_gguf(model, gguf_weights)
+    model.capabilities = _capabilities(model, config, projectors)
+    model.offers = _offers(
+        model, weights.kinds, weights.gguf, weights.chosen, weights.alternatives, weights.safetensors, config
+    )
+    model.bytes_read = access.bytes_read
+    return model
+
+
+# Formats whose weights carry their own dtype (or none worth taking from config.json).
+_NO_CONFIG_DTYPE = ("gguf", "onnx", "tflite", "h5", "openvino", "unknown")
+
+
+def _read_weights(
+    files: list[RepoFile],
+    access: RepoAccess,
+    problems: list[str],
+    gguf_headers: HeaderPolicy,
+    read_alternatives: bool,
+) -> _Weights:
+    by_path = {f.path: f for f in files}
     kinds: dict[str, list[RepoFile]] = {}
     for f in files:
         kind = classify_weight_file(f.path)
         if kind:
             kinds.setdefault(kind, []).append(f)
 
-    # GGUF ---------------------------------------------------------------------------------------------
     gguf_files = kinds.get("gguf", [])
     to_read = gguf_headers(gguf_files) if gguf_files else set()
     gguf_results = [access.gguf(f) if f.path in to_read else gguf_by_name(f) for f in gguf_files]
     _settle_splits(gguf_results, problems)
 
-    # safetensors --------------------------------------------------------------------------------------
     st_files = kinds.get("safetensors", [])
     index_sets: dict[str, set[str]] = {}
     for f in files:
@@ -157,9 +206,7 @@ def analyse(
     }
 
     results = gguf_results + list(st_results.values())
-    for r in results:
-        if r.error:
-            problems.append(f"{r.path}: {r.error}")
+    problems += [f"{r.path}: {r.error}" for r in results if r.error]
     for kind, members in kinds.items():
         if kind not in ("gguf", "safetensors"):
             results += [
@@ -172,25 +219,23 @@ def analyse(
                 for f in members
             ]
     results.sort(key=lambda r: r.path)
+    return _Weights(kinds, gguf_results, st_results, chosen, alternatives, results)
 
-    model = ModelInspection(format="unknown", files=results, problems=problems, evidence=evidence)
-    model.total_size = sum(f.size for members in kinds.values() for f in members)
-    model.architecture = config.architectures[0] if config.architectures else None
-    model.model_type = config.model_type
-    model.context_length = config.context_length
-    model.chat_template_source = config.chat_template_source
-    evidence += config.evidence
 
-    good_gguf = [
-        r for r in gguf_results if r.format == "gguf" and not (r.error and r.error.startswith("unreadable"))
-    ]
-    gguf_weights = [r for r in good_gguf if not r.is_projector]
-    projectors = [r for r in good_gguf if r.is_projector]
-    chosen_st = [st_results[p] for s in chosen for p in s if p in st_results]
-    good_st = [r for r in chosen_st if r.format == "safetensors"]
+def _decide(
+    model: ModelInspection,
+    config: ConfigInfo,
+    kinds: dict[str, list[RepoFile]],
+    gguf_weights: list[FileInspection],
+    good_st: list[FileInspection],
+    access: RepoAccess,
+    root_names: set[str],
+    name_hint: str,
+) -> None:
+    """Format and quantisation: a quantisation config (when non-GGUF weights are usable), else the GGUF
+    headers, else the safetensors headers, else the first other kind of weights by extension."""
     # a quantisation config describes safetensors/pytorch weights: it decides only when some are usable
     non_gguf_weights = bool(good_st) or any(k not in ("gguf", "safetensors") for k in kinds)
-
     if config.quant and non_gguf_weights:
         _decide_by_config(model, config.quant, good_st)
     elif gguf_weights:
@@ -198,36 +243,31 @@ def analyse(
     elif good_st:
         _decide_safetensors(model, good_st, config, access, root_names, name_hint)
     else:
-        for kind in ("pytorch", "onnx", "tflite", "h5", "msgpack", "openvino"):
-            if kind in kinds:
-                model.format = kind
-                if kind == "pytorch" and config.dtype:
-                    model.quantization = config.dtype
-                    evidence.append(
-                        Evidence(
-                            "config.torch_dtype",
-                            f"{config.dtype} (pytorch weights carry no dtype in their name)",
-                        )
-                    )
-                evidence.append(Evidence("filename", f"{len(kinds[kind])} {kind} file(s)"))
-                break
+        _decide_by_extension(model, config, kinds)
     if model.format == "unknown":
         if not kinds:
             model.reason = "no weight files"
         else:
-            broken = [f"{r.path}: {r.error}" for r in results if r.error]
+            broken = [f"{r.path}: {r.error}" for r in model.files if r.error]
             model.reason = "no usable weight file" + (f" ({'; '.join(broken[:3])})" if broken else "")
 
-    if (
-        model.dtype is None
-        and config.dtype
-        and model.format not in ("gguf", "onnx", "tflite", "h5", "openvino", "unknown")
-    ):
-        model.dtype = {"bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64"}.get(config.dtype)
-    if model.bits is None:
-        model.bits = nominal_bits(model.quantization)
 
-    # GGUF metadata fills what config did not give.
+def _decide_by_extension(
+    model: ModelInspection, config: ConfigInfo, kinds: dict[str, list[RepoFile]]
+) -> None:
+    for kind in ("pytorch", "onnx", "tflite", "h5", "msgpack", "openvino"):
+        if kind in kinds:
+            model.format = kind
+            if kind == "pytorch" and config.dtype:
+                model.quantization = config.dtype
+                why = f"{config.dtype} (pytorch weights carry no dtype in their name)"
+                model.evidence.append(Evidence("config.torch_dtype", why))
+            model.evidence.append(Evidence("filename", f"{len(kinds[kind])} {kind} file(s)"))
+            return
+
+
+def _fill_from_gguf(model: ModelInspection, gguf_weights: list[FileInspection]) -> None:
+    """GGUF metadata fills what config did not give."""
     primary = _primary_gguf(gguf_weights, model.quantization)
     if primary is not None:
         model.architecture = model.architecture or primary.architecture
@@ -238,6 +278,8 @@ def analyse(
         if with_template:
             model.chat_template_source = f"gguf:{with_template.path}"
 
+
+def _capabilities(model: ModelInspection, config: ConfigInfo, projectors: list[FileInspection]) -> list[str]:
     caps: set[str] = set()
     if config.vision:
         caps.add("vision")
@@ -245,13 +287,10 @@ def analyse(
         caps.add("audio")
     if projectors:
         caps.update({"projector", "vision"})
-        evidence.append(Evidence("gguf.projector", ", ".join(r.path for r in projectors)))
+        model.evidence.append(Evidence("gguf.projector", ", ".join(r.path for r in projectors)))
     if model.chat_template_source:
         caps.add("chat_template")
-    model.capabilities = sorted(caps)
-    model.offers = _offers(model, kinds, gguf_results, chosen, alternatives, st_results, config)
-    model.bytes_read = access.bytes_read
-    return model
+    return sorted(caps)
 
 
 def _read_index(path: str, access: RepoAccess, problems: list[str]) -> set[str] | None:

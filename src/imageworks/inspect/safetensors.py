@@ -8,18 +8,19 @@ derive dtypes, the parameter count and the signatures of quantised checkpoints (
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from math import prod
 from typing import Any
 
+from imageworks.inspect import untrusted_json
 from imageworks.inspect.quant import dtype_label, group_label
 from imageworks.inspect.source import ByteSource, inspect_input
 from imageworks.inspect.types import Evidence, FileInspection
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_DIMS = 16
+_MAX_INT = 1 << 63  # the format's offsets are u64; a bigger dimension or offset is not a real file
 REMOTE_PREFETCH = 100_000  # one Range request holds most headers (huggingface_hub uses the same figure)
 
 # Bits per element of every safetensors dtype (safetensors 0.5+ names; F4/F6 are packed sub-byte floats).
@@ -106,11 +107,9 @@ def read_header(src: ByteSource, *, prefetch: int = 8) -> tuple[dict[str, Any], 
     if raw[:1] != b"{":
         raise SafetensorsError("not a safetensors file (header is not a JSON object)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SafetensorsError(f"header is not UTF-8: {exc}") from exc
-    except ValueError as exc:
-        raise SafetensorsError(f"header is not valid JSON: {exc}") from exc
+        header = untrusted_json.loads(bytes(raw))
+    except untrusted_json.UntrustedJSONError as exc:
+        raise SafetensorsError(f"header: {exc}") from None
     if not isinstance(header, dict):
         raise SafetensorsError("header is not a JSON object")
     return header, 8 + n
@@ -150,13 +149,13 @@ def _tensor_table(header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...
         if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
             raise SafetensorsError(f"malformed entry for tensor {name!r}")
         if len(shape) > MAX_DIMS or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_INT for d in shape
         ):
             raise SafetensorsError(f"tensor {name!r} has an invalid shape {shape!r}"[:200])
         if (
             len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
+            or not 0 <= offsets[0] <= offsets[1] < _MAX_INT
         ):
             raise SafetensorsError(f"tensor {name!r} has invalid data_offsets {offsets!r}"[:200])
         bits = DTYPE_BITS.get(dtype)
