@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from imageworks.analysis import analyze_repo
 from imageworks.config import resolve_config
 from imageworks.errors import (
     AuthError,
@@ -22,7 +23,7 @@ from imageworks.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from imageworks.hub import HubClient, analyze_repo
+from imageworks.hub import HubClient
 from tests.fakehub import FakeHub, samples
 
 TOKEN = "hf_aliceTOKEN0123456789"

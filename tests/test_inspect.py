@@ -16,7 +16,7 @@ import pytest
 from imageworks.inspect import (
     WEIGHT_FORMATS,
     ModelInspection,
-    RemoteFile,
+    RepoFile,
     classify_weight_file,
     gguf_label_from_name,
     inspect_folder,
@@ -779,9 +779,9 @@ class MemoryRepo:
         self.folder = folder
         self.calls: list[tuple[str, int, int]] = []
 
-    def listing(self) -> list[RemoteFile]:
+    def listing(self) -> list[RepoFile]:
         return [
-            RemoteFile(p.relative_to(self.folder).as_posix(), p.stat().st_size)
+            RepoFile(p.relative_to(self.folder).as_posix(), p.stat().st_size)
             for p in sorted(self.folder.rglob("*"))
             if p.is_file()
         ]
@@ -845,16 +845,16 @@ def test_remote_reads_headers_of_huge_files_only():
     header = mf.safetensors_header(tensors, {"format": "pt"})[0]
     size = len(header) + 2 * 128_000 * 8192 * 2
     files = [
-        RemoteFile("model-00001-of-00002.safetensors", size),
-        RemoteFile("model-00002-of-00002.safetensors", size),
+        RepoFile("model-00001-of-00002.safetensors", size),
+        RepoFile("model-00002-of-00002.safetensors", size),
     ]
     config = json.dumps(mf.llama_config()).encode()
     index = json.dumps({"weight_map": {"a": files[0].path, "b": files[1].path}}).encode()
     small = {"config.json": config, "model.safetensors.index.json": index}
     listing = [
         *files,
-        RemoteFile("config.json", len(config)),
-        RemoteFile("model.safetensors.index.json", len(index)),
+        RepoFile("config.json", len(config)),
+        RepoFile("model.safetensors.index.json", len(index)),
     ]
 
     def read_range(path, start, end):

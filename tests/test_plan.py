@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from imageworks.errors import EntryNotFound, InsufficientSpace, UnsafePathError, UsageError
-from imageworks.hub import ListedFile
+from imageworks.listing import RepoFile
 from imageworks.locations import Location
 from imageworks.plan import KnownFile, build_plan, check_space, select_files
 
 
-def lfs(path: str, size: int = 1000) -> ListedFile:
-    return ListedFile(path, size, sha256=hashlib.sha256(path.encode()).hexdigest())
+def lfs(path: str, size: int = 1000) -> RepoFile:
+    return RepoFile(path, size, sha256=hashlib.sha256(path.encode()).hexdigest())
 
 
-def small(path: str, size: int = 10) -> ListedFile:
-    return ListedFile(path, size, git_sha1=hashlib.sha1(path.encode()).hexdigest())
+def small(path: str, size: int = 10) -> RepoFile:
+    return RepoFile(path, size, git_sha1=hashlib.sha1(path.encode()).hexdigest())
 
 
 SUPPORT = [

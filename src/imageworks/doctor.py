@@ -169,22 +169,16 @@ def _write_probe(root: Path) -> str | None:
 
 
 def _hub(config: Config, timeout: float) -> list[Check]:
-    import httpx
+    from imageworks.errors import HubUnavailable
+    from imageworks.hub import HubClient
 
     endpoint = config.hf_endpoint.value
     checks = []
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            response = client.get(f"{endpoint}/api/whoami-v2", headers=_auth(config))
-    except httpx.HTTPError as exc:
-        return [
-            Check(
-                "hub",
-                FAIL,
-                f"{endpoint} is not reachable: {type(exc).__name__}",
-                "check the network or HF_ENDPOINT",
-            )
-        ]
+        with HubClient(config, timeout=timeout) as client:
+            status, user = client.whoami_status()
+    except HubUnavailable as exc:
+        return [Check("hub", FAIL, f"{endpoint} is not reachable: {exc}", "check the network or HF_ENDPOINT")]
     checks.append(Check("hub", OK, f"{endpoint} reachable ({config.hf_endpoint.source})"))
     if not config.token:
         checks.append(
@@ -195,8 +189,7 @@ def _hub(config: Config, timeout: float) -> list[Check]:
                 "hf auth login, or set HF_TOKEN",
             )
         )
-    elif response.status_code == 200:
-        user = response.json().get("name", "?")
+    elif status == 200:
         checks.append(
             Check(
                 "hub token",
@@ -209,15 +202,11 @@ def _hub(config: Config, timeout: float) -> list[Check]:
             Check(
                 "hub token",
                 FAIL,
-                f"{token_display(config.token)} rejected (HTTP {response.status_code})",
+                f"{token_display(config.token)} rejected (HTTP {status})",
                 "hf auth login again",
             )
         )
     return checks
-
-
-def _auth(config: Config) -> dict[str, str]:
-    return {"Authorization": f"Bearer {config.token}"} if config.token else {}
 
 
 def run_doctor(config: Config, *, hub_timeout: float = 10.0) -> DoctorReport:

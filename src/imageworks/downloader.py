@@ -36,7 +36,7 @@ from imageworks.entries import (
     same_content,
     utc_now,
 )
-from imageworks.errors import HubError, TransferError, UsageError
+from imageworks.errors import UsageError
 from imageworks.locations import model_folder, resolve_location, safe_component
 from imageworks.naming import path_key
 from imageworks.plan import (
@@ -205,45 +205,6 @@ def _plan_hub(
     return _Resolved(plan, source, hub=hub)
 
 
-def _content_disposition_name(value: str | None) -> str | None:
-    if not value:
-        return None
-    from email.message import Message
-
-    message = Message()
-    message["content-disposition"] = value
-    name = message.get_filename()
-    return PurePosixPath(name.replace("\\", "/")).name if name else None
-
-
-def _probe_url(url: str, timeout: float = 30.0) -> tuple[str | None, int | None]:
-    """(file name from Content-Disposition, size) of a direct URL, following redirects; no token is ever
-    sent to a direct URL."""
-    import httpx
-
-    with httpx.Client(follow_redirects=True, timeout=timeout, headers={"User-Agent": "imageworks"}) as client:
-        try:
-            response = client.head(url)
-            if response.status_code in (403, 405, 501):  # servers (and signed URLs) that refuse HEAD
-                with client.stream("GET", url) as streamed:
-                    response = streamed
-        except httpx.HTTPError as exc:
-            raise TransferError(
-                f"cannot reach {redact_url(url)}: {type(exc).__name__}", hint="check the URL and the network"
-            ) from None
-    if response.status_code >= 400:
-        raise HubError(
-            f"{redact_url(url)} answered HTTP {response.status_code}",
-            hint="check the URL; it may need a login in a browser, or may have expired",
-        )
-    size = response.headers.get("Content-Length")
-    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-    return (
-        _content_disposition_name(response.headers.get("Content-Disposition")),
-        int(size) if size and size.isdigit() and not encoded else None,
-    )
-
-
 def _plan_url(
     ref: UrlRef,
     reference: str,
@@ -260,7 +221,9 @@ def _plan_url(
 ) -> _Resolved:
     if quant or include or exclude:
         raise UsageError("--quant, --include and --exclude apply to Hub repos, not to a direct URL")
-    disposition_name, size = _probe_url(ref.url)
+    from imageworks.hub import probe_url
+
+    disposition_name, size = probe_url(ref.url)
     raw_name = disposition_name or PurePosixPath(urlsplit(ref.url).path).name or "download"
     name = safe_component(raw_name)
     host = safe_component(urlsplit(ref.url).hostname or "host")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -35,9 +35,12 @@ from imageworks.errors import (
     GatedRepo,
     HubError,
     HubUnavailable,
+    ImageworksError,
     RepoNotFound,
     RevisionNotFound,
+    TransferError,
 )
+from imageworks.listing import RepoFile
 
 if TYPE_CHECKING:
     import httpx
@@ -50,21 +53,8 @@ T = TypeVar("T")
 USER_AGENT = "imageworks"
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT_CAP = 10.0  # a Hub that accepts no connection in 10 s is down, whatever the read timeout
-
-
-@dataclass(frozen=True)
-class ListedFile:
-    """One file of a commit as the Hub lists it. `sha256` is the LFS digest (large files); `git_sha1` the
-    git blob id of a small file (for an LFS file the blob id is the pointer's, so it is not kept)."""
-
-    path: str
-    size: int
-    sha256: str | None = None
-    git_sha1: str | None = None
-
-    @property
-    def lfs(self) -> bool:
-        return self.sha256 is not None
+# The largest Hub answer we read: model info with every file of a 50,000-file repo is ~10 MB.
+MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,9 +74,9 @@ class Snapshot:
     commit: str
     gated: bool
     private: bool
-    files: tuple[ListedFile, ...]
+    files: tuple[RepoFile, ...]
 
-    def file(self, path: str) -> ListedFile | None:
+    def file(self, path: str) -> RepoFile | None:
         return next((f for f in self.files if f.path == path), None)
 
 
@@ -99,7 +89,11 @@ class ResolvedUrl:
     cross_host: bool = False
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+# ------------------------------------------------------------------------------ the rules, once each
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port filled in: what "the same host" means here."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme)
@@ -107,7 +101,30 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def same_origin(a: str, b: str) -> bool:
-    return _origin(a) == _origin(b)
+    return origin(a) == origin(b)
+
+
+def forward_headers(headers: Mapping[str, str], source: str, target: str) -> dict[str, str]:
+    """The headers a request to `target` may carry when `headers` were meant for `source`: the token
+    (Authorization) never goes to another origin, the CDN above all. The one place of this rule."""
+    if same_origin(source, target):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+def carries_token(headers: Mapping[str, str]) -> bool:
+    return any(k.lower() == "authorization" for k in headers)
+
+
+def check_scheme(url: str, what: str) -> None:
+    """Only http(s) is ever fetched: a redirect to file://, ftp:// or data: fails at once, clearly
+    (it is not a network fault to retry)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise TransferError(
+            f"{what}: the server sent us to an unsupported URL scheme {scheme + ':' if scheme else '(none)'!r}",
+            hint="only http:// and https:// are downloaded; the server or mirror (HF_ENDPOINT) is misconfigured",
+        )
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -174,6 +191,7 @@ def _is_timeout(exc: BaseException) -> bool:
 @dataclass(frozen=True)
 class _Policy:
     timeout: float  # seconds per connect and per read
+    max_body: int  # bytes of one answer
 
 
 _POLICY: ContextVar[_Policy | None] = ContextVar("imageworks_hub_policy", default=None)
@@ -192,8 +210,33 @@ class _AttemptFailed(Exception):
         self.timed_out = error is not None and _is_timeout(error)
 
 
+class _TooLarge(Exception):
+    """A Hub answer longer than the cap: not buffered, not retried."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        super().__init__(f"more than {cap} bytes")
+        self.size, self.cap = size, cap
+
+
 def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
+
+
+def _read_capped(response: Any, cap: int) -> bytes:
+    """The body of a streamed httpx/httpx2 response, refusing (and closing) past `cap` bytes: a
+    hostile or broken Hub cannot make us buffer 400 MB of model info."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        response.close()
+        raise _TooLarge(int(length), cap)
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            raise _TooLarge(size, cap)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @functools.cache
@@ -207,13 +250,17 @@ def _scoped_client_class() -> type[Any]:
                 return super().send(request, **kwargs)
             timeout = httpx2.Timeout(policy.timeout, connect=min(policy.timeout, CONNECT_TIMEOUT_CAP))
             request.extensions["timeout"] = timeout.as_dict()
+            streamed = kwargs.pop("stream", False)
             try:
-                response = super().send(request, **kwargs)
+                response = super().send(request, stream=True, **kwargs)
+                if _retryable(response.status_code):
+                    response.close()
+                    raise _AttemptFailed(response.status_code, response.headers, None)
+                if not streamed:
+                    # What Response.read() does, with a cap on the size.
+                    response._content = _read_capped(response, policy.max_body)
             except httpx2.TransportError as exc:
                 raise _AttemptFailed(None, {}, exc) from exc
-            if _retryable(response.status_code):
-                response.close()
-                raise _AttemptFailed(response.status_code, response.headers, None)
             return response
 
     return ScopedClient
@@ -243,7 +290,9 @@ class HubClient:
     Retries: a 429 waits for Retry-After (at most `max_retry_after` seconds, else fails with the time to
     wait) and tries again; 5xx, connection failures and timeouts back off exponentially from `backoff`
     seconds, and after `retries` retries raise HubUnavailable. `timeout` (default: the config's
-    `hub_timeout`) bounds each connect and each wait for bytes of every request, the library's too."""
+    `hub_timeout`) bounds each connect and each wait for bytes of every request, the library's too.
+    `max_body` caps the bytes of one answer (model info, a listing page): a larger one is refused, not
+    buffered. All requests go through one retry loop (`_retrying`)."""
 
     def __init__(
         self,
@@ -253,6 +302,7 @@ class HubClient:
         retries: int = 4,
         backoff: float = 1.0,
         max_retry_after: float = 120.0,
+        max_body: int = MAX_BODY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint = str(config.hf_endpoint.value).rstrip("/")
@@ -261,6 +311,7 @@ class HubClient:
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
+        self.max_body = max_body
         self._sleep = sleep
         self._api: Any = None
         self._http: httpx.Client | None = None
@@ -363,33 +414,74 @@ class HubClient:
             log.warning("%s: %s, retrying in %.1f s", what, reason, wait)
         self._sleep(wait)
 
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """The one retry loop: `attempt` raises `_AttemptFailed` for what may be retried (network
+        errors, 408/429/5xx); `_wait` sleeps or gives up."""
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except _AttemptFailed as exc:
+                log.debug("%s: %s", what, exc)
+                self._wait(tries, exc.status, exc.headers, what, timed_out=exc.timed_out)
+                tries += 1
+
     def _call(
         self, what: str, fn: Callable[[], T], *, repo_id: str, revision: str | None, path: str | None = None
     ) -> T:
-        """`fn` (HfApi calls) under this client's retry policy and timeout; failures mapped to ours."""
+        """`fn` (HfApi calls) under this client's retry policy, timeout and size cap; failures mapped
+        to ours."""
         from huggingface_hub.errors import HfHubHTTPError
 
         network = _network_error_types()
-        attempt = 0
-        while True:
-            scope = _POLICY.set(_Policy(self.timeout))
+
+        def once() -> T:
+            scope = _POLICY.set(_Policy(self.timeout, self.max_body))
             try:
                 return fn()
-            except _AttemptFailed as exc:
-                log.debug("%s: %s", what, exc)
-                failed: tuple[int | None, Mapping[str, str], bool] = (exc.status, exc.headers, exc.timed_out)
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 if not (status is not None and _retryable(status)):
                     raise self._map_hf_error(exc, repo_id=repo_id, revision=revision, path=path) from None
-                failed = (status, exc.response.headers, False)
+                raise _AttemptFailed(status, exc.response.headers, None) from exc
             except network as exc:
-                log.debug("%s: %r", what, exc)
-                failed = (None, {}, _is_timeout(exc))
+                raise _AttemptFailed(None, {}, exc) from exc
+            except _TooLarge as exc:
+                raise self._too_large(what, exc) from None
+            except (RecursionError, ValueError) as exc:
+                # A Hub answer nested thousands deep, or a 5,000-digit number, breaks the JSON parser.
+                if isinstance(exc, ImageworksError):
+                    raise
+                raise HubError(
+                    f"{what}: the Hub's answer cannot be read ({type(exc).__name__})",
+                    hint="the Hub (or the HF_ENDPOINT mirror) sent a malformed answer; try again later",
+                ) from None
             finally:
                 _POLICY.reset(scope)
-            self._wait(attempt, failed[0], failed[1], what, timed_out=failed[2])
-            attempt += 1
+
+        return self._retrying(what, once)
+
+    def _too_large(self, what: str, exc: _TooLarge) -> HubError:
+        return HubError(
+            f"{what}: the Hub's answer is larger than {exc.cap // (1024 * 1024)} MiB; refused",
+            hint="the Hub (or the HF_ENDPOINT mirror) sent an oversized answer; check HF_ENDPOINT",
+        )
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], what: str, *, cap: int) -> Any:
+        """One request with our timeout (redirects not followed); the body read up to `cap` bytes.
+        Retryable failures raise `_AttemptFailed` for `_retrying`."""
+        network = _network_error_types()
+        try:
+            with self.http.stream(method, url, headers=dict(headers)) as response:
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _AttemptFailed(response.status_code, response.headers, None)
+                body = _read_capped(response, cap) if method != "HEAD" else b""
+        except network as exc:
+            raise _AttemptFailed(None, {}, exc) from exc
+        except _TooLarge as exc:
+            raise self._too_large(what, exc) from None
+        response._content = body  # what Response.read() does, capped
+        return response
 
     # -- error mapping -----------------------------------------------------------------------------
     def _gated(self, repo_id: str, status: int | None) -> GatedRepo:
@@ -498,20 +590,20 @@ class HubClient:
             raise HubError(f"{repo_id}: the Hub did not say which commit {rev!r} is")
         return RepoInfo(repo_id=info.id, commit=info.sha, gated=bool(info.gated), private=bool(info.private))
 
-    def list_files(self, repo_id: str, commit: str) -> list[ListedFile]:
+    def list_files(self, repo_id: str, commit: str) -> list[RepoFile]:
         """Every file of the commit (recursive tree, all pages), with sizes and LFS SHA-256."""
-        from huggingface_hub.hf_api import RepoFile
+        from huggingface_hub.hf_api import RepoFile as HfRepoFile
 
-        def call() -> list[ListedFile]:
+        def call() -> list[RepoFile]:
             out = []
             for item in self.api.list_repo_tree(repo_id, revision=commit, recursive=True):
-                if not isinstance(item, RepoFile):
+                if not isinstance(item, HfRepoFile):
                     continue
                 lfs = item.lfs
                 if lfs is not None:
-                    out.append(ListedFile(item.path, int(lfs.size), sha256=str(lfs.sha256).lower()))
+                    out.append(RepoFile(item.path, int(lfs.size), sha256=str(lfs.sha256).lower()))
                 else:
-                    out.append(ListedFile(item.path, int(item.size), git_sha1=str(item.blob_id).lower()))
+                    out.append(RepoFile(item.path, int(item.size), git_sha1=str(item.blob_id).lower()))
             return out
 
         files = self._call(f"{repo_id}@{commit[:12]}: file listing", call, repo_id=repo_id, revision=commit)
@@ -540,47 +632,50 @@ class HubClient:
         data = self._call("whoami", lambda: self.api.whoami(), repo_id="(whoami)", revision=None)
         return str(data.get("name")) if isinstance(data, dict) else None
 
+    def whoami_status(self) -> tuple[int, str | None]:
+        """(HTTP status, user name) of the token as the Hub sees it, in one request (no retries): for
+        `doctor`, which reports a Hub that cannot be reached rather than waiting it out."""
+        url = f"{self.endpoint}/api/whoami-v2"
+        try:
+            response = self._request("GET", url, self.auth_headers(), "whoami", cap=1024 * 1024)
+        except _AttemptFailed as exc:
+            if exc.status is not None:
+                return exc.status, None
+            reason = f"no answer within {self.timeout:g} s" if exc.timed_out else "no connection"
+            raise HubUnavailable(
+                f"the Hub at {self.endpoint} is not reachable ({reason})",
+                hint="check the network or HF_ENDPOINT",
+            ) from None
+        user = None
+        if response.status_code == 200:
+            try:
+                data = response.json()
+            except (RecursionError, ValueError):
+                data = None
+            user = str(data.get("name", "?")) if isinstance(data, dict) else "?"
+        return response.status_code, user
+
     # -- file URLs ---------------------------------------------------------------------------------
     def resolve_file_url(self, repo_id: str, commit: str, path: str) -> ResolvedUrl:
         """The URL to GET `path` from, and the headers that may go with it.
 
         Redirects within the Hub's host (a renamed repo) are followed with the token; a redirect to any
-        other host ends the walk and that URL is returned with no Authorization header."""
-        url = self.file_url(repo_id, commit, path)
+        other host ends the walk and that URL is returned with no Authorization header. Called again
+        when a signed CDN URL has expired (`imageworks.transfer.FileJob.resolve`)."""
         what = f"{repo_id}: {path}"
-        for _ in range(MAX_REDIRECTS + 1):
-            response = self._head(url, what)
-            status = response.status_code
-            if 300 <= status < 400:
-                location = response.headers.get("Location")
-                if not location:
-                    raise HubError(f"{what}: redirect (HTTP {status}) without a Location")
-                target = urljoin(url, location)
-                if not same_origin(target, self.endpoint):
-                    return ResolvedUrl(target, {}, cross_host=True)
-                url = target
-                continue
-            if status < 300:
-                return ResolvedUrl(url, self.auth_headers(), cross_host=False)
-            raise self.map_status(status, response.headers, repo_id=repo_id, revision=commit, path=path)
-        raise HubError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
-    def _head(self, url: str, what: str) -> httpx.Response:
-        attempt = 0
-        network = _network_error_types()
-        while True:
-            try:
-                response = self.http.head(url, headers=self.auth_headers())
-            except network as exc:
-                log.debug("%s: %r", what, exc)
-                self._wait(attempt, None, {}, what, timed_out=_is_timeout(exc))
-                attempt += 1
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                self._wait(attempt, response.status_code, response.headers, what)
-                attempt += 1
-                continue
-            return response
+        def head(url: str, headers: Mapping[str, str]) -> Any:
+            return self._retrying(what, lambda: self._request("HEAD", url, headers, what, cap=0))
+
+        url = self.file_url(repo_id, commit, path)
+        target, headers, response = walk_redirects(head, url, self.auth_headers(), what)
+        if response is None:
+            return ResolvedUrl(target, headers, cross_host=True)
+        if response.status_code >= 300:
+            raise self.map_status(
+                response.status_code, response.headers, repo_id=repo_id, revision=commit, path=path
+            )
+        return ResolvedUrl(target, headers, cross_host=False)
 
     def resolve_file_urls(
         self, repo_id: str, commit: str, paths: Iterable[str], *, workers: int = 8
@@ -593,153 +688,121 @@ class HubClient:
             results = pool.map(lambda p: (p, self.resolve_file_url(repo_id, commit, p)), paths)
             return dict(results)
 
+    def resolver(self, repo_id: str, commit: str, path: str) -> Callable[[], ResolvedUrl]:
+        """A function that resolves `path` afresh each time it is called: what an engine calls when a
+        file starts (so resolving overlaps the transfer) and again when a signed URL has expired."""
+        return functools.partial(self.resolve_file_url, repo_id, commit, path)
+
     def read_range(self, resolved: ResolvedUrl, start: int, end: int) -> bytes:
         """Bytes [start, end) of a resolved file with one Range request (for header-only inspection)."""
         if end <= start:
             return b""
         headers = {**resolved.headers, "Range": f"bytes={start}-{end - 1}"}
-        attempt = 0
-        network = _network_error_types()
-        while True:
+        what = f"range read of {urlsplit(resolved.url).path}"
+        # A server that ignores Range sends the whole file: read no further than we asked.
+        response = self._retrying(what, lambda: self._request("GET", resolved.url, headers, what, cap=end))
+        if response.status_code == 206:
+            return bytes(response.content[: end - start])
+        if response.status_code == 200:
+            return bytes(response.content[start:end])
+        if response.status_code == 416:
+            return b""
+        raise HubError(f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}")
+
+
+# ------------------------------------------------------------------------- redirects and direct URLs
+
+Request = Callable[[str, Mapping[str, str]], Any]
+"""request(url, headers) -> an httpx response (redirects not followed)."""
+
+
+def walk_redirects(
+    request: Request, url: str, headers: Mapping[str, str], what: str, *, to_other_hosts: bool = False
+) -> tuple[str, dict[str, str], Any]:
+    """Follow redirects ourselves, so that we decide which host gets which header (`forward_headers`)
+    and which schemes are fetched (`check_scheme`). Returns (url, headers, final response); without
+    `to_other_hosts` the walk ends at the first redirect to another host, with response None."""
+    current = dict(headers)
+    check_scheme(url, what)
+    for _ in range(MAX_REDIRECTS + 1):
+        response = request(url, current)
+        status = response.status_code
+        if status not in (301, 302, 303, 307, 308):
+            return url, current, response
+        location = response.headers.get("Location")
+        if not location:
+            raise HubError(f"{what}: redirect (HTTP {status}) without a Location")
+        target = urljoin(url, location)
+        check_scheme(target, what)
+        current = forward_headers(current, url, target)
+        if not to_other_hosts and not same_origin(target, url):
+            return target, current, None
+        url = target
+    raise TransferError(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+
+def locate(url: str, headers: Mapping[str, str], *, timeout: float, what: str) -> ResolvedUrl:
+    """Where a GET of `url` with `headers` ends up, for an engine that must not follow redirects with
+    the token itself (aria2c forwards every header on a redirect): HEAD requests, one attempt each."""
+    import httpx
+
+    with httpx.Client(follow_redirects=False, timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
+
+        def head(u: str, h: Mapping[str, str]) -> Any:
             try:
-                response = self.http.get(resolved.url, headers=headers)
-            except network as exc:
-                log.debug("range read: %r", exc)
-                self._wait(attempt, None, {}, "range read", timed_out=_is_timeout(exc))
-                attempt += 1
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                self._wait(attempt, response.status_code, response.headers, "range read")
-                attempt += 1
-                continue
-            if response.status_code == 206:
-                return response.content
-            if response.status_code == 200:  # a server that ignores Range: keep what we asked for
-                return response.content[start:end]
-            if response.status_code == 416:
-                return b""
-            raise HubError(
-                f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}"
-            )
+                return client.head(u, headers=dict(h))
+            except httpx.HTTPError as exc:
+                raise TransferError(
+                    f"{what}: cannot reach {urlsplit(u).hostname}: {type(exc).__name__}",
+                    hint="check the network and run the same command again to resume",
+                ) from exc
+
+        target, out, response = walk_redirects(head, url, headers, what)
+    return ResolvedUrl(target, out, cross_host=response is None)
 
 
-# ----------------------------------------------------------------------------------------- analyze
+def probe_url(url: str, *, timeout: float = 30.0) -> tuple[str | None, int | None]:
+    """(file name from Content-Disposition, size) of a direct URL, following redirects (only http(s));
+    no token is ever sent to a direct URL."""
+    import httpx
 
+    from imageworks.redaction import redact_url
 
-@dataclass
-class RepoAnalysis:
-    """What a remote repo offers, read from its listing and the headers of its weights (Range reads)."""
+    what = redact_url(url)
+    with httpx.Client(follow_redirects=False, timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
 
-    repo_id: str
-    revision: str
-    commit: str
-    files: int
-    total_size: int
-    inspection: Any  # imageworks.inspect.ModelInspection
-    bytes_read: int
-    seconds: float
+        def request(u: str, h: Mapping[str, str]) -> Any:
+            response = client.head(u, headers=dict(h))
+            if response.status_code in (403, 405, 501):  # servers (and signed URLs) that refuse HEAD
+                with client.stream("GET", u, headers=dict(h)) as streamed:
+                    response = streamed
+            return response
 
-    def as_dict(self) -> dict[str, Any]:
-        ins = self.inspection
-        return {
-            "repo_id": self.repo_id,
-            "revision": self.revision,
-            "commit": self.commit,
-            "files": self.files,
-            "total_size": self.total_size,
-            "format": ins.format,
-            "quantization": ins.quantization,
-            "bits": ins.bits,
-            "dtype": ins.dtype,
-            "parameters": ins.parameters,
-            "architecture": ins.architecture,
-            "context_length": ins.context_length,
-            "capabilities": list(ins.capabilities),
-            "gguf_quants": list(ins.gguf_quants),
-            "offers": [
-                {
-                    "format": o.format,
-                    "quantization": o.quantization,
-                    "files": list(o.files),
-                    "size": o.size,
-                    "role": o.role,
-                }
-                for o in ins.offers
-            ],
-            "evidence": [f"{e.signal}: {e.detail}" for e in ins.evidence],
-            "problems": list(ins.problems),
-            "reason": ins.reason,
-            "bytes_read": self.bytes_read,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def analyze_folder(folder: Path) -> RepoAnalysis:
-    """`analyze PATH`: the same report for a model folder on disk (headers only), so a user can check a
-    folder before `scan` the way they check a repo before `download`."""
-    from imageworks.inspect import inspect_folder
-
-    started = time.monotonic()
-    inspection = inspect_folder(folder)
-    return RepoAnalysis(
-        repo_id=str(folder),
-        revision="(folder)",
-        commit="",
-        files=len(inspection.files),
-        total_size=inspection.total_size,
-        inspection=inspection,
-        bytes_read=inspection.bytes_read,
-        seconds=time.monotonic() - started,
-    )
-
-
-def analyze_repo(
-    reference: str, *, config: Config, hub_options: dict[str, Any] | None = None
-) -> RepoAnalysis:
-    """`analyze OWNER/REPO[@REV]`: the formats and GGUF quants on offer with sizes, and the dtype and
-    parameter count of the weights, without downloading them (small files whole, weights' headers by
-    Range requests through the resolved CDN URLs)."""
-    from imageworks.errors import UsageError
-    from imageworks.inspect import RemoteFile, inspect_remote
-    from imageworks.refs import HubRef, parse_reference
-
-    started = time.monotonic()
-    ref = parse_reference(reference, endpoint=str(config.hf_endpoint.value))
-    if not isinstance(ref, HubRef):
-        raise UsageError("analyze takes a Hub repo (OWNER/REPO[@REV]), not a direct URL")
-    with HubClient(config, **(hub_options or {})) as client:
-        snap = client.snapshot(ref.repo_id, ref.revision)
-        resolved: dict[str, ResolvedUrl] = {}
-        sizes = {f.path: f.size for f in snap.files}
-        read = 0
-
-        def url_of(path: str) -> ResolvedUrl:
-            if path not in resolved:
-                resolved[path] = client.resolve_file_url(snap.repo_id, snap.commit, path)
-            return resolved[path]
-
-        def read_range(path: str, start: int, end: int) -> bytes:
-            nonlocal read
-            data = client.read_range(url_of(path), start, end)
-            read += len(data)
-            return data
-
-        def read_small(path: str) -> bytes:
-            return read_range(path, 0, sizes.get(path, 0))
-
-        inspection = inspect_remote(
-            [RemoteFile(f.path, f.size, f.sha256) for f in snap.files],
-            read_range,
-            read_small,
-            name_hint=f"{snap.repo_id}@{snap.revision}",
+        try:
+            _, _, response = walk_redirects(request, url, {}, what, to_other_hosts=True)
+        except httpx.HTTPError as exc:
+            raise TransferError(
+                f"cannot reach {what}: {type(exc).__name__}", hint="check the URL and the network"
+            ) from None
+    if response.status_code >= 400:
+        raise HubError(
+            f"{what} answered HTTP {response.status_code}",
+            hint="check the URL; it may need a login in a browser, or may have expired",
         )
-    return RepoAnalysis(
-        repo_id=snap.repo_id,
-        revision=snap.revision,
-        commit=snap.commit,
-        files=len(snap.files),
-        total_size=sum(f.size for f in snap.files),
-        inspection=inspection,
-        bytes_read=read,
-        seconds=time.monotonic() - started,
+    size = response.headers.get("Content-Length")
+    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    return (
+        _content_disposition_name(response.headers.get("Content-Disposition")),
+        int(size) if size and size.isdigit() and not encoded else None,
     )
+
+
+def _content_disposition_name(value: str | None) -> str | None:
+    if not value:
+        return None
+    from email.message import Message
+
+    message = Message()
+    message["content-disposition"] = value
+    name = message.get_filename()
+    return PurePosixPath(name.replace("\\", "/")).name if name else None

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imageworks.errors import EntryNotFound, InsufficientSpace, UsageError
-from imageworks.hub import ListedFile
+from imageworks.listing import RepoFile
 from imageworks.locations import Location, safe_join
 
 # Weight file formats (imageworks.inspect.formats.FILE_FORMATS), in the order a repo's copies of the same
@@ -149,7 +149,7 @@ def _human(num: int) -> str:
 
 @dataclass(frozen=True)
 class SelectedFile:
-    file: ListedFile
+    file: RepoFile
     role: str  # "weights" | "projector" | "index" | "support" | "included"
 
 
@@ -199,7 +199,7 @@ def _choose_quants(labels: Sequence[str], quant: str | None) -> tuple[list[str],
     )
 
 
-def _pick_projectors(projectors: Sequence[ListedFile], all_quants: bool) -> list[ListedFile]:
+def _pick_projectors(projectors: Sequence[RepoFile], all_quants: bool) -> list[RepoFile]:
     if all_quants or len(projectors) <= 1:
         return list(projectors)
     by_label = {gguf_label(p.path).upper(): p for p in projectors}
@@ -210,7 +210,7 @@ def _pick_projectors(projectors: Sequence[ListedFile], all_quants: bool) -> list
 
 
 def select_files(
-    files: Sequence[ListedFile],
+    files: Sequence[RepoFile],
     *,
     format: str | None = None,
     quant: str | None = None,

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.clock import utc_now
 from imageworks.errors import UsageError
 from imageworks.hashing import FileDigest, aggregate_sha256, hash_files, trusted_digest
+from imageworks.listing import RepoFile
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
 from imageworks.walk import resolved_path
 
@@ -80,22 +81,8 @@ ProgressFn = Callable[[int, int], None]
 """progress(bytes_just_hashed, total_bytes_to_hash); called from worker threads."""
 
 
-class RemoteFile(Protocol):
-    """What the Hub lists for one file at a commit (`imageworks.hub.HubClient.list_files` items): LFS
-    files carry a SHA-256, small files only their git blob id."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def sha256(self) -> str | None: ...
-    @property
-    def git_sha1(self) -> str | None: ...
-
-
-RemoteLister = Callable[[str, str], Mapping[str, RemoteFile]]
-"""remote_lister(repo_id, commit) -> {path: RemoteFile}; raises a HubError."""
+RemoteLister = Callable[[str, str], Mapping[str, RepoFile]]
+"""remote_lister(repo_id, commit) -> {path: RepoFile}; raises a HubError."""
 
 
 @dataclass

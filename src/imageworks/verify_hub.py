@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from imageworks.errors import HubError
 from imageworks.hashing import git_blob_sha1_file
+from imageworks.listing import RepoFile
 from imageworks.verify import (
     F_NO_DIGEST,
     F_NOT_ON_HUB,
@@ -15,7 +16,6 @@ from imageworks.verify import (
     F_REMOTE,
     REMOTE_ERROR,
     FileCheck,
-    RemoteFile,
     RemoteLister,
     _ModelPlan,
     _safe_relative,
@@ -32,7 +32,7 @@ def hub_lister(config: Config) -> RemoteLister:
     # Fewer rounds than a download: a verify is a one-shot check, and huggingface_hub retries too.
     client = HubClient(config, retries=2)
 
-    def list_files(repo_id: str, commit: str) -> dict[str, RemoteFile]:
+    def list_files(repo_id: str, commit: str) -> dict[str, RepoFile]:
         return {f.path: f for f in client.list_files(repo_id, commit)}
 
     return list_files

@@ -1,4 +1,4 @@
-"""download, analyze: thin commands over `imageworks.downloader.download` and `imageworks.hub.analyze_repo`."""
+"""download, analyze: thin commands over `imageworks.downloader.download` and `imageworks.analysis.analyze_repo`."""
 
 from __future__ import annotations
 
@@ -336,7 +336,7 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
     downloaded."""
     from pathlib import Path
 
-    from imageworks.hub import analyze_folder, analyze_repo
+    from imageworks.analysis import analyze_folder, analyze_repo
 
     if token:
         app.token = token

@@ -17,7 +17,8 @@ from imageworks.inspect.gguf import inspect_gguf
 from imageworks.inspect.quant import gguf_label_from_name, nominal_bits, normalize_gguf_label
 from imageworks.inspect.remote import inspect_remote
 from imageworks.inspect.safetensors import inspect_safetensors
-from imageworks.inspect.types import Evidence, FileInspection, ModelInspection, Offer, RemoteFile
+from imageworks.inspect.types import Evidence, FileInspection, ModelInspection, Offer
+from imageworks.listing import RepoFile
 
 __all__ = [
     "FILE_FORMATS",
@@ -26,7 +27,7 @@ __all__ = [
     "FileInspection",
     "ModelInspection",
     "Offer",
-    "RemoteFile",
+    "RepoFile",
     "classify_weight_file",
     "gguf_label_from_name",
     "inspect_folder",

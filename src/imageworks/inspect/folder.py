@@ -7,10 +7,11 @@ from pathlib import Path
 
 from imageworks.inspect.config import MAX_SMALL_FILE
 from imageworks.inspect.gguf import inspect_gguf_source
-from imageworks.inspect.repo import RepoFile, analyse
+from imageworks.inspect.repo import analyse
 from imageworks.inspect.safetensors import inspect_safetensors_source
 from imageworks.inspect.source import FileSource
 from imageworks.inspect.types import FileInspection, ModelInspection
+from imageworks.listing import RepoFile
 
 MAX_DEPTH = 6  # <repo>/onnx/..., diffusers <repo>/unet/...; deeper trees are not one model
 

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 
 from imageworks.inspect.gguf import inspect_gguf_source
 from imageworks.inspect.quant import gguf_label_from_name
-from imageworks.inspect.repo import PREFERRED_GGUF, RepoFile, analyse
+from imageworks.inspect.repo import PREFERRED_GGUF, analyse
 from imageworks.inspect.safetensors import REMOTE_PREFETCH, inspect_safetensors_source
 from imageworks.inspect.source import RangeSource, ReadRange
-from imageworks.inspect.types import FileInspection, ModelInspection, RemoteFile
+from imageworks.inspect.types import FileInspection, ModelInspection
+from imageworks.listing import RepoFile
 
 ReadSmall = Callable[[str], bytes]
 MAX_REMOTE_SMALL = 16 * 1024 * 1024
@@ -79,7 +80,7 @@ def _gguf_policy(quants: int) -> Callable[[list[RepoFile]], set[str]]:
 
 
 def inspect_remote(
-    files: Sequence[RemoteFile],
+    files: Sequence[RepoFile],
     read_range: ReadRange,
     read_small: ReadSmall,
     *,
@@ -94,7 +95,7 @@ def inspect_remote(
     `all_safetensors`: also read the headers of alternative safetensors sets (consolidated.safetensors...).
     `name_hint`: the repo id or revision, searched for an EXL2 "4.0bpw" when no config gives the bits.
     """
-    listing = [RepoFile(f.path, f.size) for f in files]
+    listing = list(files)
     access = _RemoteAccess({f.path: f.size for f in files}, read_range, read_small)
     return analyse(
         listing,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
@@ -26,18 +25,13 @@ from imageworks.inspect.config import CONFIG_FILES, ConfigInfo, QuantConfig, lib
 from imageworks.inspect.formats import WEIGHT_FORMATS, classify_weight_file
 from imageworks.inspect.quant import bpw_from_name, bpw_label, dtype_label, gguf_label_from_name, nominal_bits
 from imageworks.inspect.types import Evidence, FileInspection, ModelInspection, Offer
+from imageworks.listing import RepoFile
 
 README_PREFIX = 16 * 1024
 _SHARD = re.compile(r"^(?P<stem>.+?)-\d{5}-of-\d{5}$")
 _GGUF_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _SIGNATURE_FORMATS = {"gptq": "gptq", "awq": "awq", "exl2": "exl2", "mlx": "mlx", "bnb": "bnb"}
 PREFERRED_GGUF = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q8_0", "Q6_K")  # which quant's header describes the model
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    path: str  # relative POSIX path
-    size: int
 
 
 class RepoAccess(Protocol):

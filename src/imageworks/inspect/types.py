@@ -101,12 +101,3 @@ class ModelInspection:
     def errors(self) -> list[tuple[str, str]]:
         """(path, error) of every weight file that cannot be used as it is."""
         return [(f.path, f.error) for f in self.files if f.error]
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """A file of a remote listing: repo-relative POSIX path, size, LFS SHA-256 when the Hub gave one."""
-
-    path: str
-    size: int
-    sha256: str | None = None
