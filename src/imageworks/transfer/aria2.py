@@ -7,21 +7,27 @@ piece bitfield tells which bytes are on disk, so the completed contiguous prefix
 aria2c writes the rest (`--disk-cache=0`: a piece marked done is in the file, not in aria2's cache).
 Resume across runs is aria2c's own control file (`.<name>.imageworks-partial.aria2`).
 
-Tokens: headers travel over RPC, never on a command line. aria2c forwards headers to wherever a
-redirect leads, so when a job carries Authorization we resolve the redirect ourselves first and give
-aria2c the final URL without the token (the same rule httpx applies).
+Tokens: headers travel over RPC, never on a command line. aria2c forwards every header to wherever a
+redirect leads (and has no option to stop following redirects), so aria2c is only ever given URLs that
+need no token: the job's resolver (a Hub file) or our own redirect walk (`imageworks.hub.locate`) finds
+the final URL first, and a file whose final URL still needs the token (a Hub that serves it itself) is
+fetched by the native engine instead, whose HTTP client drops the token on any redirect off the Hub.
+
+Watchdog: aria2c can sit "active" with no connection and no progress (e.g. resuming from a control
+file that marks every piece done); a download that makes no progress for the stall timeout is taken
+back and checked or restarted, never waited on forever.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import http.client
 import itertools
 import json
 import logging
 import os
-import random
 import secrets
 import socket
 import subprocess
@@ -29,12 +35,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 from imageworks.errors import IntegrityError, TransferError
+from imageworks.hub import carries_token, check_scheme, locate
 from imageworks.process import spawn
-from imageworks.transfer.aria2_control import read_control
+from imageworks.transfer.aria2_control import read_control, write_control
 from imageworks.transfer.base import (
     Engine,
     Events,
@@ -45,22 +52,23 @@ from imageworks.transfer.base import (
     PrefixHasher,
     ProgressSink,
     ResumeState,
+    backoff_delay,
     check_and_commit,
+    check_partial_paths,
     covered,
     disk_error,
     existing_result,
     load_state,
+    merge_ranges,
     prefix_end,
     run_file_tasks,
     save_state,
 )
 
-if TYPE_CHECKING:
-    import httpx
-
 log = logging.getLogger("imageworks.transfer.aria2")
 
 POLL = 0.1
+LOWEST_SPEED = 1024  # bytes/s: a connection slower than this (over aria2c's window) is replaced
 STATE_SAVE_INTERVAL = 1.0
 SINGLE_STREAM_BELOW = 4 * MiB  # as in the native engine: small files get no resume record
 STATUS_KEYS = [
@@ -186,6 +194,8 @@ class Aria2Engine:
             "retry-wait": str(max(1, round(self.backoff))),
             "timeout": timeout,
             "connect-timeout": timeout,
+            # A trickling connection (a few bytes a second) is closed and its piece fetched again.
+            "lowest-speed-limit": str(LOWEST_SPEED),
             "remote-time": "false",
             "conditional-get": "false",
             "check-integrity": "false",
@@ -397,12 +407,23 @@ class _Aria2Task:
         self.paths = PartialPaths.for_dest(job.dest)
         self.result: FileResult | None = None
         self.error: BaseException | None = None
-        self.on_disk_bytes = 0
+        self._on_disk = 0
+        self._native: Any = None  # the native engine's task, when this file is fetched by it
         self.hasher: PrefixHasher | None = None
         self.started = False
 
+    @property
+    def on_disk_bytes(self) -> int:
+        return self._native.on_disk_bytes if self._native is not None else self._on_disk
+
+    @on_disk_bytes.setter
+    def on_disk_bytes(self, value: int) -> None:
+        self._on_disk = value
+
     def interrupt(self) -> None:
-        pass  # stopping aria2c (run_file_tasks' on_stop) ends every download
+        if self._native is not None:
+            self._native.interrupt()
+        # else: stopping aria2c (run_file_tasks' on_stop) ends every download
 
     def _emit(self, kind: str, payload: Any) -> None:
         self.events.append((kind, self, payload))
@@ -427,7 +448,10 @@ class _Aria2Task:
             self.job.dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise disk_error(self.job, exc, 0) from exc
+        check_partial_paths(self.paths)
         url, headers = self._target()
+        if carries_token(headers):
+            return self._fetch_natively(url, headers)
         resumed = first_resumed = self._prepare_partial()
         self.daemon.ensure_started()
         failures = 0
@@ -446,6 +470,13 @@ class _Aria2Task:
             code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
             if self.stop.is_set():
                 raise _Halted()
+            if status["status"] == "stalled" and status["completedLength"] == status["totalLength"]:
+                # aria2c says every piece is done yet does not finish (a control file that claims
+                # too much): the digest decides; wrong bytes are fetched again from zero.
+                done = self._finish_claimed(int(status["totalLength"]), first_resumed)
+                if done is not None:
+                    return done
+                code = "8"
             if code in _RESUME_IMPOSSIBLE and not fresh_start_done:
                 # The partial bytes cannot be continued (another piece length, a server that will not
                 # resume): start this file over.
@@ -457,22 +488,59 @@ class _Aria2Task:
             error = self._error(code, message)
             if error is not None:
                 raise error
-            failures += 1
+            failures = 1 if int(status.get("completedLength", 0)) > resumed else failures + 1
             if failures > self.engine.retries:
                 raise TransferError(
                     f"{self.job.name}: download failed after {self.engine.retries} retries: {message} "
                     f"(aria2c error {code})",
                     hint="check the network and run the same command again to resume",
                 )
-            wait = self.engine.backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
+            wait = backoff_delay(self.engine.backoff, failures)
             self._emit(
                 "message", f"{self.job.name}: {message or 'aria2c error ' + code}; retrying in {wait:.1f}s"
             )
             if self.stop.wait(wait):
                 raise _Halted()
             resumed = self._resumable_bytes()
-            # The URL we resolved may have been a signed CDN URL that has expired since.
+            # A signed CDN URL expires (the CDN then answers 403): resolve the file again each time.
             url, headers = self._target()
+            if carries_token(headers):
+                return self._fetch_natively(url, headers)
+
+    def _finish_claimed(self, total: int, resumed: int) -> FileResult | None:
+        """The result if the bytes on disk really are the file, else None (partial state discarded)."""
+        if self.hasher is not None:
+            self.hasher.close(abort=True)
+            self.hasher = None
+        self.started = False
+        try:
+            return self._finish(total, resumed)
+        except IntegrityError:
+            return None
+
+    def _fetch_natively(self, url: str, headers: dict[str, str]) -> FileResult:
+        """A file whose final URL needs the token: aria2c could carry the token across a redirect, so
+        the native engine (same connections, same resume state) fetches it."""
+        import httpx
+
+        from imageworks.transfer.native import NativeEngine, _FileTask
+
+        self._emit("message", f"{self.job.name}: served by the Hub itself; fetched by the native engine")
+        engine = NativeEngine(
+            connections=self.engine.connections,
+            stall_timeout=self.engine.stall_timeout,
+            retries=self.engine.retries,
+            backoff=self.engine.backoff,
+            verify=self.engine.verify,
+        )
+        job = dataclasses.replace(self.job, url=url, headers=headers)
+        with engine.client() as client:
+            self._native = _FileTask(engine, job, client, self.stop, _Relay(self.events, self))
+            try:
+                result = self._native._run()
+            except httpx.HTTPError as exc:
+                raise TransferError(f"{self.job.name}: {exc}") from exc
+        return dataclasses.replace(result, job=self.job)
 
     def _error(self, code: str, message: str) -> TransferError | None:
         """The error to raise for aria2c's errorCode, or None when it is worth retrying."""
@@ -513,54 +581,49 @@ class _Aria2Task:
 
         aria2c with --continue and no control file trusts the temp file's length as a contiguous
         prefix, which a segmented download's sparse file is not: only hand it a file it can trust.
-        Our own JSON record (which this engine keeps too, see _follow) is the fallback when the
-        control file is missing or unreadable: aria2c truncates it when the disk fills up."""
+        Our own JSON record (kept beside aria2c's, see _follow, and written so that it survives a
+        full disk) wins when it knows more: aria2c truncates its control file when the disk fills
+        up, so a control file is rebuilt from the record and every piece on disk is kept."""
         temp, control = self.paths.temp, self.paths.control
         if temp.exists():
             info = read_control(control)
-            if info is not None and (self.job.size is None or info.total == self.job.size):
-                return covered(info.done)
+            if info is not None and self.job.size is not None and info.total != self.job.size:
+                info = None
+            known = covered(info.done) if info is not None else 0
             state = load_state(self.paths, self.job)
-            if state is not None and prefix_end(state.done) > 0:
-                keep = prefix_end(state.done)
-                control.unlink(missing_ok=True)
-                os.truncate(temp, keep)
-                return keep
+            if state is not None and covered(state.done) > known:
+                on_disk = temp.stat().st_size
+                done = merge_ranges((a, min(b, on_disk)) for a, b in state.done if a < on_disk)
+                marked = write_control(control, state.size, done)
+                if marked:
+                    log.info("%s: resuming %d bytes from our own record", self.job.name, marked)
+                    return marked
+            elif info is not None:
+                return known
         self.paths.discard()
         return 0
 
     def _target(self) -> tuple[str, dict[str, str]]:
-        """The URL and headers to give aria2c. With Authorization, follow redirects here: aria2c
-        would send the token on to the CDN."""
-        headers = dict(self.job.headers)
-        if not any(k.lower() == "authorization" for k in headers):
-            return self.job.url, headers
-        import httpx
-
-        url = self.job.url
-        with httpx.Client(follow_redirects=False, timeout=max(self.engine.stall_timeout, 10.0)) as client:
-            return self._resolve(client, url, headers)
-
-    def _resolve(self, client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
-        import httpx
-
-        for _ in range(10):
-            try:
-                response = client.head(url, headers=headers)
-            except httpx.HTTPError as exc:
-                raise TransferError(f"{self.job.name}: cannot reach {urlsplit(url).hostname}: {exc}") from exc
-            if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
-                return url, headers
-            target = urljoin(url, response.headers["Location"])
-            if _origin(target) != _origin(url):
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                return target, headers
-            url = target
-        raise TransferError(f"{self.job.name}: too many redirects from {urlsplit(self.job.url).hostname}")
+        """The URL and headers to give aria2c: the job's resolver asks the Hub; a URL that still
+        carries the token is walked here (aria2c would send the token on to the CDN)."""
+        if self.job.resolve is not None:
+            target = self.job.resolve()
+            url, headers = target.url, dict(target.headers)
+        else:
+            url, headers = self.job.url, dict(self.job.headers)
+        if carries_token(headers):
+            timeout = max(self.engine.stall_timeout, 10.0)
+            found = locate(url, headers, timeout=timeout, what=self.job.name)
+            url, headers = found.url, dict(found.headers)
+        check_scheme(url, self.job.name)
+        return url, headers
 
     def _follow(self, gid: str, resumed: int) -> dict[str, Any]:
-        """Poll one download until it stops; feeds progress, the hasher and our resume record."""
+        """Poll one download until it stops; feeds progress, the hasher and our resume record. The
+        watchdog: no progress for the stall timeout (twice that while aria2c's own connection timeout
+        may still act) ends the download with the status "stalled"."""
         last_save = 0.0
+        progress_at, seen = time.monotonic(), -1
         while True:
             try:
                 status = self.daemon.call("aria2.tellStatus", gid, STATUS_KEYS)
@@ -587,6 +650,16 @@ class _Aria2Task:
                     last_save = time.monotonic()
                     self._save(total, _bitfield_ranges(bitfield, piece, total))
             state = status["status"]
+            now = time.monotonic()
+            if completed != seen:
+                progress_at, seen = now, completed
+            elif state == "active" and now - progress_at > self._patience(total, completed):
+                self._emit(
+                    "message",
+                    f"{self.job.name}: aria2c made no progress for {now - progress_at:.0f} s; taking it back",
+                )
+                self._abort(gid)
+                return {**status, "status": "stalled", "errorCode": "2", "errorMessage": "no progress"}
             if state in ("complete", "error", "removed"):
                 with contextlib.suppress(TransferError):
                     self.daemon.call("aria2.removeDownloadResult", gid)
@@ -595,6 +668,10 @@ class _Aria2Task:
                 return dict(status)
             if self.stop.wait(POLL):
                 raise _Halted()
+
+    def _patience(self, total: int, completed: int) -> float:
+        stall = self.engine.stall_timeout
+        return stall if total and completed >= total else 2 * stall + self.engine.backoff
 
     def _save(self, total: int, done: list[tuple[int, int]]) -> None:
         try:
@@ -647,13 +724,17 @@ class _Aria2Task:
         )
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return (
-        parts.scheme,
-        (parts.hostname or "").lower(),
-        parts.port or {"http": 80, "https": 443}.get(parts.scheme),
-    )
+class _Relay(collections.deque[tuple[str, Any, Any]]):
+    """The event queue of a native task run on behalf of an aria2 task: events are reported as the
+    aria2 task's own, so the progress pump sees one file."""
+
+    def __init__(self, events: Events, owner: _Aria2Task) -> None:
+        super().__init__()
+        self.events, self.owner = events, owner
+
+    def append(self, item: tuple[str, Any, Any]) -> None:
+        kind, _task, payload = item
+        self.events.append((kind, self.owner, payload))
 
 
 __all__ = ["Aria2Engine"]

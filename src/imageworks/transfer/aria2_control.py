@@ -4,6 +4,7 @@ done ranges, and the aria2 engine reports how much was already on disk."""
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +69,41 @@ def _parse(data: bytes) -> ControlInfo | None:
             if complete:
                 done.append((start + b * _BLOCK, min(start + (b + 1) * _BLOCK, start + length, total)))
     return ControlInfo(total=total, piece_length=piece_length, done=done)
+
+
+ARIA2_PIECE = 1024 * 1024  # aria2c's default --piece-length, which the aria2 engine keeps
+
+
+def write_control(
+    path: Path, total: int, done: list[tuple[int, int]], piece_length: int = ARIA2_PIECE
+) -> int:
+    """Write a control file (version 1, no info hash, no pieces in flight) marking as complete every
+    piece that `done` covers whole; returns the bytes it marks. aria2c truncates its own control file
+    when the disk fills up, so the aria2 engine rebuilds one from its own record to resume every piece
+    already on disk rather than only the contiguous prefix."""
+    pieces = (total + piece_length - 1) // piece_length
+    bitfield = bytearray((pieces + 7) // 8)
+    marked = 0
+    cursor = 0
+    ranges = sorted(done)
+    for index in range(pieces):
+        start, end = index * piece_length, min((index + 1) * piece_length, total)
+        while cursor < len(ranges) and ranges[cursor][1] < end:
+            cursor += 1
+        if cursor < len(ranges) and ranges[cursor][0] <= start and ranges[cursor][1] >= end:
+            bitfield[index // 8] |= 0x80 >> (index % 8)
+            marked += end - start
+    data = (
+        struct.pack(">H", 1)
+        + b"\0\0\0\0"  # extension flags
+        + struct.pack(">I", 0)  # no info hash (not BitTorrent)
+        + struct.pack(">IQQI", piece_length, total, 0, len(bitfield))
+        + bytes(bitfield)
+        + struct.pack(">I", 0)  # no pieces in flight
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "xb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+    return marked

@@ -19,17 +19,22 @@ import hashlib
 import json
 import logging
 import os
+import random
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imageworks.durable import fsync_dir
 from imageworks.errors import IntegrityError, TransferError
 from imageworks.hashing import git_blob_sha1_header, hash_file
+
+if TYPE_CHECKING:
+    from imageworks.hub import ResolvedUrl
 
 log = logging.getLogger("imageworks.transfer")
 
@@ -45,9 +50,14 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class FileJob:
-    """One file to fetch. `url` is what we GET (a CDN URL the caller resolved, or a Hub URL: redirects
-    are followed, and Authorization is never forwarded to another host). `headers` go with every
-    request for this file; the caller adds Authorization only when the URL is on the Hub host."""
+    """One file to fetch. `url` is what we GET (a Hub URL, a CDN URL, a direct URL: redirects are
+    followed, and Authorization is never forwarded to another host). `headers` go with every request
+    for this file; the caller adds Authorization only when the URL is on the Hub host.
+
+    `resolve` (Hub files) gives the URL to fetch from afresh: the engine calls it when the file starts,
+    so resolving overlaps the transfer of other files, and again whenever the CDN refuses a signed URL
+    (they expire after about an hour), then goes on from the bytes on disk. `root` is the model folder:
+    an existing destination that is a symlink counts as present only if it resolves inside it."""
 
     url: str
     dest: Path
@@ -56,6 +66,8 @@ class FileJob:
     git_sha1: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     label: str = ""
+    resolve: Callable[[], ResolvedUrl] | None = field(default=None, compare=False)
+    root: Path | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +146,50 @@ class PartialPaths:
                 path.unlink()
 
 
+def backoff_delay(base: float, failures: int, retry_after: float | None = None) -> float:
+    """The engines' one retry wait: exponential from `base` with jitter (so connections that failed
+    together do not come back together), at least the server's Retry-After."""
+    wait = base * 2 ** max(0, failures - 1) * random.uniform(0.5, 1.5)
+    return max(wait, retry_after) if retry_after is not None else wait
+
+
+def open_private(path: Path, flags: int, mode: int = 0o644) -> int:
+    """os.open for our partial, state and control files: never through a symlink (O_NOFOLLOW), and
+    never anything but a regular file (a FIFO or device planted there is refused, not opened)."""
+    try:
+        # O_NONBLOCK: a FIFO planted there must not block the open (no effect on a regular file).
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise unsafe_partial(path, "a symlink") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise unsafe_partial(path, "not a regular file")
+    return fd
+
+
+def unsafe_partial(path: Path, what: str) -> TransferError:
+    return TransferError(
+        f"{path} is {what}; refusing to write through it",
+        hint="something other than imageworks put it there: remove it, then run the same command again",
+    )
+
+
+def check_partial_paths(paths: PartialPaths) -> None:
+    """Refuse partial-file names that are symlinks or other non-regular files (before aria2c, which
+    would follow them, is pointed at them)."""
+    for path in (paths.temp, paths.state, paths.control):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise unsafe_partial(path, "a symlink")
+        if not stat.S_ISREG(st.st_mode):
+            raise unsafe_partial(path, "not a regular file")
+
+
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sorted, non-overlapping, non-adjacent half-open ranges."""
     out: list[tuple[int, int]] = []
@@ -201,7 +257,9 @@ def save_state(paths: PartialPaths, state: ResumeState) -> None:
     data = (text + " " * max(0, STATE_PAD - len(text) - 1) + "\n").encode("utf-8")
     tmp = paths.state.with_name(paths.state.name + ".tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a symlink planted there goes, not what it points to
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as handle:
             handle.write(data)
         os.replace(tmp, paths.state)
     except OSError as exc:
@@ -213,7 +271,7 @@ def save_state(paths: PartialPaths, state: ResumeState) -> None:
             raise
         # Not atomic, but a torn write only makes the record unreadable, and then the next run
         # starts this file afresh: never wrong, at worst slower.
-        with open(paths.state, "r+b") as handle:
+        with os.fdopen(open_private(paths.state, os.O_WRONLY), "r+b") as handle:
             handle.write(data)
 
 
@@ -222,7 +280,8 @@ def load_state(paths: PartialPaths, job: FileJob) -> ResumeState | None:
     unreadable, from a newer version, for another size or digest, or describing bytes the temp file
     does not have)."""
     try:
-        raw = json.loads(paths.state.read_text(encoding="utf-8"))
+        with os.fdopen(open_private(paths.state, os.O_RDONLY), "rb") as handle:
+            raw = json.loads(handle.read(1024 * 1024))
         if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
             return None
         state = ResumeState(
@@ -232,14 +291,14 @@ def load_state(paths: PartialPaths, job: FileJob) -> ResumeState | None:
             last_modified=raw.get("last_modified"),
             sha256=raw.get("sha256"),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if job.size is not None and state.size != job.size:
         return None
     if job.sha256 and state.sha256 and state.sha256.lower() != job.sha256.lower():
         return None
     try:
-        on_disk = paths.temp.stat().st_size
+        on_disk = paths.temp.lstat().st_size
     except FileNotFoundError:
         return None
     if state.done and state.done[-1][1] > on_disk:
@@ -300,7 +359,7 @@ class PrefixHasher:
         # allocator's per-thread arenas and shows as tens of MB of RSS.
         buffer = memoryview(bytearray(HASH_CHUNK if self._digest else 0))
         try:
-            fd = os.open(self._path, os.O_RDONLY)
+            fd = open_private(self._path, os.O_RDONLY)
             while True:
                 with self._cond:
                     while self._target <= self.hashed and not self._closed:
@@ -381,6 +440,8 @@ def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
         return None
     if not job.dest.is_file() or (job.size is not None and st.st_size != job.size):
         return None
+    if job.dest.is_symlink() and not _inside(job.dest, job.root):
+        return None  # fetched afresh: the rename then replaces the link itself, not its target
     sha256 = ""
     if verify:
         on_disk = hash_file(job.dest, git_blob=bool(job.git_sha1)).checked()
@@ -392,6 +453,15 @@ def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
     # A crash between the rename and the cleanup leaves partial files behind: they are stale now.
     PartialPaths.for_dest(job.dest).discard()
     return FileResult(job, sha256, st.st_size, bytes_fetched=0, resumed_from=st.st_size, skipped=True)
+
+
+def _inside(link: Path, root: Path | None) -> bool:
+    if root is None:
+        return False
+    try:
+        return link.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def check_and_commit(
@@ -445,7 +515,7 @@ def commit(temp: Path, dest: Path) -> None:
     """Durable rename: the bytes reach the disk before the name does, so a crash leaves either the
     old state or the complete file, never a complete-looking name over missing data."""
     began = time.perf_counter()
-    fd = os.open(temp, os.O_RDONLY)
+    fd = open_private(temp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

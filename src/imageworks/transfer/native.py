@@ -25,7 +25,6 @@ import email.utils
 import errno
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from imageworks.errors import ImageworksError, IntegrityError, TransferError
+from imageworks.hub import check_scheme, forward_headers, locate
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
     Events,
@@ -45,6 +45,7 @@ from imageworks.transfer.base import (
     PrefixHasher,
     ProgressSink,
     ResumeState,
+    backoff_delay,
     check_and_commit,
     covered,
     disk_error,
@@ -52,6 +53,7 @@ from imageworks.transfer.base import (
     load_state,
     merge_ranges,
     missing_ranges,
+    open_private,
     prefix_end,
     run_file_tasks,
     save_state,
@@ -92,7 +94,6 @@ class _Segment:
     end: int | None  # None: until the server closes (single stream of unknown length)
     claimed: int = 0  # bytes up to here belong to this connection (beyond it may be stolen)
     written: int = 0  # bytes up to here are in the file
-    resolve_again: bool = False  # its redirect target refused us: go through the job's URL again
 
     def __post_init__(self) -> None:
         self.claimed = self.written = self.start
@@ -180,12 +181,6 @@ def _strong_etag(etag: str | None) -> str | None:
     return etag if etag and not etag.startswith("W/") else None
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -219,18 +214,12 @@ class NativeEngine:
         self.verify = verify
         self.note = note
 
-    def fetch(
-        self,
-        jobs: Sequence[FileJob],
-        progress: ProgressSink,
-        *,
-        cancel: threading.Event | None = None,
-    ) -> list[FileResult]:
+    def client(self) -> httpx.Client:
+        """The HTTP client of one fetch: redirects followed (httpx drops Authorization on a redirect
+        to another host), reads that wait longer than the stall timeout fail."""
         import httpx
 
-        stop = threading.Event()
-        events: Events = collections.deque()
-        client = httpx.Client(
+        return httpx.Client(
             follow_redirects=True,
             timeout=httpx.Timeout(self.stall_timeout, connect=self.stall_timeout, pool=None),
             limits=httpx.Limits(
@@ -238,6 +227,17 @@ class NativeEngine:
             ),
             headers={"User-Agent": "imageworks"},
         )
+
+    def fetch(
+        self,
+        jobs: Sequence[FileJob],
+        progress: ProgressSink,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> list[FileResult]:
+        stop = threading.Event()
+        events: Events = collections.deque()
+        client = self.client()
         tasks = [_FileTask(self, job, client, stop, events) for job in jobs]
         try:
             return run_file_tasks(tasks, events, progress, max_files=self.max_files, stop=stop, cancel=cancel)
@@ -263,6 +263,7 @@ class _FileTask:
         self.result: FileResult | None = None
         self.error: BaseException | None = None
         self.lock = threading.Lock()
+        self.refresh_lock = threading.Lock()
         self.failed: BaseException | None = None
         self.sockets: set[socket.socket] = set()
         self.on_disk_bytes = 0  # for progress: bytes of this file on disk, resumed + fetched
@@ -346,7 +347,35 @@ class _FileTask:
             self.paths.discard()
         return state
 
+    def _target(self, *, walk: bool = False) -> None:
+        """Where this file is fetched from now: the job's resolver (a Hub file: the Hub is asked), else
+        the job's URL (redirects then followed by httpx, which drops the token off the Hub's host;
+        `walk`: followed here, once, so that the connections do not each go back to it)."""
+        if self.job.resolve is not None:
+            target = self.job.resolve()
+            url, headers = target.url, dict(target.headers)
+        else:
+            url, headers = self.job.url, dict(self.job.headers)
+            if walk:
+                with contextlib.suppress(TransferError):
+                    found = locate(url, headers, timeout=self.engine.stall_timeout, what=self.job.name)
+                    url, headers = found.url, dict(found.headers)
+        check_scheme(url, self.job.name)
+        with self.lock:
+            self.url, self.headers = url, {**headers, "Accept-Encoding": "identity"}
+
+    def _refresh(self, refused: str) -> None:
+        """The server refused `refused` (401/403: a signed CDN URL that expired): resolve it again, once
+        for all connections (the first to get here asks, the others take its answer)."""
+        with self.refresh_lock:
+            if self.url == refused:
+                log.info(
+                    "%s: %s refused us; resolving the file again", self.job.name, urlsplit(refused).hostname
+                )
+                self._target(walk=True)
+
     def _download(self) -> FileResult:
+        self._target()
         state = self._resume_state()
         done: list[tuple[int, int]] = []
         if state is not None:
@@ -355,7 +384,7 @@ class _FileTask:
             self.etag, self.last_modified = state.etag, state.last_modified
         self.already = covered(done)
         try:
-            fd = os.open(self.paths.temp, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_private(self.paths.temp, os.O_WRONLY | os.O_CREAT)
             os.close(fd)
             if state is not None:
                 save_state(self.paths, self._state(done))
@@ -495,7 +524,7 @@ class _FileTask:
         import httpx
 
         try:
-            fd = os.open(self.paths.temp, os.O_WRONLY)
+            fd = open_private(self.paths.temp, os.O_WRONLY)
         except OSError as exc:
             self._fail(disk_error(self.job, exc, self.already))
             return
@@ -546,6 +575,11 @@ class _FileTask:
             except (_Retry, httpx.TransportError) as exc:
                 if self._halted():
                     raise _Halted() from exc
+                if isinstance(exc, httpx.UnsupportedProtocol):  # a redirect to file://, ftp://...
+                    raise TransferError(
+                        f"{self.job.name}: a redirect led to an unsupported URL scheme ({exc})",
+                        hint="only http:// and https:// are downloaded; the server is misconfigured",
+                    ) from exc
                 if seg.written > before:
                     failures = 0
                 failures += 1
@@ -554,9 +588,9 @@ class _FileTask:
                         f"{self.job.name}: download failed after {self.engine.retries} retries: {_describe(exc)}",
                         hint="check the network and run the same command again to resume",
                     ) from exc
-                wait = self.engine.backoff * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
-                if isinstance(exc, _Retry) and exc.retry_after is not None:
-                    wait = max(wait, exc.retry_after)
+                wait = backoff_delay(
+                    self.engine.backoff, failures, exc.retry_after if isinstance(exc, _Retry) else None
+                )
                 text = f"{self.job.name}: {_describe(exc)}; retrying in {wait:.1f}s"
                 log.info("%s", text)
                 if isinstance(exc, httpx.ReadTimeout | _Retry):
@@ -564,11 +598,7 @@ class _FileTask:
                 if self.stop.wait(wait) or self.failed is not None:
                     raise _Halted() from exc
 
-    def _request_headers(self, seg: _Segment) -> dict[str, str]:
-        if seg.resolve_again:
-            headers = {**self.job.headers, "Accept-Encoding": "identity"}
-        else:
-            headers = dict(self.headers)
+    def _request_headers(self, seg: _Segment, headers: dict[str, str]) -> dict[str, str]:
         if self.ranges_ok is not False:
             last = "" if seg.end is None else str(seg.end - 1)
             headers["Range"] = f"bytes={seg.written}-{last}"
@@ -580,8 +610,9 @@ class _FileTask:
         return headers
 
     def _stream(self, fd: int, seg: _Segment) -> None:
-        headers = self._request_headers(seg)
-        url = self.job.url if seg.resolve_again else self.url
+        with self.lock:
+            url, headers = self.url, dict(self.headers)
+        headers = self._request_headers(seg, headers)
         with self.client.stream("GET", url, headers=headers) as response:
             sock = _socket_of(response)
             if sock is not None:
@@ -601,11 +632,13 @@ class _FileTask:
         status = response.status_code
         if status in RETRYABLE_STATUS or 500 <= status < 600:
             raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
-        if status in (401, 403) and url != self.job.url:
-            # A signed CDN URL can expire during a long download: this connection resolves it again
-            # from the job's URL, and the fresh target is then shared (_adopt_final_url).
-            seg.resolve_again = True
-            raise _Retry(f"HTTP {status} from the redirect target")
+        if status in (401, 403) and (self.job.resolve is not None or str(response.url) != self.job.url):
+            # A signed CDN URL can expire during a long download ("Request has expired"): resolve the
+            # file again and go on from the bytes on disk (one resolve shared by all connections).
+            self._refresh(url)
+            raise _Retry(
+                f"HTTP {status} from {urlsplit(str(response.url)).hostname}; resolved the file again"
+            )
         if status == 416:
             raise _Changed("range not satisfiable")
         if status not in (200, 206):
@@ -635,25 +668,24 @@ class _FileTask:
         if not first:
             if total is not None and self.total is not None and total != self.total:
                 raise _Changed(f"size changed from {self.total} to {total}")
-            if seg.resolve_again:
-                seg.resolve_again = False
-                self._adopt_final_url(response)
+            self._adopt_final_url(response, url)
             return
-        self._on_probe(response, seg, status == 206, total)
+        self._on_probe(response, seg, status == 206, total, url)
 
-    def _adopt_final_url(self, response: httpx.Response) -> None:
-        """Later requests go straight to where the redirect led (one Hub round trip per file, not
-        per piece), without the token if that is another host (httpx already dropped it for the
+    def _adopt_final_url(self, response: httpx.Response, requested: str) -> None:
+        """Later requests go straight to where a redirect led (one Hub round trip per file, not per
+        piece), without the token if that is another host (httpx already dropped it for the
         redirected request itself)."""
         final = str(response.url)
-        if final == self.job.url:
+        if final == requested:
             return
-        headers = dict(self.headers)
-        if _origin(final) != _origin(self.job.url):
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        self.url, self.headers = final, headers
+        with self.lock:
+            if self.url == requested:
+                self.url, self.headers = final, forward_headers(self.headers, requested, final)
 
-    def _on_probe(self, response: httpx.Response, seg: _Segment, ranged: bool, total: int | None) -> None:
+    def _on_probe(
+        self, response: httpx.Response, seg: _Segment, ranged: bool, total: int | None, url: str
+    ) -> None:
         etag = response.headers.get("ETag")
         if self.already and self.etag and etag and etag != self.etag:
             raise _Changed("ETag changed")
@@ -668,7 +700,7 @@ class _FileTask:
             raise _Changed(f"size changed from {self.total} to {total}")
         self.etag = etag or self.etag
         self.last_modified = response.headers.get("Last-Modified") or self.last_modified
-        self._adopt_final_url(response)
+        self._adopt_final_url(response, url)
         with self.lock:
             self.ranges_ok = ranged
             if self.total is None:
