@@ -265,9 +265,9 @@ def test_case_insensitive_id_and_branch_with_slash(fake_hub: FakeHub, run_cli, i
 
 @pytest.mark.parametrize("engine", ["native", "aria2"])
 def test_dropped_connection_resumes(fake_hub: FakeHub, run_cli, isolated_env, engine: str) -> None:
-    files = add_big_model(fake_hub, n_floats=500_000)
+    files = add_big_model(fake_hub, n_floats=1_200_000)
     size = len(files["model.safetensors"])
-    fault = fake_hub.fail("model.safetensors", "drop", after_bytes=size // 4, server="cdn", times=2)
+    fault = fake_hub.fail("model.safetensors", "drop", after_bytes=size // 8, server="cdn", times=2)
     result = run_cli("download", "Owner/Big", "--engine", engine, "--connections", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert fault.hits >= 1

@@ -338,6 +338,11 @@ def download(
             sha256=sha256,
             check_disk=not force,
         )
+    from imageworks.transfer import engine_for, large_engine_name
+
+    large = chosen.name if chosen is not None else large_engine_name(engine, single_stream=no_aria2)
+    for item in resolved.plan.files:
+        item.engine = engine_for(item.size, lfs=item.git_sha1 is None, large=large)
     try:
         return _execute(
             resolved,
@@ -404,28 +409,30 @@ def _execute(
     to_fetch = plan.to_fetch
     if to_fetch:
         fetch_started = time.monotonic()
-        if resolved.hub is not None:
-            assert plan.repo_id and plan.commit
-            urls = resolved.hub.resolve_file_urls(plan.repo_id, plan.commit, [f.path for f in to_fetch])
-        else:
-            assert resolved.url
-            from imageworks.hub import ResolvedUrl
-
-            urls = {to_fetch[0].path: ResolvedUrl(resolved.url)}
-
+        hub = resolved.hub
         jobs = []
         for item in to_fetch:
             item.dest.parent.mkdir(parents=True, exist_ok=True)
-            target = urls[item.path]
+            # Hub files are resolved by the engine when each starts (overlapping the transfer), and
+            # again if the CDN refuses an expired signed URL; small files are fetched with no HEAD.
+            if hub is not None:
+                assert plan.repo_id and plan.commit
+                url, headers = hub.file_url(plan.repo_id, plan.commit, item.path), hub.auth_headers()
+                resolve = hub.resolver(plan.repo_id, plan.commit, item.path)
+            else:
+                assert resolved.url
+                url, headers, resolve = resolved.url, {}, None
             jobs.append(
                 FileJob(
-                    url=target.url,
+                    url=url,
                     dest=item.dest,
                     size=item.size,
                     sha256=item.sha256,
                     git_sha1=item.git_sha1,
-                    headers=dict(target.headers),
+                    headers=headers,
                     label=item.path,
+                    resolve=resolve,
+                    root=plan.folder,
                 )
             )
         timings["resolve_urls"] = time.monotonic() - fetch_started

@@ -397,6 +397,7 @@ class PlannedFile:
     present: bool = False  # on disk and verified: nothing to fetch
     local_sha256: str | None = None  # the digest of what is on disk, when known
     partial_bytes: int = 0  # bytes of an interrupted download on disk, kept for resuming
+    engine: str | None = None  # which engine fetches it: "pool" (small files), "aria2" or "native"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -408,6 +409,7 @@ class PlannedFile:
             "role": self.role,
             "present": self.present,
             "partial_bytes": self.partial_bytes,
+            "engine": self.engine,
         }
 
 

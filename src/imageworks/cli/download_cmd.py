@@ -171,8 +171,8 @@ def _render_plan(plan: DownloadPlan) -> None:
             state = f"resume ({human_size(f.partial_bytes)} on disk)"
         else:
             state = "fetch"
-        rows.append([f.path, human_size(f.size), f.role, state])
-    table(None, ["file", "size", "role", "state"], rows)
+        rows.append([f.path, human_size(f.size), f.role, state, f.engine or "-"])
+    table(None, ["file", "size", "role", "state", "engine"], rows)
     click.echo(
         f"total {human_size(plan.bytes_total)} in {len(plan.files)} files; present {human_size(plan.bytes_present)};"
         f" to fetch {human_size(plan.bytes_remaining)}; free {human_size(plan.free_bytes)}"

@@ -1,7 +1,10 @@
 """Download engines behind one interface: `choose_engine(...)` -> `Engine.fetch(jobs, progress)`.
 
-The caller (the Hub-aware orchestrator) resolves refs to final URLs and expected digests; an engine
-fetches, verifies and renames files into place, resuming whatever an earlier run left on disk.
+The caller (the Hub-aware orchestrator) gives each file's URL (or a resolver for it) and expected
+digests; an engine fetches, verifies and renames files into place, resuming whatever an earlier run
+left on disk. The engine is chosen per file: small files (every non-LFS file, and LFS files below
+`pool.SMALL_FILE`) go through one keep-alive connection pool (`pool`), large ones through aria2c or the
+native ranged engine (`engine_for` says which, for `download --dry-run` and `--json`).
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from imageworks.errors import UsageError
+from imageworks.errors import ImageworksError, UsageError
 from imageworks.transfer.base import (
     Engine,
     FileJob,
@@ -34,7 +39,67 @@ __all__ = [
     "PartialPaths",
     "ProgressSink",
     "choose_engine",
+    "engine_for",
+    "large_engine_name",
 ]
+
+
+def large_engine_name(kind: str = "auto", *, single_stream: bool = False) -> str:
+    """The engine large files will get, without starting anything (for a plan shown before a run)."""
+    if single_stream or kind == "native":
+        return "native"
+    if kind == "aria2":
+        return "aria2"
+    return "aria2" if shutil.which("aria2c") else "native"
+
+
+def engine_for(size: int | None, *, lfs: bool, large: str) -> str:
+    """Which engine fetches a file of this size: "pool" for small ones, else `large`."""
+    from imageworks.transfer.pool import is_small
+
+    return "pool" if is_small(size, lfs=lfs) else large
+
+
+class Router:
+    """Small files through the pool, the rest through `large`: one engine to the caller. The small
+    files go first (they are quick, and a config is then on disk early); a failure of one group
+    does not stop the other, and the first error is raised once both are done."""
+
+    def __init__(self, large: Engine, small: Engine) -> None:
+        self.large, self.small = large, small
+        self.name = large.name
+        self.note = f"{large.note}; small files through one keep-alive connection pool"
+
+    def fetch(
+        self,
+        jobs: Sequence[FileJob],
+        progress: ProgressSink,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> list[FileResult]:
+        from imageworks.transfer.pool import is_small
+
+        def pooled(job: FileJob) -> bool:
+            # A small file with a resume record left by an engine that resumes goes back to it.
+            paths = PartialPaths.for_dest(job.dest)
+            resumable = paths.state.exists() or paths.control.exists()
+            return is_small(job.size, lfs=not job.git_sha1) and not resumable
+
+        small = [j for j in jobs if pooled(j)]
+        large = [j for j in jobs if not pooled(j)]
+        results: list[FileResult] = []
+        errors: list[ImageworksError] = []
+        for engine, group in ((self.small, small), (self.large, large)):
+            if not group:
+                continue
+            try:
+                results += engine.fetch(group, progress, cancel=cancel)
+            except ImageworksError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        order = {id(j): i for i, j in enumerate(jobs)}
+        return sorted(results, key=lambda r: order.get(id(r.job), len(jobs)))
 
 
 def choose_engine(
@@ -48,10 +113,12 @@ def choose_engine(
     backoff: float = 1.0,
     aria2c_path: str | None = None,
     verify: bool = True,
+    pool: bool = True,
 ) -> Engine:
     """auto: aria2c when it is on PATH, else the native engine. `single_stream` (--no-aria2) is the
     native engine with one connection per file. The engine's `note` says what was chosen and why.
-    `verify=False` skips hashing (FileResult.sha256 is ""): for benchmarks, not for users."""
+    `verify=False` skips hashing (FileResult.sha256 is ""): for benchmarks, not for users. `pool`:
+    small files through the keep-alive pool (False: every file through the one engine)."""
     from imageworks.transfer.aria2 import Aria2Engine
     from imageworks.transfer.native import NativeEngine
 
@@ -96,5 +163,12 @@ def choose_engine(
             )
         else:
             engine = NativeEngine(note="native engine (aria2c not found on PATH)", **common)
+    if pool:
+        from imageworks.transfer.pool import PoolEngine
+
+        small = PoolEngine(
+            workers=8, stall_timeout=stall_timeout, retries=retries, backoff=backoff, verify=verify
+        )
+        engine = Router(engine, small)
     log.info("download engine: %s", engine.note)
     return engine
