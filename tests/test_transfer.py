@@ -42,8 +42,10 @@ ENGINES = [
 @dataclass
 class Fault:
     kind: str  # "drop" (close mid-body) | "stall" (pause mid-body) | "status" (answer `status` instead)
+    # | "trickle" (from `after` bytes on, send `rate` bytes a second)
     after: int = 0
     seconds: float = 0.0
+    rate: float = 1.0
     status: int = 503
     retry_after: int | None = None
     times: int = 1
@@ -61,9 +63,11 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
+    get_redirects: dict[str, str] = field(default_factory=dict)  # GET redirects, HEAD answers 200
     no_range: set[str] = field(default_factory=set)
     rate: float | None = None  # bytes/s per connection
     requests: list[Request] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)  # body bytes sent per path
     host: str = "127.0.0.1"
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,13 +110,14 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self, body: bool) -> None:
             server.requests.append(Request(self.command, self.path, dict(self.headers.items())))
             path = self.path.lstrip("/")
-            if path in server.redirects:
+            target = server.redirects.get(path) or (server.get_redirects.get(path) if body else None)
+            if target:
                 self.send_response(302)
-                self.send_header("Location", server.redirects[path])
+                self.send_header("Location", target)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            data = server.files.get(path)
+            data = server.files.get(path) or server.files.get(server.get_redirects.get(path, ""))
             if data is None:
                 self._status(404)
                 return
@@ -153,7 +158,10 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def _body(self, path: str, data: bytes, start: int, end: int) -> None:
             drop = stall = None
             if end - start > 0:
-                fault = server.take_fault(path, ("drop", "stall"))
+                fault = server.take_fault(path, ("drop", "stall", "trickle"))
+                if fault is not None and fault.kind == "trickle":
+                    self._trickle(data, start, end, fault)
+                    return
                 if fault is not None and fault.after < end - start:
                     drop, stall = (fault, None) if fault.kind == "drop" else (None, fault)
             sent = 0
@@ -176,10 +184,25 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                         stall = None
                     self.wfile.write(data[start + sent : start + sent + n])
                     sent += n
+                    with server.lock:
+                        server.sent[path] = server.sent.get(path, 0) + n
                     if server.rate:
                         ahead = began + sent / server.rate - time.monotonic()
                         if ahead > 0:
                             time.sleep(ahead)
+            except OSError:
+                self.close_connection = True
+
+        def _trickle(self, data: bytes, start: int, end: int, fault: Fault) -> None:
+            try:
+                self.wfile.write(data[start : start + fault.after])
+                deadline = time.monotonic() + 60  # or when the client hangs up
+                for pos in range(start + fault.after, end):
+                    if time.monotonic() > deadline:
+                        break
+                    self.wfile.write(data[pos : pos + 1])
+                    self.wfile.flush()
+                    time.sleep(1 / fault.rate)
             except OSError:
                 self.close_connection = True
 
@@ -767,3 +790,310 @@ def test_disk_full_keeps_partial_and_resumes(kind: str, server: FileServer, tmp_
     assert "disk full" in first["message"]
     assert second["ok"] is True, second
     assert second["resumed_from"] > 0 and second["bytes_fetched"] < len(data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile servers and planted local state (issue 15)
+
+
+def _bounded(fn, seconds: float):
+    """Run fn in a thread; fail the test (rather than hang) if it takes longer than `seconds`."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"], time.monotonic() - started
+
+
+def _hub_files_job(client, hub, repo_id: str, path: str, dest: Path) -> FileJob:
+    """A job exactly as `download` builds it: the Hub URL, the token, a resolver for that file."""
+    snap = client.snapshot(repo_id)
+    listed = snap.file(path)
+    return FileJob(
+        client.file_url(snap.repo_id, snap.commit, path),
+        dest / path,
+        listed.size,
+        sha256=listed.sha256,
+        git_sha1=listed.git_sha1,
+        headers=client.auth_headers(),
+        label=path,
+        resolve=client.resolver(snap.repo_id, snap.commit, path),
+        root=dest,
+    )
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_expired_signed_url_is_resolved_through_the_hub_and_resumed(
+    kind: str, fake_hub, tmp_path: Path
+) -> None:
+    """15.2: the engine is given the Hub URL and a resolver (as `download` does); URLs signed for
+    ~1 s expire mid-download; the Hub is asked again and the bytes on disk are kept."""
+    from imageworks.config import resolve_config
+    from imageworks.hub import HubClient
+
+    weights = blob(12 * MiB, 40)
+    headers = _gated_repo(fake_hub, {"model.safetensors": weights})
+    fake_hub.cdn_url_ttl = 1.0
+    fake_hub.throttle(per_connection_bps=2 * MiB)
+    # aria2c keeps its connections: a reset after ~1.5 s makes it reconnect with an expired URL.
+    fake_hub.fail("model.safetensors", "reset", after_bytes=3 * MiB, server="cdn")
+    token = headers["Authorization"].split()[1]
+    with HubClient(resolve_config(token=token), backoff=0.01) as client:
+        job = _hub_files_job(client, fake_hub, "org/gated-model", "model.safetensors", tmp_path)
+        fake_hub.clear_requests()
+        [result], _ = _bounded(lambda: engine_for(kind, connections=2).fetch([job], NullProgress()), 60)
+    assert job.dest.read_bytes() == weights and result.sha256 == sha(weights)
+    cdn = [r for r in fake_hub.requests if r.server == "cdn" and r.method == "GET"]
+    assert any(r.status == 403 for r in cdn), "no signed URL expired: the test proves nothing"
+    heads = [r for r in fake_hub.requests if r.server == "hub"]
+    assert len(heads) >= 2  # resolved when the file started, and again after the refusal
+    # Went on from the bytes on disk: far less than twice the file went over the wire.
+    assert sum(r.sent for r in cdn) < 1.5 * len(weights)
+    assert not any(r.authorized for r in fake_hub.requests if r.server == "cdn")
+
+
+@pytest.mark.skipif(ARIA2C is None, reason="aria2c not on PATH")
+def test_aria2c_never_gets_a_token_it_could_carry_to_another_host(make_server, tmp_path: Path) -> None:
+    """15.3: the Hub's HEAD answers 200 but its GET redirects to another host. aria2c follows GET
+    redirects with every header; the other host must never see Authorization."""
+    data = blob(6 * MiB, 41)
+    other = make_server("127.0.0.2")
+    other.add("blob", data)
+    hub = make_server()
+    hub.get_redirects["model.bin"] = other.url("blob")
+    hub.files["model.bin"] = data  # what HEAD describes
+    job = FileJob(
+        hub.url("model.bin"), tmp_path / "model.bin", len(data), sha(data),
+        headers={"Authorization": "Bearer hf_secret"},
+    )  # fmt: skip
+    [result], _ = _bounded(lambda: engine_for("aria2").fetch([job], NullProgress()), 60)
+    assert job.dest.read_bytes() == data and result.sha256 == sha(data)
+    assert other.requests, "the redirect was not followed"
+    assert not any("Authorization" in r.headers for r in other.requests)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_symlink_at_the_partial_path_is_refused(kind: str, server: FileServer, tmp_path: Path) -> None:
+    """15.4: a symlink planted at `.<name>.imageworks-partial` (plus a resume record) must not be
+    written through, and the destination must not become a link out of the model folder."""
+    from imageworks.transfer.base import ResumeState, save_state
+
+    data = blob(6 * MiB, 42)
+    url = server.add("w.bin", data)
+    folder, outside = tmp_path / "model", tmp_path / "outside.txt"
+    folder.mkdir()
+    outside.write_bytes(b"precious" * 1000)
+    dest = folder / "w.bin"
+    paths = PartialPaths.for_dest(dest)
+    paths.temp.symlink_to(outside)
+    save_state(paths, ResumeState(size=len(data), done=[(0, 4096)], sha256=sha(data)))
+    job = FileJob(url, dest, len(data), sha(data), root=folder)
+    with pytest.raises(TransferError, match="symlink"):
+        _bounded(lambda: engine_for(kind).fetch([job], NullProgress()), 30)
+    assert outside.read_bytes() == b"precious" * 1000
+    assert not dest.exists() and not dest.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_fifo_at_the_partial_path_is_refused_at_once(kind: str, server: FileServer, tmp_path: Path) -> None:
+    data = blob(6 * MiB, 43)
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    os.mkfifo(PartialPaths.for_dest(dest).temp)
+    with pytest.raises(TransferError, match="not a regular file"):
+        _bounded(
+            lambda: engine_for(kind).fetch([FileJob(url, dest, len(data), sha(data))], NullProgress()), 20
+        )
+
+
+def test_a_destination_linking_out_of_the_model_folder_is_replaced(
+    server: FileServer, tmp_path: Path
+) -> None:
+    data = blob(100_000, 44)
+    url = server.add("w.bin", data)
+    folder, outside = tmp_path / "model", tmp_path / "outside.bin"
+    folder.mkdir()
+    outside.write_bytes(data)  # the right bytes, but outside the model folder
+    dest = folder / "w.bin"
+    dest.symlink_to(outside)
+    [result] = choose_engine("native").fetch(
+        [FileJob(url, dest, len(data), sha(data), root=folder)], NullProgress()
+    )
+    assert not result.skipped and not dest.is_symlink() and dest.read_bytes() == data
+    inside = folder / "inside.bin"
+    inside.write_bytes(data)
+    link = folder / "link.bin"
+    link.symlink_to(inside)
+    [kept] = choose_engine("native").fetch(
+        [FileJob(url, link, len(data), sha(data), root=folder)], NullProgress()
+    )
+    assert kept.skipped and link.is_symlink()  # a link inside the model folder is fine
+
+
+@pytest.mark.parametrize("kind", [*ENGINES, "pool"])
+def test_a_redirect_to_file_scheme_fails_at_once(kind: str, server: FileServer, tmp_path: Path) -> None:
+    """15.11: not 31 s of retries with "check the network"."""
+    server.redirects["w.bin"] = "file:///etc/hostname"
+    job = FileJob(server.url("w.bin"), tmp_path / "w.bin", 6 * MiB if kind != "pool" else 1000, "0" * 64)
+    engine = (
+        choose_engine(kind, retries=5, backoff=1.0, pool=True)
+        if kind == "pool"
+        else engine_for(kind, backoff=1.0, retries=5)
+    )
+    with pytest.raises(TransferError, match="unsupported URL scheme") as info:
+        _, _ = _bounded(lambda: engine.fetch([job], NullProgress()), 20)
+    assert "check the network" not in str(info.value) + str(info.value.hint)
+
+
+def test_hub_redirect_to_file_scheme_fails_at_once(make_server) -> None:
+    from imageworks.hub import locate, probe_url
+
+    server = make_server()
+    server.redirects["x"] = "file:///etc/passwd"
+    for call in (
+        lambda: probe_url(server.url("x")),
+        lambda: locate(server.url("x"), {"Authorization": "Bearer t"}, timeout=5, what="x"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransferError, match="unsupported URL scheme"):
+            call()
+        assert time.monotonic() - started < 2
+
+
+def _plant_partial(
+    dest: Path, data: bytes, ranges: list[tuple[int, int]], *, fill: bytes | None = None
+) -> None:
+    """A partial file holding `data` at `ranges` (zeros elsewhere, or `fill` everywhere)."""
+    temp = PartialPaths.for_dest(dest).temp
+    buffer = bytearray(len(data))
+    for start, end in ranges:
+        buffer[start:end] = data[start:end]
+    temp.write_bytes(fill * (len(data) // len(fill)) if fill else bytes(buffer))
+
+
+FAKE_ARIA2C = textwrap.dedent(
+    """
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    # What aria2c 1.36 did resuming from a control file that marks every piece done: the download
+    # stays "active" with completedLength == totalLength, and never completes.
+    port = int(next(a.split("=")[1] for a in sys.argv if a.startswith("--rpc-listen-port=")))
+    state = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            method, params = call["method"], call["params"][1:]
+            result = "OK"
+            if method == "aria2.getVersion":
+                result = {"version": "1.36.0"}
+            elif method == "aria2.addUri":
+                state["size"] = int(open(params[1]["dir"] + "/size").read())
+                state["status"] = "active"
+                result = "0000000000000001"
+            elif method == "aria2.forceRemove":
+                state["status"] = "removed"
+            elif method == "aria2.tellStatus":
+                size = state["size"]
+                pieces = (size + 1048575) // 1048576
+                result = {
+                    "status": state["status"], "totalLength": str(size), "completedLength": str(size),
+                    "numPieces": str(pieces), "pieceLength": "1048576", "bitfield": "f" * ((pieces + 3) // 4),
+                }
+            body = json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": result}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+@pytest.mark.parametrize("right_bytes", [True, False])
+def test_aria2c_stuck_at_complete_is_taken_back(
+    right_bytes: bool, server: FileServer, tmp_path: Path
+) -> None:
+    """15.5: an aria2c that stays "active" with completed == total and no connection (as aria2c did
+    resuming from a control file that marks every piece done) is taken back by the watchdog after
+    the stall timeout; the digest decides (right bytes: done; wrong bytes: fetched again)."""
+    from imageworks.transfer.aria2 import Aria2Engine
+    from imageworks.transfer.aria2_control import write_control
+
+    fake = tmp_path / "bin" / "aria2c"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\n{FAKE_ARIA2C}")
+    fake.chmod(0o755)
+    data = blob(6 * MiB, 45)
+    url = server.add("w.bin", data)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "size").write_text(str(len(data)))
+    dest = folder / "w.bin"
+    _plant_partial(dest, data, [(0, len(data))], fill=None if right_bytes else b"\0")
+    write_control(PartialPaths.for_dest(dest).control, len(data), [(0, len(data))])
+    engine = Aria2Engine(str(fake), stall_timeout=1.0, retries=1, backoff=0.1)
+    job = FileJob(url, dest, len(data), sha(data))
+    if right_bytes:
+        [result], seconds = _bounded(lambda: engine.fetch([job], NullProgress()), 30)
+        assert dest.read_bytes() == data and result.sha256 == sha(data) and seconds < 10
+    else:
+        # The fake never downloads: the wrong bytes are discarded and the file fails clearly.
+        with pytest.raises(TransferError, match="no progress"):
+            _bounded(lambda: engine.fetch([job], NullProgress()), 30)
+        assert not dest.exists()
+
+
+@pytest.mark.skipif(ARIA2C is None, reason="aria2c not on PATH")
+def test_aria2_resumes_every_piece_after_its_control_file_was_truncated(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """15.13: on a full disk aria2c truncates its control file; our own record (which survives it)
+    knows the scattered pieces on disk, and the next run fetches only the rest."""
+    from imageworks.transfer.base import ResumeState, save_state
+
+    data = blob(8 * MiB, 46)
+    url = server.add("w.bin", data)
+    dest = tmp_path / "w.bin"
+    have = [(0, 1 * MiB), (2 * MiB, 4 * MiB), (5 * MiB, 7 * MiB)]
+    _plant_partial(dest, data, have)
+    paths = PartialPaths.for_dest(dest)
+    save_state(paths, ResumeState(size=len(data), done=have, sha256=sha(data)))
+    paths.control.write_bytes(b"")  # what aria2c leaves on ENOSPC
+    server.rate = 4 * MiB  # so that what the server sent is what aria2c asked for (no buffered excess)
+    [result] = engine_for("aria2").fetch([FileJob(url, dest, len(data), sha(data))], NullProgress())
+    assert dest.read_bytes() == data
+    assert result.resumed_from == 5 * MiB  # all three ranges, not only the 1 MiB prefix
+    # Before: only the 1 MiB prefix was kept, and 7 MiB fetched again.
+    assert server.sent["w.bin"] < 3 * MiB + 1536 * 1024
+
+
+def test_a_trickling_connection_is_replaced(server: FileServer, tmp_path: Path) -> None:
+    """15.6: a connection that sends 20 bytes a second never trips the read timeout; the minimum
+    speed rule replaces it and the download finishes."""
+    data = blob(6 * MiB, 47)
+    url = server.add("w.bin", data)
+    server.fail("w.bin", "trickle", after=1000, rate=20)
+    engine = engine_for("native", stall_timeout=1.0)
+    progress = Recorder()
+    [result], seconds = _bounded(
+        lambda: engine.fetch([FileJob(url, tmp_path / "w.bin", len(data), sha(data))], progress), 40
+    )
+    assert result.sha256 == sha(data) and seconds < 20
+    assert any("is replaced" in m for m in progress.messages)

@@ -65,6 +65,8 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     status: int | None = None
+    sent: int = 0  # body bytes sent (file content only)
+    client: str = ""  # the client's "address:port": one per TCP connection
 
     @property
     def authorized(self) -> bool:
@@ -538,6 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=raw_path,
             query={k: v[-1] for k, v in query.items()},
             headers={k.lower(): v for k, v in self.headers.items()},
+            client="%s:%s" % self.client_address[:2],
         )
         hub._record(self._record)
         length = int(self.headers.get("Content-Length") or 0)
@@ -934,6 +937,8 @@ class _Handler(BaseHTTPRequestHandler):
                     assert data is not None
                     self.connection.sendall(data[pos : pos + n])
                 pos += n
+                if self._record is not None:
+                    self._record.sent += n
         finally:
             if file is not None:
                 file.close()

@@ -68,7 +68,7 @@ from imageworks.transfer.base import (
 log = logging.getLogger("imageworks.transfer.aria2")
 
 POLL = 0.1
-LOWEST_SPEED = 1024  # bytes/s: a connection slower than this (over aria2c's window) is replaced
+LOWEST_SPEED = 512  # bytes/s: a connection slower than this (over aria2c's window) is replaced
 STATE_SAVE_INTERVAL = 1.0
 SINGLE_STREAM_BELOW = 4 * MiB  # as in the native engine: small files get no resume record
 STATUS_KEYS = [
@@ -466,7 +466,19 @@ class _Aria2Task:
             status = self._follow(gid, resumed)
             log.debug("%s: aria2c reports %s", self.job.name, status["status"])
             if status["status"] == "complete":
-                return self._finish(int(status["totalLength"]), first_resumed)
+                if not first_resumed or fresh_start_done:
+                    return self._finish(int(status["totalLength"]), first_resumed)
+                # Resumed from a control file: if the digest refutes what it claimed (a planted or
+                # damaged one), the file is fetched once more from zero instead of failing.
+                done = self._finish_claimed(int(status["totalLength"]), first_resumed)
+                if done is not None:
+                    return done
+                self._emit(
+                    "message", f"{self.job.name}: the bytes resumed from disk were wrong; starting from zero"
+                )
+                resumed = first_resumed = 0
+                fresh_start_done = True
+                continue
             code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
             if self.stop.is_set():
                 raise _Halted()
@@ -476,6 +488,12 @@ class _Aria2Task:
                 done = self._finish_claimed(int(status["totalLength"]), first_resumed)
                 if done is not None:
                     return done
+                if fresh_start_done:
+                    raise TransferError(
+                        f"{self.job.name}: aria2c reports the whole file but made no progress for "
+                        f"{self.engine.stall_timeout:g} s, and the bytes on disk are not the file",
+                        hint="run the same command again, or use --engine native",
+                    )
                 code = "8"
             if code in _RESUME_IMPOSSIBLE and not fresh_start_done:
                 # The partial bytes cannot be continued (another piece length, a server that will not
@@ -515,7 +533,7 @@ class _Aria2Task:
         self.started = False
         try:
             return self._finish(total, resumed)
-        except IntegrityError:
+        except (IntegrityError, OSError):  # wrong bytes (discarded), or none at all
             return None
 
     def _fetch_natively(self, url: str, headers: dict[str, str]) -> FileResult:
@@ -604,14 +622,15 @@ class _Aria2Task:
         return 0
 
     def _target(self) -> tuple[str, dict[str, str]]:
-        """The URL and headers to give aria2c: the job's resolver asks the Hub; a URL that still
-        carries the token is walked here (aria2c would send the token on to the CDN)."""
+        """The URL and headers to give aria2c: the job's resolver asks the Hub; any other URL, and one
+        that still carries the token, is walked here (aria2c would send the token on to the CDN)."""
         if self.job.resolve is not None:
-            target = self.job.resolve()
+            target = self.job.resolve()  # redirects walked by the Hub client
             url, headers = target.url, dict(target.headers)
         else:
             url, headers = self.job.url, dict(self.job.headers)
-        if carries_token(headers):
+        if carries_token(headers) or self.job.resolve is None:
+            # Walked here: aria2c would forward the token, and would follow any scheme.
             timeout = max(self.engine.stall_timeout, 10.0)
             found = locate(url, headers, timeout=timeout, what=self.job.name)
             url, headers = found.url, dict(found.headers)
@@ -646,7 +665,10 @@ class _Aria2Task:
                 piece = int(status["pieceLength"])
                 if self.hasher is not None:
                     self.hasher.advance_to(min(total, _prefix_pieces(bitfield) * piece))
-                if time.monotonic() - last_save >= STATE_SAVE_INTERVAL and total >= SINGLE_STREAM_BELOW:
+                due = time.monotonic() - last_save >= STATE_SAVE_INTERVAL or status["status"] == "error"
+                if due and total >= SINGLE_STREAM_BELOW:
+                    # On an error too: on a full disk aria2c truncates its control file, and this
+                    # record (rewritten in place) is then what the next run resumes from.
                     last_save = time.monotonic()
                     self._save(total, _bitfield_ranges(bitfield, piece, total))
             state = status["status"]

@@ -47,6 +47,7 @@ from imageworks.transfer.base import (
     ResumeState,
     backoff_delay,
     check_and_commit,
+    check_partial_paths,
     covered,
     disk_error,
     existing_result,
@@ -72,6 +73,12 @@ STATE_SAVE_INTERVAL = 1.0
 TICK = 0.05
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 600.0
+# The minimum-speed rule (as aria2's --lowest-speed-limit): over each stall-timeout window, a
+# connection slower than this, or than 1/SLOW_FACTOR of the median of the others, is replaced (its
+# range is asked for again on a new connection). Without it a server trickling 1 byte/s never
+# trips the read timeout and the download never ends.
+LOWEST_SPEED = 512.0
+SLOW_FACTOR = 20.0
 
 
 class _Retry(Exception):
@@ -94,6 +101,8 @@ class _Segment:
     end: int | None  # None: until the server closes (single stream of unknown length)
     claimed: int = 0  # bytes up to here belong to this connection (beyond it may be stolen)
     written: int = 0  # bytes up to here are in the file
+    sock: socket.socket | None = None  # the connection fetching it now
+    mark: tuple[float, int] = (0.0, 0)  # (time, written) when its speed was last measured
 
     def __post_init__(self) -> None:
         self.claimed = self.written = self.start
@@ -317,6 +326,7 @@ class _FileTask:
             self.job.dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise disk_error(self.job, exc, 0) from exc
+        check_partial_paths(self.paths)
         for attempt in range(2):
             try:
                 return self._download()
@@ -413,6 +423,7 @@ class _FileTask:
             for w in workers:
                 w.join(TICK / len(workers))
             self._feed_hasher()
+            self._replace_slow()
             if time.monotonic() - last_save >= STATE_SAVE_INTERVAL and self.sched is not None:
                 last_save = time.monotonic()
                 saved = self._save(saved)
@@ -615,16 +626,45 @@ class _FileTask:
         headers = self._request_headers(seg, headers)
         with self.client.stream("GET", url, headers=headers) as response:
             sock = _socket_of(response)
-            if sock is not None:
-                with self.lock:
+            with self.lock:
+                seg.sock, seg.mark = sock, (time.monotonic(), seg.written)
+                if sock is not None:
                     self.sockets.add(sock)
             try:
                 self._check_response(response, seg, headers, url)
                 self._copy(response.iter_raw(), fd, seg)
             finally:
-                if sock is not None:
-                    with self.lock:
+                with self.lock:
+                    seg.sock = None
+                    if sock is not None:
                         self.sockets.discard(sock)
+
+    def _replace_slow(self) -> None:
+        """The minimum-speed rule (see LOWEST_SPEED): measure each connection over a window of the
+        stall timeout; one far below the floor or the others is cut, and its range retried."""
+        window = max(self.engine.stall_timeout, 0.5)
+        now = time.monotonic()
+        with self.lock:
+            if self.sched is None:
+                return
+            measured = [
+                (seg, (seg.written - seg.mark[1]) / (now - seg.mark[0]))
+                for seg in self.sched.active
+                if seg.sock is not None and now - seg.mark[0] >= window
+            ]
+            for seg, _ in measured:
+                seg.mark = (now, seg.written)
+        for seg, speed in measured:
+            others = sorted(v for s, v in measured if s is not seg)
+            median = others[len(others) // 2] if others else 0.0
+            if speed < LOWEST_SPEED or (median and speed < median / SLOW_FACTOR):
+                text = f"{self.job.name}: a connection at {speed:.0f} B/s is replaced"
+                log.info("%s", text)
+                self._emit("message", text)
+                sock = seg.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
     def _check_response(
         self, response: httpx.Response, seg: _Segment, headers: dict[str, str], url: str
