@@ -946,11 +946,12 @@ def test_a_redirect_to_file_scheme_fails_at_once(kind: str, server: FileServer, 
     """15.11: not 31 s of retries with "check the network"."""
     server.redirects["w.bin"] = "file:///etc/hostname"
     job = FileJob(server.url("w.bin"), tmp_path / "w.bin", 6 * MiB if kind != "pool" else 1000, "0" * 64)
-    engine = (
-        choose_engine(kind, retries=5, backoff=1.0, pool=True)
-        if kind == "pool"
-        else engine_for(kind, backoff=1.0, retries=5)
-    )
+    if kind == "pool":
+        from imageworks.transfer.pool import PoolEngine
+
+        engine = PoolEngine(retries=5, backoff=1.0)
+    else:
+        engine = engine_for(kind, backoff=1.0, retries=5)
     with pytest.raises(TransferError, match="unsupported URL scheme") as info:
         _, _ = _bounded(lambda: engine.fetch([job], NullProgress()), 20)
     assert "check the network" not in str(info.value) + str(info.value.hint)

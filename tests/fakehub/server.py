@@ -540,7 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=raw_path,
             query={k: v[-1] for k, v in query.items()},
             headers={k.lower(): v for k, v in self.headers.items()},
-            client="%s:%s" % self.client_address[:2],
+            client=f"{self.client_address[0]}:{self.client_address[1]}",
         )
         hub._record(self._record)
         length = int(self.headers.get("Content-Length") or 0)
