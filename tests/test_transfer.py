@@ -1098,3 +1098,55 @@ def test_a_trickling_connection_is_replaced(server: FileServer, tmp_path: Path) 
     )
     assert result.sha256 == sha(data) and seconds < 20
     assert any("is replaced" in m for m in progress.messages)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole downloads through the CLI: stale records, small files, the plan's engines (issues 15.14, 13)
+
+
+def _small_files_repo(hub, n: int = 40) -> dict[str, bytes]:
+    files = {f"tokenizer/part-{i:03d}.json": b'{"i": %d}' % i * (i + 1) for i in range(n)}
+    files["config.json"] = b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    files["model.safetensors"] = blob(6 * MiB, 48)
+    hub.add_repo("Owner/Many", files)
+    return files
+
+
+def test_stale_partial_records_of_complete_files_are_cleaned(fake_hub, run_cli, isolated_env) -> None:
+    _small_files_repo(fake_hub, 3)
+    assert run_cli("download", "Owner/Many", "--engine", "native").returncode == 0
+    folder = isolated_env["models"] / "Owner" / "Many"
+    paths = PartialPaths.for_dest(folder / "model.safetensors")
+    paths.temp.write_bytes(b"x" * 100)
+    paths.state.write_text('{"format": "imageworks-partial", "version": 1, "size": 1, "done": []}')
+    again = run_cli("download", "Owner/Many", "--engine", "native")
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert not paths.temp.exists() and not paths.state.exists()
+
+
+@pytest.mark.parametrize("engine", ["native", pytest.param("aria2", marks=ENGINES[1].marks)])
+def test_small_files_share_kept_alive_connections_and_skip_the_head(
+    engine: str, fake_hub, run_cli, isolated_env
+) -> None:
+    """13: small files go through one keep-alive pool: one GET each, no HEAD, a few connections for
+    all of them; the large file goes through the chosen engine. The plan says which engine is whose."""
+    files = _small_files_repo(fake_hub)
+    plan = run_cli("download", "Owner/Many", "--engine", engine, "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    engines = {f["path"]: f["engine"] for f in json.loads(plan.stdout)["data"]["plan"]["files"]}
+    assert engines["model.safetensors"] == engine
+    assert {engines[p] for p in files if p != "model.safetensors"} == {"pool"}
+    text = run_cli("download", "Owner/Many", "--engine", engine, "--dry-run")
+    assert "engine" in text.stdout and "pool" in text.stdout
+    fake_hub.clear_requests()
+    result = run_cli("download", "Owner/Many", "--engine", engine)
+    assert result.returncode == 0, result.stderr
+    folder = isolated_env["models"] / "Owner" / "Many"
+    for path, data in files.items():
+        assert (folder / path).read_bytes() == data
+    small = [p for p in files if p != "model.safetensors"]
+    hub_side = [r for r in fake_hub.requests if r.server == "hub" and "/resolve/" in r.path]
+    small_requests = [r for r in hub_side if any(r.path.endswith(p.split("/")[-1]) for p in small)]
+    assert not any(r.method == "HEAD" for r in small_requests)
+    assert len([r for r in small_requests if r.method == "GET"]) == len(small)
+    assert len({r.client for r in small_requests}) <= 8  # kept alive, not one connection per file

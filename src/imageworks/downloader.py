@@ -397,6 +397,11 @@ def _execute(
         result.timings = timings
         return result
 
+    for item in plan.files:
+        if item.present:
+            # A resume record beside a complete, verified file is stale (two runs raced, or one
+            # died between the rename and the cleanup): it would keep `scan` away from the folder.
+            PartialPaths.for_dest(item.dest).discard()
     if force:
         # A fresh download: what is on disk is neither trusted nor resumed from.
         for item in plan.files:
