@@ -274,3 +274,70 @@ def test_hub_timeout_setting_flag_env_file_default(tmp_path) -> None:
     for bad in ("0", "-1", "soon", "inf"):
         with pytest.raises(ConfigError, match="positive number of seconds"):
             resolve_config(registry_dir=tmp_path, env={**home, "IMAGEWORKS_HUB_TIMEOUT": bad})
+
+
+class HostileHub:
+    """A Hub whose model info is an endless body, a declared 400 MB one, or JSON nested 100,000 deep."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sent = 0
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if hub.mode == "deep":
+                    body = b"[" * 100_000 + b"]" * 100_000
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if hub.mode == "declared":
+                    self.send_header("Content-Length", str(400 * 1024 * 1024))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b'{"id": "x", ' + b" " * (1024 * 1024)
+                deadline = time.monotonic() + 20  # a bounded life, whatever the client does
+                try:
+                    while time.monotonic() < deadline and hub.sent < 400 * 1024 * 1024:
+                        self.wfile.write(chunk)
+                        hub.sent += len(chunk)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["endless", "declared", "deep"])
+def test_hostile_hub_answers_are_capped_with_a_clear_error(mode: str, monkeypatch) -> None:
+    """15.8: a 400 MB model-info body is not buffered whole, nor parsed past a depth."""
+    hub = HostileHub(mode)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HubError) as info:
+            client(retries=0).snapshot("owner/repo")
+        assert time.monotonic() - started < 10
+    finally:
+        hub.stop()
+    message = str(info.value)
+    if mode == "deep":
+        assert "cannot be read" in message
+    else:
+        assert "larger than 64 MiB" in message
+        assert hub.sent < 128 * 1024 * 1024  # we stopped reading at the cap
+    assert "Traceback" not in message
