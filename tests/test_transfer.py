@@ -1150,3 +1150,23 @@ def test_small_files_share_kept_alive_connections_and_skip_the_head(
     assert not any(r.method == "HEAD" for r in small_requests)
     assert len([r for r in small_requests if r.method == "GET"]) == len(small)
     assert len({r.client for r in small_requests}) <= 8  # kept alive, not one connection per file
+
+
+def test_progress_speed_and_eta_leave_resumed_bytes_out() -> None:
+    """Issue 9: a file resumed from 1 MB on disk must not show as 1 MB downloaded in an instant."""
+    from imageworks.cli.download_cmd import RichProgress
+
+    display = RichProgress(total=2 * MiB)
+    first, second = (FileJob("http://x/a", Path("a"), MiB), FileJob("http://x/b", Path("b"), MiB))
+    started = time.monotonic()
+    display.file_started(first, MiB, 0)
+    display.advance(first, 10_000)
+    time.sleep(0.05)
+    display.file_started(second, MiB, MiB - 20_000)  # resumed: almost all of it was on disk
+    display.advance(second, 10_000)
+    time.sleep(0.05)
+    display.advance(second, 10_000)
+    elapsed = time.monotonic() - started
+    [total] = [t for t in display._progress.tasks if t.description == "total"]
+    assert total.speed is not None and total.speed < 40_000 / elapsed * 1.5  # ~30 KB fetched, not 1 MB
+    assert total.time_remaining is not None and total.time_remaining > 1.0

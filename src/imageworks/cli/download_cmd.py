@@ -41,7 +41,15 @@ class RichProgress:
 
     def file_started(self, job: FileJob, total: int | None, already: int) -> None:
         self._tasks[job.name] = self._progress.add_task(job.name, total=total, completed=already)
-        self._progress.advance(self._total, already)
+        self._not_fetched(already)
+
+    def _not_fetched(self, n: int) -> None:
+        """Bytes already on disk (resumed, or a file already complete) leave the total bar's goal
+        instead of advancing it: rich counts every advance in the speed, and so in the ETA."""
+        if n:
+            task = next(t for t in self._progress.tasks if t.id == self._total)
+            if task.total is not None:
+                self._progress.update(self._total, total=max(task.completed, task.total - n))
 
     def advance(self, job: FileJob, n: int) -> None:
         task = self._tasks.get(job.name)
@@ -54,7 +62,7 @@ class RichProgress:
         if task is not None:
             self._progress.remove_task(task)
         if result.skipped:
-            self._progress.advance(self._total, result.size)
+            self._not_fetched(result.size)
         self._progress.console.print(f"  done {job.name} ({human_size(result.size)})", markup=False)
 
     def message(self, text: str) -> None:
@@ -100,6 +108,7 @@ class PlainProgress:
     def file_done(self, job: FileJob, result: FileResult) -> None:
         if result.skipped:
             self.done += result.size
+            self.resumed += result.size
         _err(f"  done {job.name} ({human_size(result.size)})")
 
     def message(self, text: str) -> None:
