@@ -166,9 +166,7 @@ def choose_engine(
     if pool:
         from imageworks.transfer.pool import PoolEngine
 
-        small = PoolEngine(
-            workers=8, stall_timeout=stall_timeout, retries=retries, backoff=backoff, verify=verify
-        )
+        small = PoolEngine(stall_timeout=stall_timeout, retries=retries, backoff=backoff, verify=verify)
         engine = Router(engine, small)
     log.info("download engine: %s", engine.note)
     return engine

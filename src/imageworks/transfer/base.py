@@ -471,6 +471,18 @@ def check_and_commit(
 
     On a mismatch everything partial is discarded (the bytes are wrong, resuming from them would only
     reproduce the error) and IntegrityError names the file and both digests."""
+    size = check_partial(job, paths, sha256, sha1, verify=verify)
+    commit(paths.temp, job.dest)
+    for path in (paths.state, paths.control):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return size
+
+
+def check_partial(
+    job: FileJob, paths: PartialPaths, sha256: str, sha1: str | None, *, verify: bool = True
+) -> int:
+    """The verification half of `check_and_commit`: size and digests, or IntegrityError."""
     size = paths.temp.stat().st_size
     if job.size is not None and size != job.size:
         _integrity_failure(job, paths, "size", str(job.size), str(size))
@@ -485,10 +497,6 @@ def check_and_commit(
             bad = _mismatch(job, sha256, sha1)
             if bad:
                 _integrity_failure(job, paths, *bad)
-    commit(paths.temp, job.dest)
-    for path in (paths.state, paths.control):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
     return size
 
 
@@ -523,6 +531,19 @@ def commit(temp: Path, dest: Path) -> None:
     os.replace(temp, dest)
     fsync_dir(dest.parent)
     log.debug("%s: fsync + rename took %.3f s", dest.name, time.perf_counter() - began)
+
+
+def commit_many(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """`commit` for many small files whose bytes the caller already flushed (fdatasync in its worker
+    threads, where ext4 groups them into few journal commits: ~0.2 s for 1,500 files, against ~4.5 ms
+    per file for fsync + rename + fsync of the folder one by one): the renames, then one fsync per
+    folder. The same guarantee: every file's bytes reach the disk before its name does."""
+    began = time.perf_counter()
+    for temp, dest in pairs:
+        os.replace(temp, dest)
+    for folder in {dest.parent for _, dest in pairs}:
+        fsync_dir(folder)
+    log.debug("%d files: renames took %.3f s", len(pairs), time.perf_counter() - began)
 
 
 def disk_error(job: FileJob, exc: OSError, kept: int) -> TransferError:
@@ -633,6 +654,7 @@ class _Pump:
         self.tasks = tasks
         self.events = events
         self.reported: dict[int, int] = {}
+        self.active: dict[int, FileTask] = {}
 
     def _flush(self, task: FileTask) -> None:
         key = id(task)
@@ -648,11 +670,14 @@ class _Pump:
             if kind == "started":
                 total, already = payload
                 self.reported[id(task)] = already
+                self.active[id(task)] = task
                 self.sink.file_started(task.job, total, already)
             elif kind == "done":
                 self._flush(task)
+                self.active.pop(id(task), None)
                 self.sink.file_done(task.job, payload)
             else:
                 self.sink.message(payload)
-        for task in self.tasks:
+        # Only files in flight: with 1,500 small files, walking them all 20 times a second costs.
+        for task in list(self.active.values()):
             self._flush(task)

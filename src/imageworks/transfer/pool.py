@@ -34,8 +34,9 @@ from imageworks.transfer.base import (
     PartialPaths,
     ProgressSink,
     backoff_delay,
-    check_and_commit,
+    check_partial,
     check_partial_paths,
+    commit_many,
     disk_error,
     existing_result,
     open_private,
@@ -52,6 +53,7 @@ log = logging.getLogger("imageworks.transfer.pool")
 # segmented download once aria2c's per-file RPC and connection set-up are counted; above it, several
 # connections per file win.
 SMALL_FILE = 4 * MiB
+WORKERS = 16  # requests in flight: latency, not bandwidth, bounds a stream of small files
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -66,7 +68,7 @@ class PoolEngine:
     def __init__(
         self,
         *,
-        workers: int = 8,
+        workers: int = WORKERS,
         stall_timeout: float = 30.0,
         retries: int = 5,
         backoff: float = 1.0,
@@ -98,7 +100,17 @@ class PoolEngine:
             headers={"User-Agent": "imageworks", "Accept-Encoding": "identity"},
         ) as client:
             tasks = [_SmallTask(self, job, client, stop, events) for job in jobs]
-            return run_file_tasks(tasks, events, progress, max_files=self.workers, stop=stop, cancel=cancel)
+            try:
+                return run_file_tasks(
+                    tasks, events, progress, max_files=self.workers, stop=stop, cancel=cancel
+                )
+            finally:
+                # Verified files are renamed into place together (even when another file failed).
+                verified = [t for t in tasks if t.result is not None and not t.result.skipped]
+                try:
+                    commit_many([(t.paths.temp, t.job.dest) for t in verified])
+                except OSError as exc:
+                    raise disk_error(verified[0].job, exc, 0) from exc
 
 
 class _SmallTask:
@@ -203,6 +215,8 @@ class _SmallTask:
                     if digests is not None:
                         digests.update(chunk)
                     self.on_disk_bytes = size
+                handle.flush()
+                os.fdatasync(handle.fileno())  # before the rename (`commit_many`)
         except ImageworksError:
             with contextlib.suppress(FileNotFoundError):
                 self.paths.temp.unlink()
@@ -216,7 +230,8 @@ class _SmallTask:
         sha256 = digests.sha256.hexdigest() if digests is not None else ""
         sha1 = digests.sha1.hexdigest() if digests is not None and digests.sha1 else None
         try:
-            final = check_and_commit(job, self.paths, sha256, sha1, verify=self.engine.verify)
+            # Renamed into place by the engine, with the others (`commit_many`).
+            final = check_partial(job, self.paths, sha256, sha1, verify=self.engine.verify)
         except OSError as exc:
             raise disk_error(job, exc, 0) from exc
         return FileResult(job, sha256, final, bytes_fetched=final, resumed_from=0, skipped=False)
