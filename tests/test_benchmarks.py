@@ -16,7 +16,7 @@ QUICK = {
     "inspect_speed.py": (["--reps", "1"], "bytes read"),
     "scan_speed.py": (["--models", "50", "--reps", "1"], "re-scan"),
     "verify.py": (["--size-mb", "64", "--reps", "1", "--warm-only"], "ratios (median)"),
-    "download.py": (["--size-mb", "64", "--reps", "1"], "snapshot_download"),
+    "download.py": (["--size-mb", "64", "--small-files", "200", "--reps", "1"], "x hf-snapshot"),
 }
 
 
