@@ -1,33 +1,15 @@
-"""The Hub API: the one network choke point for repo metadata, listings, file URLs and auth.
-
-Metadata goes through huggingface_hub's `HfApi` (imported lazily: it costs ~0.3 s), always with the
-endpoint and token from our `Config`, never from the library's import-time globals. File URLs are
-resolved here too: a HEAD on `{endpoint}/{repo}/resolve/{commit}/{path}` with the token, without
-following redirects, so we decide which host gets the token: the Hub itself may, the CDN it redirects to
-never does (a signed URL plus a bearer token is refused by the CDN anyway, and the token must not leak).
-
-Every failure becomes an `imageworks.errors` exception whose hint says what to do.
-
-Retries and timeouts are HubClient's alone (see `_scoped_session`): each Hub request made through the
-library gets the configured timeout (`hub_timeout`, IMAGEWORKS_HUB_TIMEOUT) and one attempt, and
-`HubClient` decides what to retry and how long to wait.
-"""
+"""HubClient: repo metadata, listings, file URLs and auth against one endpoint with one token."""
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import logging
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
 from imageworks.errors import (
     AuthError,
@@ -38,7 +20,6 @@ from imageworks.errors import (
     ImageworksError,
     RepoNotFound,
     RevisionNotFound,
-    TransferError,
 )
 from imageworks.listing import RepoFile
 
@@ -47,12 +28,28 @@ if TYPE_CHECKING:
 
     from imageworks.config import Config
 
-log = logging.getLogger("imageworks.hub")
-T = TypeVar("T")
+from imageworks.hub.library import (
+    CONNECT_TIMEOUT_CAP,
+    POLICY,
+    AttemptFailed,
+    Policy,
+    network_error_types,
+    package_version,
+    retryable,
+    scoped_session,
+)
+from imageworks.hub.urls import (
+    USER_AGENT,
+    ResolvedUrl,
+    TooLarge,
+    read_capped,
+    retry_after_seconds,
+    walk_redirects,
+)
 
-USER_AGENT = "imageworks"
-MAX_REDIRECTS = 5
-CONNECT_TIMEOUT_CAP = 10.0  # a Hub that accepts no connection in 10 s is down, whatever the read timeout
+log = logging.getLogger("imageworks.hub")
+
+T = TypeVar("T")
 # The largest Hub answer we read: model info with every file of a 50,000-file repo is ~10 MB.
 MAX_BODY = 64 * 1024 * 1024
 
@@ -78,210 +75,6 @@ class Snapshot:
 
     def file(self, path: str) -> RepoFile | None:
         return next((f for f in self.files if f.path == path), None)
-
-
-@dataclass(frozen=True)
-class ResolvedUrl:
-    """Where to GET a file. `headers` carry the token only when `url` is on the Hub's own host."""
-
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    cross_host: bool = False
-
-
-# ------------------------------------------------------------------------------ the rules, once each
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, the default port filled in: what "the same host" means here."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def same_origin(a: str, b: str) -> bool:
-    return origin(a) == origin(b)
-
-
-def forward_headers(headers: Mapping[str, str], source: str, target: str) -> dict[str, str]:
-    """The headers a request to `target` may carry when `headers` were meant for `source`: the token
-    (Authorization) never goes to another origin, the CDN above all. The one place of this rule."""
-    if same_origin(source, target):
-        return dict(headers)
-    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
-
-
-def carries_token(headers: Mapping[str, str]) -> bool:
-    return any(k.lower() == "authorization" for k in headers)
-
-
-def check_scheme(url: str, what: str) -> None:
-    """Only http(s) is ever fetched: a redirect to file://, ftp:// or data: fails at once, clearly
-    (it is not a network fault to retry)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise TransferError(
-            f"{what}: the server sent us to an unsupported URL scheme {scheme + ':' if scheme else '(none)'!r}",
-            hint="only http:// and https:// are downloaded; the server or mirror (HF_ENDPOINT) is misconfigured",
-        )
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Retry-After as seconds (delay-seconds or an HTTP date), None when absent or unparsable."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("imageworks")
-    except PackageNotFoundError:
-        return "0"
-
-
-def _network_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx", "httpx2"):
-        try:
-            mod = __import__(module)
-        except ImportError:
-            continue
-        types.append(mod.TransportError)
-    return tuple(types)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    for module in ("httpx", "httpx2"):
-        mod = sys.modules.get(module)
-        if mod is not None and isinstance(exc, mod.TimeoutException):
-            return True
-    return isinstance(exc, TimeoutError)
-
-
-# ------------------------------------------------------------------------------ huggingface_hub's client
-#
-# HfApi sends every request through one process-wide httpx2 client (`huggingface_hub.get_session()`),
-# made with timeout=None, and its paginated listings (the file tree) go through `http_backoff`, which
-# passes timeout=None per request and retries network errors and 408/429/5xx five times (sleeping
-# 1+2+4+8+8 s) before raising. Under HubClient's own retries that stacked to 131 s for an unreachable
-# endpoint, and a stalled listing waited forever.
-#
-# The library's hook for this is `set_client_factory`. The client installed here is built like the one
-# it replaces (same event hooks, which carry offline mode and request ids; same redirect and timeout
-# settings) and behaves exactly like it, except while a HubClient call runs in the current thread or
-# task (a ContextVar, so other threads and other code using huggingface_hub are unaffected). Then every
-# request gets HubClient's timeout, and a network error or a retryable status leaves the library as
-# `_AttemptFailed`, which `http_backoff` does not catch: one attempt per HubClient try.
-# Limits: a transport, proxy or TLS setting of a factory an application installed before us is not
-# carried over, and a factory installed after ours takes these guarantees away.
-
-
-@dataclass(frozen=True)
-class _Policy:
-    timeout: float  # seconds per connect and per read
-    max_body: int  # bytes of one answer
-
-
-_POLICY: ContextVar[_Policy | None] = ContextVar("imageworks_hub_policy", default=None)
-_INSTALL_LOCK = threading.Lock()
-_INSTALLED = False
-
-
-class _AttemptFailed(Exception):
-    """One request of a HubClient call failed in a way HubClient may retry: `status` 408/429/5xx, or a
-    network error (`status` None)."""
-
-    def __init__(self, status: int | None, headers: Mapping[str, str], error: BaseException | None) -> None:
-        super().__init__(f"HTTP {status}" if status else repr(error))
-        self.status = status
-        self.headers = dict(headers)
-        self.timed_out = error is not None and _is_timeout(error)
-
-
-class _TooLarge(Exception):
-    """A Hub answer longer than the cap: not buffered, not retried."""
-
-    def __init__(self, size: int, cap: int) -> None:
-        super().__init__(f"more than {cap} bytes")
-        self.size, self.cap = size, cap
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
-def _read_capped(response: Any, cap: int) -> bytes:
-    """The body of a streamed httpx/httpx2 response, refusing (and closing) past `cap` bytes: a
-    hostile or broken Hub cannot make us buffer 400 MB of model info."""
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > cap:
-        response.close()
-        raise _TooLarge(int(length), cap)
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > cap:
-            response.close()
-            raise _TooLarge(size, cap)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@functools.cache
-def _scoped_client_class() -> type[Any]:
-    import httpx2
-
-    class ScopedClient(httpx2.Client):
-        def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
-            policy = _POLICY.get()
-            if policy is None:
-                return super().send(request, **kwargs)
-            timeout = httpx2.Timeout(policy.timeout, connect=min(policy.timeout, CONNECT_TIMEOUT_CAP))
-            request.extensions["timeout"] = timeout.as_dict()
-            streamed = kwargs.pop("stream", False)
-            try:
-                response = super().send(request, stream=True, **kwargs)
-                if _retryable(response.status_code):
-                    response.close()
-                    raise _AttemptFailed(response.status_code, response.headers, None)
-                if not streamed:
-                    # What Response.read() does, with a cap on the size.
-                    response._content = _read_capped(response, policy.max_body)
-            except httpx2.TransportError as exc:
-                raise _AttemptFailed(None, {}, exc) from exc
-            return response
-
-    return ScopedClient
-
-
-def _scoped_session() -> None:
-    """Install the scoped client as huggingface_hub's shared one, once per process (see above)."""
-    global _INSTALLED
-    if _INSTALLED:
-        return
-    from huggingface_hub import get_session, set_client_factory
-
-    cls = _scoped_client_class()
-    with _INSTALL_LOCK:
-        if _INSTALLED:
-            return
-        current = get_session()
-        hooks = current.event_hooks
-        follow, timeout = current.follow_redirects, current.timeout
-        set_client_factory(lambda: cls(event_hooks=hooks, follow_redirects=follow, timeout=timeout))
-        _INSTALLED = True
 
 
 class HubClient:
@@ -322,7 +115,7 @@ class HubClient:
         if self._api is None:
             from huggingface_hub import HfApi
 
-            _scoped_session()
+            scoped_session()
 
             # token=False (not None) when we have none: None would make the library read its own
             # token file, located from the environment as it was when it was imported.
@@ -330,7 +123,7 @@ class HubClient:
                 endpoint=self.endpoint,
                 token=self.token or False,
                 library_name=USER_AGENT,
-                library_version=_version(),
+                library_version=package_version(),
             )
         return self._api
 
@@ -415,13 +208,13 @@ class HubClient:
         self._sleep(wait)
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
-        """The one retry loop: `attempt` raises `_AttemptFailed` for what may be retried (network
+        """The one retry loop: `attempt` raises `AttemptFailed` for what may be retried (network
         errors, 408/429/5xx); `_wait` sleeps or gives up."""
         tries = 0
         while True:
             try:
                 return attempt()
-            except _AttemptFailed as exc:
+            except AttemptFailed as exc:
                 log.debug("%s: %s", what, exc)
                 self._wait(tries, exc.status, exc.headers, what, timed_out=exc.timed_out)
                 tries += 1
@@ -433,20 +226,20 @@ class HubClient:
         to ours."""
         from huggingface_hub.errors import HfHubHTTPError
 
-        network = _network_error_types()
+        network = network_error_types()
 
         def once() -> T:
-            scope = _POLICY.set(_Policy(self.timeout, self.max_body))
+            scope = POLICY.set(Policy(self.timeout, self.max_body))
             try:
                 return fn()
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
-                if not (status is not None and _retryable(status)):
+                if not (status is not None and retryable(status)):
                     raise self._map_hf_error(exc, repo_id=repo_id, revision=revision, path=path) from None
-                raise _AttemptFailed(status, exc.response.headers, None) from exc
+                raise AttemptFailed(status, exc.response.headers, None) from exc
             except network as exc:
-                raise _AttemptFailed(None, {}, exc) from exc
-            except _TooLarge as exc:
+                raise AttemptFailed(None, {}, exc) from exc
+            except TooLarge as exc:
                 raise self._too_large(what, exc) from None
             except (RecursionError, ValueError) as exc:
                 # A Hub answer nested thousands deep, or a 5,000-digit number, breaks the JSON parser.
@@ -457,11 +250,11 @@ class HubClient:
                     hint="the Hub (or the HF_ENDPOINT mirror) sent a malformed answer; try again later",
                 ) from None
             finally:
-                _POLICY.reset(scope)
+                POLICY.reset(scope)
 
         return self._retrying(what, once)
 
-    def _too_large(self, what: str, exc: _TooLarge) -> HubError:
+    def _too_large(self, what: str, exc: TooLarge) -> HubError:
         return HubError(
             f"{what}: the Hub's answer is larger than {exc.cap // (1024 * 1024)} MiB; refused",
             hint="the Hub (or the HF_ENDPOINT mirror) sent an oversized answer; check HF_ENDPOINT",
@@ -469,16 +262,16 @@ class HubClient:
 
     def _request(self, method: str, url: str, headers: Mapping[str, str], what: str, *, cap: int) -> Any:
         """One request with our timeout (redirects not followed); the body read up to `cap` bytes.
-        Retryable failures raise `_AttemptFailed` for `_retrying`."""
-        network = _network_error_types()
+        Retryable failures raise `AttemptFailed` for `_retrying`."""
+        network = network_error_types()
         try:
             with self.http.stream(method, url, headers=dict(headers)) as response:
                 if response.status_code == 429 or response.status_code >= 500:
-                    raise _AttemptFailed(response.status_code, response.headers, None)
-                body = _read_capped(response, cap) if method != "HEAD" else b""
+                    raise AttemptFailed(response.status_code, response.headers, None)
+                body = read_capped(response, cap) if method != "HEAD" else b""
         except network as exc:
-            raise _AttemptFailed(None, {}, exc) from exc
-        except _TooLarge as exc:
+            raise AttemptFailed(None, {}, exc) from exc
+        except TooLarge as exc:
             raise self._too_large(what, exc) from None
         response._content = body  # what Response.read() does, capped
         return response
@@ -638,7 +431,7 @@ class HubClient:
         url = f"{self.endpoint}/api/whoami-v2"
         try:
             response = self._request("GET", url, self.auth_headers(), "whoami", cap=1024 * 1024)
-        except _AttemptFailed as exc:
+        except AttemptFailed as exc:
             if exc.status is not None:
                 return exc.status, None
             reason = f"no answer within {self.timeout:g} s" if exc.timed_out else "no connection"
@@ -708,101 +501,3 @@ class HubClient:
         if response.status_code == 416:
             return b""
         raise HubError(f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}")
-
-
-# ------------------------------------------------------------------------- redirects and direct URLs
-
-Request = Callable[[str, Mapping[str, str]], Any]
-"""request(url, headers) -> an httpx response (redirects not followed)."""
-
-
-def walk_redirects(
-    request: Request, url: str, headers: Mapping[str, str], what: str, *, to_other_hosts: bool = False
-) -> tuple[str, dict[str, str], Any]:
-    """Follow redirects ourselves, so that we decide which host gets which header (`forward_headers`)
-    and which schemes are fetched (`check_scheme`). Returns (url, headers, final response); without
-    `to_other_hosts` the walk ends at the first redirect to another host, with response None."""
-    current = dict(headers)
-    check_scheme(url, what)
-    for _ in range(MAX_REDIRECTS + 1):
-        response = request(url, current)
-        status = response.status_code
-        if status not in (301, 302, 303, 307, 308):
-            return url, current, response
-        location = response.headers.get("Location")
-        if not location:
-            raise HubError(f"{what}: redirect (HTTP {status}) without a Location")
-        target = urljoin(url, location)
-        check_scheme(target, what)
-        current = forward_headers(current, url, target)
-        if not to_other_hosts and not same_origin(target, url):
-            return target, current, None
-        url = target
-    raise TransferError(f"{what}: more than {MAX_REDIRECTS} redirects")
-
-
-def locate(url: str, headers: Mapping[str, str], *, timeout: float, what: str) -> ResolvedUrl:
-    """Where a GET of `url` with `headers` ends up, for an engine that must not follow redirects with
-    the token itself (aria2c forwards every header on a redirect): HEAD requests, one attempt each."""
-    import httpx
-
-    with httpx.Client(follow_redirects=False, timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
-
-        def head(u: str, h: Mapping[str, str]) -> Any:
-            try:
-                return client.head(u, headers=dict(h))
-            except httpx.HTTPError as exc:
-                raise TransferError(
-                    f"{what}: cannot reach {urlsplit(u).hostname}: {type(exc).__name__}",
-                    hint="check the network and run the same command again to resume",
-                ) from exc
-
-        target, out, response = walk_redirects(head, url, headers, what)
-    return ResolvedUrl(target, out, cross_host=response is None)
-
-
-def probe_url(url: str, *, timeout: float = 30.0) -> tuple[str | None, int | None]:
-    """(file name from Content-Disposition, size) of a direct URL, following redirects (only http(s));
-    no token is ever sent to a direct URL."""
-    import httpx
-
-    from imageworks.redaction import redact_url
-
-    what = redact_url(url)
-    with httpx.Client(follow_redirects=False, timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
-
-        def request(u: str, h: Mapping[str, str]) -> Any:
-            response = client.head(u, headers=dict(h))
-            if response.status_code in (403, 405, 501):  # servers (and signed URLs) that refuse HEAD
-                with client.stream("GET", u, headers=dict(h)) as streamed:
-                    response = streamed
-            return response
-
-        try:
-            _, _, response = walk_redirects(request, url, {}, what, to_other_hosts=True)
-        except httpx.HTTPError as exc:
-            raise TransferError(
-                f"cannot reach {what}: {type(exc).__name__}", hint="check the URL and the network"
-            ) from None
-    if response.status_code >= 400:
-        raise HubError(
-            f"{what} answered HTTP {response.status_code}",
-            hint="check the URL; it may need a login in a browser, or may have expired",
-        )
-    size = response.headers.get("Content-Length")
-    encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-    return (
-        _content_disposition_name(response.headers.get("Content-Disposition")),
-        int(size) if size and size.isdigit() and not encoded else None,
-    )
-
-
-def _content_disposition_name(value: str | None) -> str | None:
-    if not value:
-        return None
-    from email.message import Message
-
-    message = Message()
-    message["content-disposition"] = value
-    name = message.get_filename()
-    return PurePosixPath(name.replace("\\", "/")).name if name else None
