@@ -23,15 +23,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import http.client
-import itertools
-import json
 import logging
 import os
-import secrets
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -40,8 +33,8 @@ from urllib.parse import urlsplit
 
 from imageworks.errors import IntegrityError, TransferError
 from imageworks.hub import carries_token, check_scheme, locate
-from imageworks.process import spawn
 from imageworks.transfer.aria2_control import read_control, write_control
+from imageworks.transfer.aria2_rpc import Aria2StartError, Daemon, Halted
 from imageworks.transfer.base import (
     Engine,
     Events,
@@ -90,10 +83,6 @@ _DISK = {"14", "15", "16", "17", "18"}
 _RESUME_IMPOSSIBLE = {"8", "10"}
 
 
-class _Halted(Exception):
-    pass
-
-
 class Aria2Engine:
     name = "aria2"
 
@@ -137,7 +126,7 @@ class Aria2Engine:
     ) -> list[FileResult]:
         stop = threading.Event()
         events: Events = collections.deque()
-        daemon = _Daemon(self)
+        daemon = Daemon(self)
         try:
             tasks = [_Aria2Task(self, job, daemon, stop, events) for job in jobs]
             return run_file_tasks(
@@ -203,160 +192,15 @@ class Aria2Engine:
         }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclasses.dataclass
+class _Attempts:
+    """One file's runs through aria2c: bytes resumed (now, and at the first run), failures in a row,
+    whether it was already started over from zero."""
 
-
-class _Daemon:
-    """One aria2c process and its RPC endpoint."""
-
-    def __init__(self, engine: Aria2Engine) -> None:
-        self.engine = engine
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.secret = secrets.token_hex(16)
-        self.port = 0
-        self.ids = itertools.count()
-        self.lock = threading.Lock()
-        self.start_lock = threading.Lock()
-        self.stderr: Any = None
-        self.conn: http.client.HTTPConnection | None = None
-        self.stopped = False
-
-    def ensure_started(self) -> None:
-        """Started on first use: a re-run where every file is already complete never starts aria2c."""
-        with self.start_lock:
-            if self.stopped:
-                raise _Halted()
-            if self.proc is None:
-                self._start()
-
-    def _start(self) -> None:
-        self.port = _free_port()
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        # The secret goes in a 0600 file rather than on the command line, where `ps` would show it.
-        # Being aria2c's config file it also keeps the user's ~/.aria2/aria2.conf out (like --no-conf).
-        fd, conf = tempfile.mkstemp(prefix="imageworks-aria2-", suffix=".conf")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"rpc-secret={self.secret}\n")
-            argv = [
-                self.engine.aria2c,
-                f"--conf-path={conf}",
-                f"--rpc-listen-port={self.port}",
-                *self.engine.global_options(),
-            ]
-            try:
-                self.proc = spawn(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=self.stderr,
-                    # Its own process group: Ctrl-C reaches us, and we stop aria2c in order.
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise Aria2StartError(f"cannot start aria2c ({self.engine.aria2c}): {exc}") from exc
-            deadline = time.monotonic() + 10.0
-            while True:
-                try:
-                    self.call("aria2.getVersion")
-                    break
-                except TransferError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise Aria2StartError(
-                            f"aria2c did not start: {self._stderr_tail() or 'no output'}"
-                        ) from None
-                    time.sleep(0.02)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(conf)
-
-    def _post(self, payload: bytes) -> Any:
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10.0)
-            try:
-                self.conn.request("POST", "/jsonrpc", payload, {"Content-Type": "application/json"})
-                response = self.conn.getresponse()
-                return json.loads(response.read())
-            except (OSError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _stderr_tail(self) -> str:
-        if self.stderr is None:
-            return ""
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            return self.stderr.read()[-2000:].decode("utf-8", "replace").strip()
-        return ""
-
-    def call(self, method: str, *params: Any) -> Any:
-        """One JSON-RPC call over a kept-alive loopback connection. The stdlib client suffices here
-        (no proxies, no TLS) and, unlike httpx, costs nothing to import."""
-        if self.proc is None or self.stopped:
-            raise TransferError("aria2c is not running")
-        payload = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": next(self.ids),
-                "method": method,
-                "params": [f"token:{self.secret}", *params],
-            }
-        ).encode()
-        try:
-            with self.lock:
-                body = self._post(payload)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            if self.proc.poll() is not None and not self.stopped:
-                raise TransferError(
-                    f"aria2c exited unexpectedly (status {self.proc.returncode}): {self._stderr_tail()}"
-                ) from exc
-            raise TransferError(f"aria2c RPC {method} failed: {exc}") from exc
-        if "error" in body:
-            raise Aria2RpcError(method, body["error"].get("message", "error"))
-        return body.get("result")
-
-    def stop(self) -> None:
-        """Stop aria2c: SIGTERM is its graceful shutdown (control files are saved) and, unlike
-        aria2.shutdown over RPC which lingers ~4 s, immediate. Safe to call twice."""
-        with self.start_lock:
-            already, self.stopped = self.stopped, True
-        if already or self.proc is None:
-            return
-        with self.lock:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
-        began = time.perf_counter()
-        self.proc.terminate()
-        # An idle aria2c notices the signal only at its next event-loop tick, up to a second away;
-        # a connection to its RPC port wakes the loop now.
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-            pass
-        try:
-            self.proc.wait(10)
-            log.debug("aria2c stopped in %.3f s", time.perf_counter() - began)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.stderr is not None:
-            self.stderr.close()
-
-
-class Aria2StartError(TransferError):
-    """aria2c is there but would not run (broken install, sandbox): worth falling back."""
-
-
-class Aria2RpcError(TransferError):
-    def __init__(self, method: str, message: str) -> None:
-        super().__init__(f"aria2c {method}: {message}")
-        self.rpc_message = message
+    resumed: int
+    first: int
+    failures: int = 0
+    fresh: bool = False
 
 
 def _bitfield_ranges(bitfield: str, piece: int, total: int) -> list[tuple[int, int]]:
@@ -395,7 +239,7 @@ class _Aria2Task:
         self,
         engine: Aria2Engine,
         job: FileJob,
-        daemon: _Daemon,
+        daemon: Daemon,
         stop: threading.Event,
         events: Events,
     ) -> None:
@@ -452,78 +296,90 @@ class _Aria2Task:
         url, headers = self._target()
         if carries_token(headers):
             return self._fetch_natively(url, headers)
-        resumed = first_resumed = self._prepare_partial()
+        resumed = self._prepare_partial()
+        run = _Attempts(resumed=resumed, first=resumed)
         self.daemon.ensure_started()
-        failures = 0
-        fresh_start_done = False
         while True:
             if self.stop.is_set():
-                raise _Halted()
+                raise Halted()
             gid = self.daemon.call(
                 "aria2.addUri", [url], self.engine.download_options(self.job, self.paths, headers)
             )
-            log.debug("%s: added to aria2c as %s, resuming from %d bytes", self.job.name, gid, resumed)
-            status = self._follow(gid, resumed)
+            log.debug("%s: added to aria2c as %s, resuming from %d bytes", self.job.name, gid, run.resumed)
+            status = self._follow(gid, run.resumed)
             log.debug("%s: aria2c reports %s", self.job.name, status["status"])
-            if status["status"] == "complete":
-                if not first_resumed or fresh_start_done:
-                    return self._finish(int(status["totalLength"]), first_resumed)
-                # Resumed from a control file: if the digest refutes what it claimed (a planted or
-                # damaged one), the file is fetched once more from zero instead of failing.
-                done = self._finish_claimed(int(status["totalLength"]), first_resumed)
-                if done is not None:
-                    return done
-                self._emit(
-                    "message", f"{self.job.name}: the bytes resumed from disk were wrong; starting from zero"
-                )
-                resumed = first_resumed = 0
-                fresh_start_done = True
-                continue
-            code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
-            if self.stop.is_set():
-                raise _Halted()
-            if status["status"] == "stalled" and status["completedLength"] == status["totalLength"]:
-                # aria2c says every piece is done yet does not finish (a control file that claims
-                # too much): the digest decides; wrong bytes are fetched again from zero.
-                done = self._finish_claimed(int(status["totalLength"]), first_resumed)
-                if done is not None:
-                    return done
-                if fresh_start_done:
-                    raise TransferError(
-                        f"{self.job.name}: aria2c reports the whole file but made no progress for "
-                        f"{self.engine.stall_timeout:g} s, and the bytes on disk are not the file",
-                        hint="run the same command again, or use --engine native",
-                    )
-                code = "8"
-            if code in _RESUME_IMPOSSIBLE and not fresh_start_done:
-                # The partial bytes cannot be continued (another piece length, a server that will not
-                # resume): start this file over.
-                self._emit("message", f"{self.job.name}: cannot resume ({message}); starting from zero")
-                self.paths.discard()
-                resumed = first_resumed = 0
-                fresh_start_done = True
-                continue
-            error = self._error(code, message)
-            if error is not None:
-                raise error
-            failures = 1 if int(status.get("completedLength", 0)) > resumed else failures + 1
-            if failures > self.engine.retries:
-                raise TransferError(
-                    f"{self.job.name}: download failed after {self.engine.retries} retries: {message} "
-                    f"(aria2c error {code})",
-                    hint="check the network and run the same command again to resume",
-                )
-            wait = backoff_delay(self.engine.backoff, failures)
-            self._emit(
-                "message", f"{self.job.name}: {message or 'aria2c error ' + code}; retrying in {wait:.1f}s"
-            )
-            if self.stop.wait(wait):
-                raise _Halted()
-            resumed = self._resumable_bytes()
+            result = self._settle(status, run)
+            if result is not None:
+                return result
             # A signed CDN URL expires (the CDN then answers 403): resolve the file again each time.
             url, headers = self._target()
             if carries_token(headers):
                 return self._fetch_natively(url, headers)
+
+    def _settle(self, status: dict[str, Any], run: _Attempts) -> FileResult | None:
+        """The file, once aria2c has stopped with it; None to add it again (after a wait, or from
+        zero); or the error that ends it."""
+        total = int(status.get("totalLength", 0))
+        if status["status"] == "complete":
+            return self._complete(total, run)
+        if self.stop.is_set():
+            raise Halted()
+        code, message = status.get("errorCode", "1"), status.get("errorMessage", "")
+        if status["status"] == "stalled" and status["completedLength"] == status["totalLength"]:
+            # aria2c says every piece is done yet does not finish (a control file that claims too
+            # much): the digest decides; wrong bytes are fetched again from zero.
+            done = self._finish_claimed(total, run.first)
+            if done is not None:
+                return done
+            if run.fresh:
+                raise TransferError(
+                    f"{self.job.name}: aria2c reports the whole file but made no progress for "
+                    f"{self.engine.stall_timeout:g} s, and the bytes on disk are not the file",
+                    hint="run the same command again, or use --engine native",
+                )
+            code = "8"
+        if code in _RESUME_IMPOSSIBLE and not run.fresh:
+            # The partial bytes cannot be continued (another piece length, a server that will not
+            # resume): start this file over.
+            self._start_over(run, f"cannot resume ({message})")
+            return None
+        error = self._error(code, message)
+        if error is not None:
+            raise error
+        self._back_off(run, int(status.get("completedLength", 0)), code, message)
+        return None
+
+    def _complete(self, total: int, run: _Attempts) -> FileResult | None:
+        if not run.first or run.fresh:
+            return self._finish(total, run.first)
+        # Resumed from a control file: if the digest refutes what it claimed (a planted or damaged
+        # one), the file is fetched once more from zero instead of failing.
+        done = self._finish_claimed(total, run.first)
+        if done is None:
+            self._start_over(run, "the bytes resumed from disk were wrong")
+        return done
+
+    def _start_over(self, run: _Attempts, why: str) -> None:
+        self._emit("message", f"{self.job.name}: {why}; starting from zero")
+        self.paths.discard()
+        run.resumed = run.first = 0
+        run.fresh = True
+
+    def _back_off(self, run: _Attempts, completed: int, code: str, message: str) -> None:
+        run.failures = 1 if completed > run.resumed else run.failures + 1  # progress resets the count
+        if run.failures > self.engine.retries:
+            raise TransferError(
+                f"{self.job.name}: download failed after {self.engine.retries} retries: {message} "
+                f"(aria2c error {code})",
+                hint="check the network and run the same command again to resume",
+            )
+        wait = backoff_delay(self.engine.backoff, run.failures)
+        self._emit(
+            "message", f"{self.job.name}: {message or 'aria2c error ' + code}; retrying in {wait:.1f}s"
+        )
+        if self.stop.wait(wait):
+            raise Halted()
+        run.resumed = self._resumable_bytes()
 
     def _finish_claimed(self, total: int, resumed: int) -> FileResult | None:
         """The result if the bytes on disk really are the file, else None (partial state discarded)."""
@@ -648,7 +504,7 @@ class _Aria2Task:
                 status = self.daemon.call("aria2.tellStatus", gid, STATUS_KEYS)
             except TransferError:
                 if self.stop.is_set():
-                    raise _Halted() from None
+                    raise Halted() from None
                 raise
             total = int(status.get("totalLength", "0"))
             completed = int(status.get("completedLength", "0"))
@@ -686,10 +542,10 @@ class _Aria2Task:
                 with contextlib.suppress(TransferError):
                     self.daemon.call("aria2.removeDownloadResult", gid)
                 if state == "removed":
-                    raise _Halted()
+                    raise Halted()
                 return dict(status)
             if self.stop.wait(POLL):
-                raise _Halted()
+                raise Halted()
 
     def _patience(self, total: int, completed: int) -> float:
         stall = self.engine.stall_timeout

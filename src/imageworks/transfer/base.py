@@ -15,36 +15,77 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import logging
 import os
 import random
-import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imageworks.durable import fsync_dir
 from imageworks.errors import IntegrityError, TransferError
-from imageworks.hashing import git_blob_sha1_header, hash_file
 
 if TYPE_CHECKING:
     from imageworks.hub import ResolvedUrl
 
+from imageworks.hashing import hash_file
+from imageworks.transfer.digests import Digests, PrefixHasher
+from imageworks.transfer.partial import (
+    ARIA2_CONTROL_SUFFIX,
+    PARTIAL_SUFFIX,
+    STATE_SUFFIX,
+    PartialPaths,
+    ResumeState,
+    check_partial_paths,
+    covered,
+    load_state,
+    merge_ranges,
+    missing_ranges,
+    open_private,
+    prefix_end,
+    save_state,
+    unsafe_partial,
+)
+
 log = logging.getLogger("imageworks.transfer")
 
-PARTIAL_SUFFIX = ".imageworks-partial"
-STATE_SUFFIX = ".json"
-ARIA2_CONTROL_SUFFIX = ".aria2"
-STATE_FORMAT = "imageworks-partial"
-STATE_VERSION = 1
-HASH_CHUNK = 8 * 1024 * 1024
-WRITEBACK_CHUNK = 64 * 1024 * 1024
+# Re-exported: the engines import the whole contract from here.
+__all__ = [
+    "ARIA2_CONTROL_SUFFIX",
+    "PARTIAL_SUFFIX",
+    "STATE_SUFFIX",
+    "Digests",
+    "Engine",
+    "FileJob",
+    "FileResult",
+    "NullProgress",
+    "PartialPaths",
+    "PrefixHasher",
+    "ProgressSink",
+    "ResumeState",
+    "backoff_delay",
+    "check_and_commit",
+    "check_partial",
+    "check_partial_paths",
+    "commit",
+    "commit_many",
+    "covered",
+    "disk_error",
+    "existing_result",
+    "load_state",
+    "merge_ranges",
+    "missing_ranges",
+    "open_private",
+    "prefix_end",
+    "run_file_tasks",
+    "save_state",
+    "unsafe_partial",
+]
+
 MiB = 1024 * 1024
 
 
@@ -121,309 +162,11 @@ class Engine(Protocol):
     ) -> list[FileResult]: ...
 
 
-# ---------------------------------------------------------------------------------------------------
-# Partial files
-
-
-@dataclass(frozen=True)
-class PartialPaths:
-    temp: Path
-    state: Path
-    control: Path
-
-    @classmethod
-    def for_dest(cls, dest: Path) -> PartialPaths:
-        temp = dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
-        return cls(
-            temp=temp,
-            state=temp.with_name(temp.name + STATE_SUFFIX),
-            control=temp.with_name(temp.name + ARIA2_CONTROL_SUFFIX),
-        )
-
-    def discard(self) -> None:
-        for path in (self.temp, self.state, self.control, self.state.with_name(self.state.name + ".tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
 def backoff_delay(base: float, failures: int, retry_after: float | None = None) -> float:
     """The engines' one retry wait: exponential from `base` with jitter (so connections that failed
     together do not come back together), at least the server's Retry-After."""
     wait = base * 2 ** max(0, failures - 1) * random.uniform(0.5, 1.5)
     return max(wait, retry_after) if retry_after is not None else wait
-
-
-def open_private(path: Path, flags: int, mode: int = 0o644) -> int:
-    """os.open for our partial, state and control files: never through a symlink (O_NOFOLLOW), and
-    never anything but a regular file (a FIFO or device planted there is refused, not opened)."""
-    try:
-        # O_NONBLOCK: a FIFO planted there must not block the open (no effect on a regular file).
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise unsafe_partial(path, "a symlink") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise unsafe_partial(path, "not a regular file")
-    return fd
-
-
-def unsafe_partial(path: Path, what: str) -> TransferError:
-    return TransferError(
-        f"{path} is {what}; refusing to write through it",
-        hint="something other than imageworks put it there: remove it, then run the same command again",
-    )
-
-
-def check_partial_paths(paths: PartialPaths) -> None:
-    """Refuse partial-file names that are symlinks or other non-regular files (before aria2c, which
-    would follow them, is pointed at them)."""
-    for path in (paths.temp, paths.state, paths.control):
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise unsafe_partial(path, "a symlink")
-        if not stat.S_ISREG(st.st_mode):
-            raise unsafe_partial(path, "not a regular file")
-
-
-def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, non-overlapping, non-adjacent half-open ranges."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(r for r in ranges if r[1] > r[0]):
-        if out and start <= out[-1][1]:
-            if end > out[-1][1]:
-                out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return out
-
-
-def missing_ranges(done: Sequence[tuple[int, int]], total: int) -> list[tuple[int, int]]:
-    out = []
-    cursor = 0
-    for start, end in merge_ranges(done):
-        if start > cursor:
-            out.append((cursor, min(start, total)))
-        cursor = max(cursor, end)
-    if cursor < total:
-        out.append((cursor, total))
-    return [r for r in out if r[1] > r[0]]
-
-
-def prefix_end(done: Sequence[tuple[int, int]]) -> int:
-    merged = merge_ranges(done)
-    return merged[0][1] if merged and merged[0][0] == 0 else 0
-
-
-def covered(done: Sequence[tuple[int, int]]) -> int:
-    return sum(end - start for start, end in merge_ranges(done))
-
-
-@dataclass
-class ResumeState:
-    """What the native engine knows about a partial file. Only ranges whose bytes were handed to the
-    kernel are recorded, so a SIGKILL never claims bytes that are not in the file; a power loss can
-    (we do not fsync per save, that would stall slow disks), and the final digest check catches it."""
-
-    size: int
-    done: list[tuple[int, int]]
-    etag: str | None = None
-    last_modified: str | None = None
-    sha256: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "size": self.size,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
-            "sha256": self.sha256,
-            "done": [list(r) for r in merge_ranges(self.done)],
-        }
-
-
-STATE_PAD = 4096
-
-
-def save_state(paths: PartialPaths, state: ResumeState) -> None:
-    """Atomic replace; padded to a few KB so that, when the disk is full (the very moment we most
-    need a current record), the existing file can still be rewritten in place without new blocks."""
-    text = json.dumps(state.to_json())
-    data = (text + " " * max(0, STATE_PAD - len(text) - 1) + "\n").encode("utf-8")
-    tmp = paths.state.with_name(paths.state.name + ".tmp")
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # a symlink planted there goes, not what it points to
-        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, paths.state)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not paths.state.exists():
-            raise
-        if paths.state.stat().st_size < len(data):
-            raise
-        # Not atomic, but a torn write only makes the record unreadable, and then the next run
-        # starts this file afresh: never wrong, at worst slower.
-        with os.fdopen(open_private(paths.state, os.O_WRONLY), "r+b") as handle:
-            handle.write(data)
-
-
-def load_state(paths: PartialPaths, job: FileJob) -> ResumeState | None:
-    """The resume record for `job`, or None when there is nothing trustworthy to resume from (absent,
-    unreadable, from a newer version, for another size or digest, or describing bytes the temp file
-    does not have)."""
-    try:
-        with os.fdopen(open_private(paths.state, os.O_RDONLY), "rb") as handle:
-            raw = json.loads(handle.read(1024 * 1024))
-        if raw.get("format") != STATE_FORMAT or raw.get("version") != STATE_VERSION:
-            return None
-        state = ResumeState(
-            size=int(raw["size"]),
-            done=merge_ranges((int(a), int(b)) for a, b in raw["done"]),
-            etag=raw.get("etag"),
-            last_modified=raw.get("last_modified"),
-            sha256=raw.get("sha256"),
-        )
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return None
-    if job.size is not None and state.size != job.size:
-        return None
-    if job.sha256 and state.sha256 and state.sha256.lower() != job.sha256.lower():
-        return None
-    try:
-        on_disk = paths.temp.lstat().st_size
-    except FileNotFoundError:
-        return None
-    if state.done and state.done[-1][1] > on_disk:
-        return None
-    state.done = [(a, min(b, state.size)) for a, b in state.done if a < state.size]
-    return state
-
-
-# ---------------------------------------------------------------------------------------------------
-# Hashing
-
-
-class Digests:
-    """SHA-256 always, git blob SHA-1 when the job expects one (the header needs the size up front)."""
-
-    def __init__(self, size: int | None, want_git: bool) -> None:
-        self.sha256 = hashlib.sha256()
-        self.sha1 = None
-        if want_git and size is not None:
-            self.sha1 = hashlib.sha1(usedforsecurity=False)
-            self.sha1.update(git_blob_sha1_header(size))
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.sha256.update(data)
-        if self.sha1 is not None:
-            self.sha1.update(data)
-
-
-class PrefixHasher:
-    """Hashes a file while it is being written out of order: a thread reads back (from the page
-    cache, where the bytes were just written) the completed contiguous prefix as it grows, so when
-    the last byte lands only the unhashed tail is left. hashlib and pread release the GIL, so this
-    runs beside the download threads without slowing them."""
-
-    def __init__(self, path: Path, size: int | None, *, want_git: bool, digest: bool = True) -> None:
-        self._path = path
-        self._digest = digest  # False: only the early writeback (benchmarks without verification)
-        self._digests = Digests(size, want_git)
-        self._target = 0
-        self.hashed = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self._aborted = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"hash {path.name}", daemon=True)
-        self._thread.start()
-
-    def advance_to(self, n: int) -> None:
-        with self._cond:
-            if n > self._target:
-                self._target = n
-                self._cond.notify()
-
-    def _run(self) -> None:
-        fd = None
-        flushed = 0
-        # One buffer for the whole file: a fresh 8 MB bytes per read ends up retained by the
-        # allocator's per-thread arenas and shows as tens of MB of RSS.
-        buffer = memoryview(bytearray(HASH_CHUNK if self._digest else 0))
-        try:
-            fd = open_private(self._path, os.O_RDONLY)
-            while True:
-                with self._cond:
-                    while self._target <= self.hashed and not self._closed:
-                        self._cond.wait()
-                    if self._target <= self.hashed or self._aborted:
-                        return
-                    target = self._target
-                while self.hashed < target and not self._aborted:
-                    want = min(HASH_CHUNK, target - self.hashed)
-                    if not self._digest:
-                        self.hashed += want
-                        if self.hashed - flushed >= WRITEBACK_CHUNK:
-                            flushed = self._start_writeback(fd, flushed)
-                        continue
-                    view = buffer[:want]
-                    got = os.preadv(fd, [view], self.hashed)
-                    if got != want:
-                        raise OSError(errno.EIO, f"short read at {self.hashed} while hashing {self._path}")
-                    self._digests.update(view)
-                    self.hashed += want
-                    if self.hashed - flushed >= WRITEBACK_CHUNK:
-                        flushed = self._start_writeback(fd, flushed)
-        except BaseException as exc:  # re-raised by finish(); a dead hasher must not hang the download
-            self._error = exc
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    def _start_writeback(self, fd: int, flushed: int) -> int:
-        """Hand the hashed prefix to the disk now rather than all at once in the fsync before the
-        rename (the kernel would otherwise hold up to ~10% of RAM dirty, and that fsync would cost
-        seconds at the end of a large file). On Linux, DONTNEED starts writeback of dirty pages
-        without waiting, and drops them from the cache once clean: we will not read them again."""
-        if hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, flushed, self.hashed - flushed, os.POSIX_FADV_DONTNEED)
-        return self.hashed
-
-    def finish(self, size: int) -> tuple[str, str | None]:
-        """Hash up to `size` bytes and return (sha256, git sha1 or None)."""
-        began, behind = time.perf_counter(), size - self.hashed
-        self.advance_to(size)
-        self.close()
-        log.debug(
-            "%s: %d bytes left to hash at the end, %.3f s",
-            self._path.name,
-            behind,
-            time.perf_counter() - began,
-        )
-        if self._error is not None:
-            raise self._error
-        if self.hashed != size:
-            raise OSError(errno.EIO, f"hashed {self.hashed} of {size} bytes of {self._path}")
-        if not self._digest:
-            return "", None
-        sha1 = self._digests.sha1.hexdigest() if self._digests.sha1 else None
-        return self._digests.sha256.hexdigest(), sha1
-
-    def close(self, *, abort: bool = False) -> None:
-        with self._cond:
-            self._closed = True
-            self._aborted = abort
-            self._cond.notify()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import email.utils
-import errno
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -59,6 +56,16 @@ from imageworks.transfer.base import (
     run_file_tasks,
     save_state,
 )
+from imageworks.transfer.segments import (
+    Scheduler,
+    Segment,
+    describe,
+    parse_content_range,
+    pwrite_all,
+    retry_after,
+    socket_of,
+    strong_etag,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -68,11 +75,9 @@ log = logging.getLogger("imageworks.transfer.native")
 SINGLE_STREAM_BELOW = 4 * MiB  # smaller files: one request, splitting costs more than it gains
 MIN_PIECE = 1 * MiB
 MAX_PIECE = 16 * MiB
-MIN_STEAL = 1 * MiB  # a piece is split for an idle connection only if both halves are at least this
 STATE_SAVE_INTERVAL = 1.0
 TICK = 0.05
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 600.0
 # The minimum-speed rule (as aria2's --lowest-speed-limit): over each stall-timeout window, a
 # connection slower than this, or than 1/SLOW_FACTOR of the median of the others, is replaced (its
 # range is asked for again on a new connection). Without it a server trickling 1 byte/s never
@@ -93,110 +98,6 @@ class _Changed(Exception):
 
 class _Halted(Exception):
     """Cancelled, or another connection of this file failed."""
-
-
-@dataclass
-class _Segment:
-    start: int
-    end: int | None  # None: until the server closes (single stream of unknown length)
-    claimed: int = 0  # bytes up to here belong to this connection (beyond it may be stolen)
-    written: int = 0  # bytes up to here are in the file
-    sock: socket.socket | None = None  # the connection fetching it now
-    mark: tuple[float, int] = (0.0, 0)  # (time, written) when its speed was last measured
-
-    def __post_init__(self) -> None:
-        self.claimed = self.written = self.start
-
-    def remaining(self) -> int:
-        return 0 if self.end is None else self.end - self.claimed
-
-
-class _Scheduler:
-    """Which bytes each connection fetches next. Callers hold the task's lock."""
-
-    def __init__(self, total: int | None, missing: list[tuple[int, int]], piece: int) -> None:
-        self.total = total
-        self.piece = piece
-        self.missing = collections.deque(missing)
-        self.active: list[_Segment] = []
-        self.done: list[tuple[int, int]] = []
-
-    def take(self) -> _Segment | None:
-        if self.missing:
-            start, end = self.missing[0]
-            cut = min(end, start + self.piece)
-            if cut == end:
-                self.missing.popleft()
-            else:
-                self.missing[0] = (cut, end)
-            seg = _Segment(start, cut)
-        else:
-            victim = max(self.active, key=_Segment.remaining, default=None)
-            if victim is None or victim.end is None or victim.remaining() < 2 * MIN_STEAL:
-                return None
-            mid = victim.claimed + victim.remaining() // 2
-            seg = _Segment(mid, victim.end)
-            victim.end = mid
-        self.active.append(seg)
-        return seg
-
-    def finished(self, seg: _Segment) -> None:
-        self.active.remove(seg)
-        self.done.append((seg.start, seg.written))
-        self.done = merge_ranges(self.done)
-
-    def give_back(self, seg: _Segment) -> None:
-        """A connection gives up on its segment (halting): keep what it wrote, free the rest."""
-        with contextlib.suppress(ValueError):
-            self.active.remove(seg)
-        self.done = merge_ranges([*self.done, (seg.start, seg.written)])
-        if seg.end is not None and seg.written < seg.end:
-            self.missing.appendleft((seg.written, seg.end))
-
-    def on_disk(self) -> list[tuple[int, int]]:
-        return merge_ranges([*self.done, *((s.start, s.written) for s in self.active)])
-
-    def complete(self) -> bool:
-        return not self.missing and not self.active
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    # "bytes 0-99/1234" or "bytes 0-99/*"
-    if not value or not value.startswith("bytes "):
-        return None
-    try:
-        span, _, total = value[6:].partition("/")
-        first, _, last = span.partition("-")
-        return int(first), int(last), None if total.strip() == "*" else int(total)
-    except ValueError:
-        return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
-
-
-def _strong_etag(etag: str | None) -> str | None:
-    return etag if etag and not etag.startswith("W/") else None
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        data = data[n:]
-        offset += n
 
 
 class NativeEngine:
@@ -282,7 +183,7 @@ class _FileTask:
         self.url = self.job.url
         self.headers: dict[str, str] = {**self.job.headers, "Accept-Encoding": "identity"}
         self.total: int | None = self.job.size
-        self.sched: _Scheduler | None = None
+        self.sched: Scheduler | None = None
         self.ranges_ok: bool | None = None
         self.probe_done = threading.Event()
         self.etag: str | None = None
@@ -416,17 +317,7 @@ class _FileTask:
             n = self._connections()
             workers += [self._spawn_worker() for _ in range(n - 1)]
 
-        last_save = time.monotonic()
-        # Written now, while there is surely room for it: on a full disk it is rewritten in place.
-        saved: list[tuple[int, int]] | None = self._save(None)
-        while any(w.is_alive() for w in workers):
-            for w in workers:
-                w.join(TICK / len(workers))
-            self._feed_hasher()
-            self._replace_slow()
-            if time.monotonic() - last_save >= STATE_SAVE_INTERVAL and self.sched is not None:
-                last_save = time.monotonic()
-                saved = self._save(saved)
+        saved = self._watch(workers)
         if self.failed is not None or self.stop.is_set():
             if self.hasher is not None:
                 self.hasher.close(abort=True)
@@ -438,6 +329,21 @@ class _FileTask:
                 raise self.failed
             raise _Halted()
         return self._finish()
+
+    def _watch(self, workers: list[threading.Thread]) -> list[tuple[int, int]] | None:
+        """Until the connections end: feed the hasher, police their speed, save the resume record."""
+        last_save = time.monotonic()
+        # Written now, while there is surely room for it: on a full disk it is rewritten in place.
+        saved: list[tuple[int, int]] | None = self._save(None)
+        while any(w.is_alive() for w in workers):
+            for w in workers:
+                w.join(TICK / len(workers))
+            self._feed_hasher()
+            self._replace_slow()
+            if time.monotonic() - last_save >= STATE_SAVE_INTERVAL and self.sched is not None:
+                last_save = time.monotonic()
+                saved = self._save(saved)
+        return saved
 
     def _connections(self) -> int:
         if self.engine.single_stream or self.total is None or self.total < SINGLE_STREAM_BELOW:
@@ -452,7 +358,7 @@ class _FileTask:
             piece = max(total, 1)
         else:
             piece = min(MAX_PIECE, max(MIN_PIECE, total // (self._connections() * 4)))
-        self.sched = _Scheduler(total, missing, piece)
+        self.sched = Scheduler(total, missing, piece)
         self.sched.done = merge_ranges(done)
 
     def _state(self, done: list[tuple[int, int]]) -> ResumeState:
@@ -543,7 +449,7 @@ class _FileTask:
             while not self._halted():
                 with self.lock:
                     # No scheduler yet: the size is unknown, the first request asks for it all.
-                    seg = _Segment(0, None) if self.sched is None else self.sched.take()
+                    seg = Segment(0, None) if self.sched is None else self.sched.take()
                 if seg is None:
                     return
                 try:
@@ -569,7 +475,7 @@ class _FileTask:
             os.close(fd)
             self.probe_done.set()
 
-    def _fetch_segment(self, fd: int, seg: _Segment) -> None:
+    def _fetch_segment(self, fd: int, seg: Segment) -> None:
         """Bring seg.written up to seg.end, retrying this range alone on transient failures."""
         import httpx
 
@@ -596,36 +502,36 @@ class _FileTask:
                 failures += 1
                 if failures > self.engine.retries:
                     raise TransferError(
-                        f"{self.job.name}: download failed after {self.engine.retries} retries: {_describe(exc)}",
+                        f"{self.job.name}: download failed after {self.engine.retries} retries: {describe(exc)}",
                         hint="check the network and run the same command again to resume",
                     ) from exc
                 wait = backoff_delay(
                     self.engine.backoff, failures, exc.retry_after if isinstance(exc, _Retry) else None
                 )
-                text = f"{self.job.name}: {_describe(exc)}; retrying in {wait:.1f}s"
+                text = f"{self.job.name}: {describe(exc)}; retrying in {wait:.1f}s"
                 log.info("%s", text)
                 if isinstance(exc, httpx.ReadTimeout | _Retry):
                     self._emit("message", text)
                 if self.stop.wait(wait) or self.failed is not None:
                     raise _Halted() from exc
 
-    def _request_headers(self, seg: _Segment, headers: dict[str, str]) -> dict[str, str]:
+    def _request_headers(self, seg: Segment, headers: dict[str, str]) -> dict[str, str]:
         if self.ranges_ok is not False:
             last = "" if seg.end is None else str(seg.end - 1)
             headers["Range"] = f"bytes={seg.written}-{last}"
             # Only a strong ETag is safe for If-Range (RFC 9110 13.1.5); without one the size check
             # and the final digest catch a file that changed between runs.
-            etag = _strong_etag(self.etag)
+            etag = strong_etag(self.etag)
             if etag:
                 headers["If-Range"] = etag
         return headers
 
-    def _stream(self, fd: int, seg: _Segment) -> None:
+    def _stream(self, fd: int, seg: Segment) -> None:
         with self.lock:
             url, headers = self.url, dict(self.headers)
         headers = self._request_headers(seg, headers)
         with self.client.stream("GET", url, headers=headers) as response:
-            sock = _socket_of(response)
+            sock = socket_of(response)
             with self.lock:
                 seg.sock, seg.mark = sock, (time.monotonic(), seg.written)
                 if sock is not None:
@@ -667,11 +573,11 @@ class _FileTask:
                         sock.shutdown(socket.SHUT_RDWR)
 
     def _check_response(
-        self, response: httpx.Response, seg: _Segment, headers: dict[str, str], url: str
+        self, response: httpx.Response, seg: Segment, headers: dict[str, str], url: str
     ) -> None:
         status = response.status_code
         if status in RETRYABLE_STATUS or 500 <= status < 600:
-            raise _Retry(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+            raise _Retry(f"HTTP {status}", retry_after(response.headers.get("Retry-After")))
         if status in (401, 403) and (self.job.resolve is not None or str(response.url) != self.job.url):
             # A signed CDN URL can expire during a long download ("Request has expired"): resolve the
             # file again and go on from the bytes on disk (one resolve shared by all connections).
@@ -688,7 +594,7 @@ class _FileTask:
             )
         first = not self.probe_done.is_set()
         if status == 206:
-            parsed = _parse_content_range(response.headers.get("Content-Range"))
+            parsed = parse_content_range(response.headers.get("Content-Range"))
             if parsed is None or parsed[0] != seg.written:
                 raise _Changed(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
             total = parsed[2]
@@ -724,7 +630,7 @@ class _FileTask:
                 self.url, self.headers = final, forward_headers(self.headers, requested, final)
 
     def _on_probe(
-        self, response: httpx.Response, seg: _Segment, ranged: bool, total: int | None, url: str
+        self, response: httpx.Response, seg: Segment, ranged: bool, total: int | None, url: str
     ) -> None:
         etag = response.headers.get("ETag")
         if self.already and self.etag and etag and etag != self.etag:
@@ -757,26 +663,26 @@ class _FileTask:
         self._started()
         self.probe_done.set()
 
-    def _restart_single(self, seg: _Segment) -> None:
+    def _restart_single(self, seg: Segment) -> None:
         with self.lock:
             os.truncate(self.paths.temp, 0)
             self.already = 0
             self.ranges_ok = False
             total = self.total
             if self.sched is not None:
-                self.sched = _Scheduler(total, [], max(total or 0, 1))
+                self.sched = Scheduler(total, [], max(total or 0, 1))
                 self.sched.active.append(seg)
             seg.start = seg.claimed = seg.written = 0
             seg.end = total
 
-    def _rewind(self, seg: _Segment) -> None:
+    def _rewind(self, seg: Segment) -> None:
         """A single stream without Range support dropped: the retry starts over from byte 0."""
         with self.lock:
             os.truncate(self.paths.temp, 0)
             self.on_disk_bytes -= seg.written - seg.start
             seg.start = seg.claimed = seg.written = 0
 
-    def _copy(self, chunks: Any, fd: int, seg: _Segment) -> None:
+    def _copy(self, chunks: Any, fd: int, seg: Segment) -> None:
         for chunk in chunks:
             if self._halted():
                 raise _Halted()
@@ -785,38 +691,13 @@ class _FileTask:
                 offset = seg.claimed
                 seg.claimed += take
             if take:
-                _pwrite_all(fd, memoryview(chunk)[:take], offset)
+                pwrite_all(fd, memoryview(chunk)[:take], offset)
                 with self.lock:
                     seg.written = offset + take
                     self.fetched += take
                     self.on_disk_bytes += take
             if seg.end is not None and seg.claimed >= seg.end:
                 return  # the rest of this response belongs to a connection that stole it
-
-
-def _socket_of(response: httpx.Response) -> socket.socket | None:
-    stream = response.extensions.get("network_stream")
-    if stream is None:
-        return None
-    try:
-        sock = stream.get_extra_info("socket")
-    except Exception:  # an exotic transport without the socket: cancellation waits for the timeout
-        return None
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _describe(exc: BaseException) -> str:
-    import httpx
-
-    if isinstance(exc, httpx.ReadTimeout):
-        return "connection stalled (no data), restarting its range"
-    if isinstance(exc, httpx.TimeoutException):
-        return "connection timed out"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "connection dropped mid-transfer"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc})"
-    return str(exc) or type(exc).__name__
 
 
 __all__ = ["NativeEngine"]
