@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -418,13 +417,6 @@ class HubClient:
             files=tuple(files),
         )
 
-    def whoami(self) -> str | None:
-        """The user name of the token, None without one."""
-        if not self.token:
-            return None
-        data = self._call("whoami", lambda: self.api.whoami(), repo_id="(whoami)", revision=None)
-        return str(data.get("name")) if isinstance(data, dict) else None
-
     def whoami_status(self) -> tuple[int, str | None]:
         """(HTTP status, user name) of the token as the Hub sees it, in one request (no retries): for
         `doctor`, which reports a Hub that cannot be reached rather than waiting it out."""
@@ -469,17 +461,6 @@ class HubClient:
                 response.status_code, response.headers, repo_id=repo_id, revision=commit, path=path
             )
         return ResolvedUrl(target, headers, cross_host=False)
-
-    def resolve_file_urls(
-        self, repo_id: str, commit: str, paths: Iterable[str], *, workers: int = 8
-    ) -> dict[str, ResolvedUrl]:
-        """`resolve_file_url` for many files, a few at a time (one HEAD each costs a round trip)."""
-        paths = list(paths)
-        if len(paths) <= 1:
-            return {p: self.resolve_file_url(repo_id, commit, p) for p in paths}
-        with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="resolve") as pool:
-            results = pool.map(lambda p: (p, self.resolve_file_url(repo_id, commit, p)), paths)
-            return dict(results)
 
     def resolver(self, repo_id: str, commit: str, path: str) -> Callable[[], ResolvedUrl]:
         """A function that resolves `path` afresh each time it is called: what an engine calls when a

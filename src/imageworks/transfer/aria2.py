@@ -127,6 +127,8 @@ class Aria2Engine:
         stop = threading.Event()
         events: Events = collections.deque()
         daemon = Daemon(self)
+        if any(not job.dest.exists() for job in jobs):
+            daemon.start_soon()  # a re-run with every file in place never starts aria2c
         try:
             tasks = [_Aria2Task(self, job, daemon, stop, events) for job in jobs]
             return run_file_tasks(

@@ -50,14 +50,31 @@ class Daemon:
         self.stderr: Any = None
         self.conn: http.client.HTTPConnection | None = None
         self.stopped = False
+        self.start_error: BaseException | None = None
 
     def ensure_started(self) -> None:
         """Started on first use: a re-run where every file is already complete never starts aria2c."""
         with self.start_lock:
             if self.stopped:
                 raise Halted()
+            if self.start_error is not None:
+                raise self.start_error
             if self.proc is None:
-                self._start()
+                try:
+                    self._start()
+                except BaseException as exc:
+                    self.start_error = exc
+                    raise
+
+    def start_soon(self) -> None:
+        """Start aria2c in the background now, overlapping the Hub requests that resolve the files
+        (a failure is kept, and raised by the first `ensure_started`)."""
+
+        def start() -> None:
+            with contextlib.suppress(Exception):
+                self.ensure_started()
+
+        threading.Thread(target=start, name="aria2c start", daemon=True).start()
 
     def _start(self) -> None:
         self.port = free_port()
