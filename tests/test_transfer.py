@@ -1124,7 +1124,7 @@ def test_stale_partial_records_of_complete_files_are_cleaned(fake_hub, run_cli, 
     assert not paths.temp.exists() and not paths.state.exists()
 
 
-@pytest.mark.parametrize("engine", ["native", pytest.param("aria2", marks=ENGINES[1].marks)])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_small_files_share_kept_alive_connections_and_skip_the_head(
     engine: str, fake_hub, run_cli, isolated_env
 ) -> None:

@@ -42,6 +42,7 @@ from imageworks.naming import path_key
 from imageworks.plan import (
     DownloadPlan,
     KnownFile,
+    PlannedFile,
     build_plan,
     check_space,
     known_files,
@@ -55,7 +56,7 @@ from imageworks.registry.schema import FileRecord, ModelEntry, Source
 if TYPE_CHECKING:
     from imageworks.config import Config
     from imageworks.registry import Registry, RegistryStore
-    from imageworks.transfer import Engine, ProgressSink
+    from imageworks.transfer import Engine, FileJob, ProgressSink
 
 log = logging.getLogger("imageworks.downloader")
 
@@ -365,6 +366,38 @@ def download(
             resolved.hub.close()
 
 
+def _file_jobs(resolved: _Resolved, to_fetch: Sequence[PlannedFile]) -> list[FileJob]:
+    """One engine job per file. Hub files are resolved by the engine when each starts (overlapping
+    the transfer), and again if the CDN refuses an expired signed URL; small ones with no HEAD."""
+    from imageworks.transfer import FileJob
+
+    plan, hub = resolved.plan, resolved.hub
+    jobs = []
+    for item in to_fetch:
+        item.dest.parent.mkdir(parents=True, exist_ok=True)
+        if hub is not None:
+            assert plan.repo_id and plan.commit
+            url, headers = hub.file_url(plan.repo_id, plan.commit, item.path), hub.auth_headers()
+            resolve = hub.resolver(plan.repo_id, plan.commit, item.path)
+        else:
+            assert resolved.url
+            url, headers, resolve = resolved.url, {}, None
+        jobs.append(
+            FileJob(
+                url=url,
+                dest=item.dest,
+                size=item.size,
+                sha256=item.sha256,
+                git_sha1=item.git_sha1,
+                headers=headers,
+                label=item.path,
+                resolve=resolve,
+                root=plan.folder,
+            )
+        )
+    return jobs
+
+
 def _execute(
     resolved: _Resolved,
     *,
@@ -382,7 +415,7 @@ def _execute(
     started: float,
     timings: dict[str, float],
 ) -> DownloadResult:
-    from imageworks.transfer import FileJob, NullProgress, PartialPaths
+    from imageworks.transfer import NullProgress, PartialPaths
 
     plan = resolved.plan
     timings["plan"] = time.monotonic() - started
@@ -414,32 +447,7 @@ def _execute(
     to_fetch = plan.to_fetch
     if to_fetch:
         fetch_started = time.monotonic()
-        hub = resolved.hub
-        jobs = []
-        for item in to_fetch:
-            item.dest.parent.mkdir(parents=True, exist_ok=True)
-            # Hub files are resolved by the engine when each starts (overlapping the transfer), and
-            # again if the CDN refuses an expired signed URL; small files are fetched with no HEAD.
-            if hub is not None:
-                assert plan.repo_id and plan.commit
-                url, headers = hub.file_url(plan.repo_id, plan.commit, item.path), hub.auth_headers()
-                resolve = hub.resolver(plan.repo_id, plan.commit, item.path)
-            else:
-                assert resolved.url
-                url, headers, resolve = resolved.url, {}, None
-            jobs.append(
-                FileJob(
-                    url=url,
-                    dest=item.dest,
-                    size=item.size,
-                    sha256=item.sha256,
-                    git_sha1=item.git_sha1,
-                    headers=headers,
-                    label=item.path,
-                    resolve=resolve,
-                    root=plan.folder,
-                )
-            )
+        jobs = _file_jobs(resolved, to_fetch)
         timings["resolve_urls"] = time.monotonic() - fetch_started
         assert chosen is not None
         result.engine, result.engine_note = chosen.name, chosen.note
