@@ -70,6 +70,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_endpoin
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))  # download locks
     monkeypatch.setenv("HF_HOME", str(dirs["hf_home"]))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")

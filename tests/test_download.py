@@ -83,6 +83,8 @@ def test_download_record_and_up_to_date(fake_hub: FakeHub, run_cli, isolated_env
         "revision": "main",
         "commit": repo.commit,
         "url": None,
+        # The selection as the user gave it (issue 12: `update` repeats it).
+        "selection": {"format": None, "quant": None, "include": [], "exclude": []},
     }
     assert entry["location"] == "linux_wsl" and entry["path"] == str(folder)
     weights = next(f for f in entry["files"] if f["path"] == "model.safetensors")
@@ -197,7 +199,7 @@ def test_several_quants_are_recorded_as_one_entry_each(fake_hub: FakeHub, run_cl
     # --quant all adds the third quant and leaves the other two as they are.
     every = run_cli(*args, "--quant", "all")
     assert every.returncode == 0, every.stderr
-    assert f"downloaded {base}:q2_k, {base}:q4_k_m, {base}:q8_0: 1 files" in every.stdout
+    assert f"downloaded {base}:q2_k, {base}:q4_k_m, {base}:q8_0: 1 file," in every.stdout  # not "1 files"
     assert sorted(registry(isolated_env)) == [f"{base}:q2_k", f"{base}:q4_k_m", f"{base}:q8_0"]
     assert registry(isolated_env)[f"{base}:q8_0"] == q8
     assert len(history(isolated_env)) == 2

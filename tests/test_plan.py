@@ -9,7 +9,8 @@ import pytest
 from imageworks.errors import EntryNotFound, InsufficientSpace, UnsafePathError, UsageError
 from imageworks.listing import RepoFile
 from imageworks.locations import Location
-from imageworks.plan import KnownFile, build_plan, check_space, select_files
+from imageworks.plan import KnownFile, build_plan, check_space
+from imageworks.select import select_files
 
 
 def lfs(path: str, size: int = 1000) -> RepoFile:
@@ -279,3 +280,69 @@ def test_partial_bytes_and_free_space(tmp_path: Path) -> None:
     with pytest.raises(InsufficientSpace, match="to fetch"):
         check_space(plan)
     assert plan.as_dict()["enough_space"] is False
+
+
+def test_one_format_vocabulary() -> None:
+    from imageworks.formats import canonical_format, classify_weight_file, file_format_of, weight_stem
+
+    assert canonical_format("BitsAndBytes") == "bnb" and canonical_format("tf") == "h5"
+    assert canonical_format("AWQ") == "awq" and canonical_format("zip") is None
+    assert file_format_of("awq") == "safetensors" and file_format_of("gguf") == "gguf"
+    assert classify_weight_file("training_args.bin") is None and classify_weight_file("x.onnx_data") == "onnx"
+    assert weight_stem("tinyllama.Q8_0.gguf") == "tinyllama.Q8_0" and weight_stem("README.md") == "README.md"
+    listing = [*SUPPORT, lfs("model.safetensors")]
+    assert select_files(listing, format="GPTQ").flavour == "gptq"  # confirmed from the configs later
+    assert select_files(listing, format="compressed-tensors").flavour is None  # inspection cannot tell
+    assert select_files(listing, format="safetensors").flavour is None
+
+
+def test_a_recorded_file_that_changed_is_stale(tmp_path: Path) -> None:
+    folder = tmp_path / "o" / "r"
+    folder.mkdir(parents=True)
+    weights = folder / "model.gguf"
+    weights.write_bytes(b"a" * 64)
+    recorded = hashlib.sha256(b"a" * 64).hexdigest()
+    weights.write_bytes(b"b" * 64)  # same size, new bytes, the mtime moves
+    known = {"model.gguf": KnownFile(64, recorded, 1)}
+    # A direct URL without --sha256: the digest recorded last time is what the file is checked against.
+    item = _plan(tmp_path, [("model.gguf", 64, None, None, "weights")], known).files[0]
+    assert item.stale and not item.present
+    weights.write_bytes(b"a" * 64)
+    item = _plan(tmp_path, [("model.gguf", 64, None, None, "weights")], known).files[0]
+    assert item.present and not item.stale and item.local_sha256 == recorded
+
+
+def test_names_too_long_for_the_filesystem_fail_the_plan(tmp_path: Path) -> None:
+    from imageworks.errors import TransferError
+
+    with pytest.raises(TransferError, match=r"1 file name too long .*x{24}"):
+        _plan(
+            tmp_path,
+            [("README.md", 2, None, None, "support"), ("x" * 240 + ".json", 2, None, None, "support")],
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recorded_small_file_is_trusted_for_the_commit_it_was_verified_against(tmp_path: Path) -> None:
+    folder = tmp_path / "o" / "r"
+    folder.mkdir(parents=True)
+    config = folder / "config.json"
+    config.write_bytes(b"{}")
+    st = config.stat()
+    rows = [("config.json", 2, None, "0" * 40, "support")]  # not the real blob id: only a record can pass
+    known = {"config.json": KnownFile(2, "cd" * 32, st.st_mtime_ns, commit="a" * 40)}
+
+    def plan(commit: str):
+        return build_plan(
+            reference="o/r",
+            provider="hf",
+            location=Location("path", tmp_path),
+            folder=folder,
+            files=rows,
+            known=known,
+            commit=commit,
+        ).files[0]
+
+    assert plan("a" * 40).present  # recorded from this commit, unchanged since: not read again
+    moved = plan("b" * 40)  # another commit: the listing's blob id decides
+    assert not moved.present and moved.stale

@@ -65,7 +65,7 @@ def test_mirror_with_a_path_prefix() -> None:
     "text",
     [
         "",
-        "repo-only",
+        "re po",
         "a/b/c",
         "owner/repo@",
         "owner/re po",
@@ -90,6 +90,12 @@ def test_bad_references_are_one_line_usage_errors(text: str) -> None:
     assert "\n" not in info.value.message
     assert info.value.hint and "OWNER/REPO" in info.value.hint
     assert info.value.exit_code == 2
+
+
+def test_legacy_id_without_owner_is_a_hub_repo() -> None:
+    """`gpt2` is how the Hub (and `hf download gpt2`) still name openai-community/gpt2."""
+    assert parse_reference("gpt2") == HubRef("gpt2")
+    assert parse_reference("bert-base-uncased@main") == HubRef("bert-base-uncased", "main")
 
 
 def test_str_round_trip() -> None:

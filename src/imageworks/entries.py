@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imageworks.clock import utc_now  # noqa: F401  (re-exported: the downloader stamps with it)
+from imageworks.formats import canonical_format
 from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
@@ -143,7 +144,7 @@ def build_entry(
     name = _name(folder, source, files, variant)
     paths = [r.path for r in files]
     metadata = _metadata(inspection)
-    if format_hint and detected and FORMAT_FAMILY.get(format_hint.lower(), format_hint.lower()) != detected:
+    if format_hint and detected and (canonical_format(format_hint) or format_hint.lower()) != detected:
         metadata["format_requested"] = format_hint
     return ModelEntry(
         name=name,
@@ -183,10 +184,6 @@ def _name(folder: Path, source: Source, files: Sequence[FileRecord], variant: st
         url=name_url,
         folder=folder,
     )
-
-
-# `--format` spellings that are the same thing as a detected format.
-FORMAT_FAMILY = {"bitsandbytes": "bnb", "tf": "h5", "tensorflow": "h5", "flax": "msgpack", "pt": "pytorch"}
 
 
 def find_existing(registry: Registry, entry: ModelEntry) -> ModelEntry | None:

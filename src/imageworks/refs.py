@@ -2,6 +2,7 @@
 
 Accepted forms (issue 3):
   owner/repo                                   the default branch
+  repo                                         a legacy id without owner (gpt2), as the Hub resolves it
   owner/repo@REV                               a branch (may contain '/', e.g. refs/pr/1), tag or commit
   hf://owner/repo[@REV]
   https://huggingface.co/owner/repo            (or the configured HF_ENDPOINT's host)
@@ -66,8 +67,10 @@ def _bad(text: str, why: str) -> UsageError:
 
 
 def check_repo_id(repo_id: str, *, original: str | None = None) -> str:
+    """OWNER/REPO, or a legacy id without an owner (`gpt2`, `bert-base-uncased`), which the Hub still
+    resolves to its canonical OWNER/REPO."""
     parts = repo_id.split("/")
-    if len(parts) != 2:
+    if len(parts) not in (1, 2):
         raise _bad(original or repo_id, "a repo id is OWNER/REPO")
     for part in parts:
         if not _NAME.match(part) or "--" in part or ".." in part:

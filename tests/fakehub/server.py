@@ -100,6 +100,9 @@ class FakeHub:
         self.tokens: dict[str, str] = {}  # token -> user name
         self.page_size: int | None = None  # tree page size; None: the Hub's (1000, or 50 with expand)
         self.cdn_url_ttl: float = 3600.0  # seconds a signed CDN URL stays valid
+        # Legacy ids without an owner, as the Hub keeps them: /api/models/gpt2 answers for
+        # openai-community/gpt2 (e.g. aliases["gpt2"] = "openai-community/gpt2").
+        self.aliases: dict[str, str] = {}
         self._lock = threading.RLock()
         self._repos: dict[str, Repo] = {}
         self._serial = 0
@@ -575,6 +578,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault_gate(method, [unquote(raw_path)])
             self._whoami()
             return
+        legacy = parts[:2] == ["api", "models"] and len(parts) >= 3
+        alias = self.server.hub.aliases.get(unquote(parts[2])) if legacy else None
+        if alias is not None:
+            parts = ["api", "models", *alias.split("/"), *parts[3:]]
         if len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
             repo_id = f"{unquote(parts[2])}/{unquote(parts[3])}"
             self._fault_gate(method, [unquote(raw_path)])

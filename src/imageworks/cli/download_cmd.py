@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
-from imageworks.cli.render import byte_progress, emit_json, human_size, table
-from imageworks.transfer.base import NullProgress
+from imageworks.cli.render import byte_progress, emit_json, table
+from imageworks.units import human_size, plural
 
 if TYPE_CHECKING:
     from imageworks.downloader import DownloadResult
@@ -115,7 +115,21 @@ class PlainProgress:
         _err(text)
 
 
-class QuietProgress(NullProgress):
+class QuietProgress:
+    """No output (--quiet): errors only."""
+
+    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
+        pass
+
+    def advance(self, job: FileJob, n: int) -> None:
+        pass
+
+    def file_done(self, job: FileJob, result: FileResult) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
     def __enter__(self) -> QuietProgress:
         return self
 
@@ -176,6 +190,8 @@ def _render_plan(plan: DownloadPlan) -> None:
     for f in plan.files:
         if f.present:
             state = "present, verified"
+        elif f.stale:
+            state = "changed on disk: fetch again"
         elif f.partial_bytes:
             state = f"resume ({human_size(f.partial_bytes)} on disk)"
         else:
@@ -183,7 +199,7 @@ def _render_plan(plan: DownloadPlan) -> None:
         rows.append([f.path, human_size(f.size), f.role, state, f.engine or "-"])
     table(None, ["file", "size", "role", "state", "engine"], rows)
     click.echo(
-        f"total {human_size(plan.bytes_total)} in {len(plan.files)} files; present {human_size(plan.bytes_present)};"
+        f"total {human_size(plan.bytes_total)} in {plural(len(plan.files), 'file')}; present {human_size(plan.bytes_present)};"
         f" to fetch {human_size(plan.bytes_remaining)}; free {human_size(plan.free_bytes)}"
         f" on the target{'' if plan.enough_space else ' (NOT ENOUGH)'}"
     )
@@ -197,21 +213,31 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
     names = ", ".join(result.names)
     if result.up_to_date:
         click.echo(
-            f"{names} {'is' if len(result.names) == 1 else 'are'} up to date ({len(plan.files)} files, {size}) at {plan.folder}"
+            f"{names} {'is' if len(result.names) == 1 else 'are'} up to date"
+            f" ({plural(len(plan.files), 'file')}, {size}) at {plan.folder}"
         )
         if result.recorded:
             click.echo("recorded in the registry")
         return
     speed = result.bytes_fetched / result.timings["fetch"] if result.timings.get("fetch") else 0
     resumed = f", {human_size(result.bytes_resumed)} resumed from disk" if result.bytes_resumed else ""
+    if result.unverified:
+        digests = ", ".join(result.unverified.values())
+        checked = f"no published digest to check (SHA-256 recorded: {digests})"
+    else:
+        checked = "all verified"
     click.echo(
-        f"downloaded {names}: {result.files_fetched} files, {human_size(result.bytes_fetched)} fetched"
-        f"{resumed} in {seconds:.1f} s ({human_size(int(speed))}/s, {result.engine}), all verified"
+        f"downloaded {names}: {plural(result.files_fetched, 'file')}, {human_size(result.bytes_fetched)} fetched"
+        f"{resumed} in {seconds:.1f} s ({human_size(int(speed))}/s, {result.engine}), {checked}"
     )
+    if result.replaced:
+        click.echo(f"  fetched again (the copy on disk had changed): {', '.join(result.replaced)}")
     for entry in result.entries:
         quant = f" {entry.quantization}" if entry.quantization else ""
         label = f"{entry.name}: " if len(result.entries) > 1 else ""
-        click.echo(f"  {label}{entry.format}{quant}, {human_size(entry.size_bytes)} at {plan.folder}")
+        click.echo(
+            f"  {label}{entry.format or 'no weights'}{quant}, {human_size(entry.size_bytes)} at {plan.folder}"
+        )
 
 
 @click.command()
@@ -283,6 +309,7 @@ def download(
 
     REFERENCE is OWNER/REPO, OWNER/REPO@REVISION, a huggingface.co URL (.../tree/REV, .../blob/REV/FILE),
     hf://OWNER/REPO@REV, or any other http(s) URL for a direct download of one file."""
+    from imageworks.downloader import DownloadOptions
     from imageworks.downloader import download as run_download
     from imageworks.errors import UsageError
 
@@ -306,23 +333,25 @@ def download(
     try:
         result = run_download(
             reference,
+            DownloadOptions(
+                format=format_,
+                quant=quant,
+                location=location,
+                include=include,
+                exclude=exclude,
+                engine=engine,
+                connections=connections,
+                no_aria2=no_aria2,
+                stall_timeout=stall_timeout,
+                dry_run=dry_run,
+                force=force,
+                sha256=sha256,
+                backup=not no_backup,
+            ),
             config=app.config,
-            format=format_,
-            quant=quant,
-            location=location,
-            include=include,
-            exclude=exclude,
-            engine=engine,
-            connections=connections,
-            no_aria2=no_aria2,
-            stall_timeout=stall_timeout,
-            dry_run=dry_run,
-            force=force,
-            sha256=sha256,
             progress=progress,
             on_plan=on_plan,
             command=["imageworks-download", *sys.argv[1:]],
-            backup=not no_backup,
         )
     finally:
         progress.close()
@@ -360,7 +389,7 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
         if analysis.commit
         else f"{analysis.repo_id} (folder on disk)"
     )
-    click.echo(f"{where}: {analysis.files} files, {human_size(analysis.total_size)}")
+    click.echo(f"{where}: {plural(analysis.files, 'file')}, {human_size(analysis.total_size)}")
     rows = [
         [o["format"], o["quantization"] or "-", o["role"], str(len(o["files"])), human_size(o["size"])]
         for o in data["offers"]

@@ -7,18 +7,9 @@ import shutil
 import sys
 from typing import Any
 
+from imageworks.units import human_size, plural  # noqa: F401  (re-exported: byte sizes live in units.py)
+
 JSON_SCHEMA_VERSION = 1
-
-
-def human_size(num: int | None) -> str:
-    if num is None:
-        return "-"
-    size = float(num)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{num} B"
 
 
 def emit_json(kind: str, data: Any, *, ok: bool = True, error: dict[str, Any] | None = None) -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from imageworks.errors import (
     AuthError,
@@ -370,36 +370,71 @@ class HubClient:
         return HubError(f"{repo_id}: {exc}")
 
     # -- metadata ----------------------------------------------------------------------------------
+    # The two calls every download makes (model info, the file tree) are plain JSON GETs on our own
+    # client: importing huggingface_hub's HfApi costs ~0.15 s, a third of an up-to-date re-run.
+    def _get_json(self, url: str, what: str, *, repo_id: str, revision: str | None) -> tuple[Any, Any]:
+        """(decoded JSON, response) of a GET on the Hub's API, with the token (redirects followed within
+        the Hub's host: a renamed repo), under the one retry loop, the timeout and the size cap."""
+
+        def get(target: str, headers: Mapping[str, str]) -> Any:
+            return self._retrying(
+                what, lambda: self._request("GET", target, headers, what, cap=self.max_body)
+            )
+
+        _, _, response = walk_redirects(get, url, self.auth_headers(), what)
+        if response is None:
+            raise HubError(f"{what}: the Hub redirected to another host", hint="check HF_ENDPOINT")
+        if response.status_code >= 300:
+            raise self.map_status(response.status_code, response.headers, repo_id=repo_id, revision=revision)
+        try:
+            return response.json(), response
+        except (RecursionError, ValueError):
+            # A Hub answer nested thousands deep, or a 5,000-digit number, breaks the JSON parser.
+            raise HubError(
+                f"{what}: the Hub's answer cannot be read",
+                hint="the Hub (or the HF_ENDPOINT mirror) sent a malformed answer; try again later",
+            ) from None
+
     def repo_info(self, repo_id: str, revision: str | None = None) -> RepoInfo:
         """Canonical id, the commit `revision` points at, and whether the repo is gated/private."""
         rev = revision or "main"
-
-        def call() -> Any:
-            return self.api.model_info(repo_id, revision=revision, timeout=self.timeout)
-
-        info = self._call(f"{repo_id}@{rev}: model info", call, repo_id=repo_id, revision=rev)
-        if not info.sha:
+        url = f"{self.endpoint}/api/models/{repo_id}"
+        if revision is not None:
+            url += f"/revision/{quote(revision, safe='')}"
+        info, _ = self._get_json(url, f"{repo_id}@{rev}: model info", repo_id=repo_id, revision=rev)
+        if not isinstance(info, dict) or not info.get("sha") or not isinstance(info.get("id"), str):
             raise HubError(f"{repo_id}: the Hub did not say which commit {rev!r} is")
-        return RepoInfo(repo_id=info.id, commit=info.sha, gated=bool(info.gated), private=bool(info.private))
+        return RepoInfo(
+            repo_id=info["id"],
+            commit=str(info["sha"]),
+            gated=bool(info.get("gated")),
+            private=bool(info.get("private")),
+        )
 
     def list_files(self, repo_id: str, commit: str) -> list[RepoFile]:
         """Every file of the commit (recursive tree, all pages), with sizes and LFS SHA-256."""
-        from huggingface_hub.hf_api import RepoFile as HfRepoFile
+        what = f"{repo_id}@{commit[:12]}: file listing"
+        url: str | None = f"{self.endpoint}/api/models/{repo_id}/tree/{quote(commit, safe='')}?recursive=true"
+        out: list[RepoFile] = []
+        while url is not None:
+            items, response = self._get_json(url, what, repo_id=repo_id, revision=commit)
+            if not isinstance(items, list):
+                raise HubError(f"{what}: the Hub answered something that is not a file list")
+            try:
+                out.extend(_listed(i) for i in items if isinstance(i, dict) and i.get("type") == "file")
+            except (KeyError, TypeError, ValueError):
+                raise HubError(f"{what}: the Hub answered a malformed file entry") from None
+            following = response.links.get("next", {}).get("url")
+            url = urljoin(url, following) if following else None
+        return sorted(out, key=lambda f: f.path)
 
-        def call() -> list[RepoFile]:
-            out = []
-            for item in self.api.list_repo_tree(repo_id, revision=commit, recursive=True):
-                if not isinstance(item, HfRepoFile):
-                    continue
-                lfs = item.lfs
-                if lfs is not None:
-                    out.append(RepoFile(item.path, int(lfs.size), sha256=str(lfs.sha256).lower()))
-                else:
-                    out.append(RepoFile(item.path, int(item.size), git_sha1=str(item.blob_id).lower()))
-            return out
+    def list_branches(self, repo_id: str) -> list[str]:
+        """The repo's branch names (not tags, not PR refs)."""
 
-        files = self._call(f"{repo_id}@{commit[:12]}: file listing", call, repo_id=repo_id, revision=commit)
-        return sorted(files, key=lambda f: f.path)
+        def call() -> list[str]:
+            return [ref.name for ref in self.api.list_repo_refs(repo_id).branches]
+
+        return self._call(f"{repo_id}: branches", call, repo_id=repo_id, revision=None)
 
     def snapshot(self, repo_id: str, revision: str | None = None, *, require_access: bool = True) -> Snapshot:
         """Resolve `revision` to a commit, then list that commit. A gated repo without a token fails here
@@ -482,3 +517,11 @@ class HubClient:
         if response.status_code == 416:
             return b""
         raise HubError(f"range read failed (HTTP {response.status_code}) for {urlsplit(resolved.url).path}")
+
+
+def _listed(item: dict[str, Any]) -> RepoFile:
+    """One file of a tree page (`{"type": "file", "path", "size", "oid", "lfs": {"oid", "size"}}`)."""
+    lfs = item.get("lfs")
+    if lfs:
+        return RepoFile(str(item["path"]), int(lfs["size"]), sha256=str(lfs["oid"]).lower())
+    return RepoFile(str(item["path"]), int(item["size"]), git_sha1=str(item["oid"]).lower())

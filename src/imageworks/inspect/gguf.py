@@ -10,12 +10,12 @@ Format reference: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (ver
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import PurePosixPath
 
+from imageworks.formats import GGUF_SPLIT
 from imageworks.inspect.quant import (
     GGML_TYPES,
     GGUF_LABELS,
@@ -62,7 +62,7 @@ _WANTED = frozenset(
         "clip.vision.projector_type",
     }
 )
-_SPLIT_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+_SPLIT_NAME = GGUF_SPLIT
 
 
 class GGUFError(ValueError):

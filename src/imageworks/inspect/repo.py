@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from imageworks.formats import GGUF_SPLIT
 from imageworks.inspect.config import CONFIG_FILES, ConfigInfo, QuantConfig, library_from_readme, read_configs
 from imageworks.inspect.formats import WEIGHT_FORMATS, classify_weight_file
 from imageworks.inspect.quant import bpw_from_name, bpw_label, dtype_label, gguf_label_from_name, nominal_bits
@@ -30,7 +31,6 @@ from imageworks.listing import RepoFile
 
 README_PREFIX = 16 * 1024
 _SHARD = re.compile(r"^(?P<stem>.+?)-\d{5}-of-\d{5}$")
-_GGUF_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _SIGNATURE_FORMATS = {"gptq": "gptq", "awq": "awq", "exl2": "exl2", "mlx": "mlx", "bnb": "bnb"}
 PREFERRED_GGUF = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q8_0", "Q6_K")  # which quant's header describes the model
 
@@ -58,8 +58,8 @@ def read_all(files: list[RepoFile]) -> set[str]:
 
 
 def gguf_split_stem(path: str) -> tuple[str, int, int] | None:
-    m = _GGUF_SPLIT.match(path)
-    return (m.group("stem"), int(m.group("no")), int(m.group("count"))) if m else None
+    m = GGUF_SPLIT.search(path)
+    return (path[: m.start()], int(m.group("no")), int(m.group("count"))) if m and m.start() else None
 
 
 def gguf_by_name(f: RepoFile) -> FileInspection:
