@@ -99,6 +99,9 @@ def test_log_lines_are_redacted_by_the_cli_handler(capsys) -> None:
 
     from imageworks.cli.app import _install_logging
 
+    root = logging.getLogger("imageworks")
+    for handler in list(root.handlers):  # installed by an earlier in-process run of the CLI
+        root.removeHandler(handler)
     _install_logging()
     _install_logging()  # idempotent: one handler
     logger = logging.getLogger("imageworks.transfer")

@@ -180,10 +180,19 @@ def _install_logging() -> None:
 
     from imageworks.redaction import RedactingFilter
 
+    class StderrHandler(logging.Handler):
+        """Writes to whatever sys.stderr is when a record arrives (not the stream of the first call)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                sys.stderr.write(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+
     logger = logging.getLogger("imageworks")
     if any(isinstance(f, RedactingFilter) for h in logger.handlers for f in h.filters):
         return
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(RedactingFilter())
     logger.addHandler(handler)
