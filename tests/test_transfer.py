@@ -703,7 +703,10 @@ def test_kill_9_then_rerun_resumes(kind: str, server: FileServer, tmp_path: Path
     else:
         child.kill()
         pytest.fail("no resumable state appeared")
-    os.killpg(child.pid, signal.SIGKILL)  # the whole group: aria2c dies as abruptly as we do
+    helpers = _aria2c_serving(child.pid)
+    os.killpg(child.pid, signal.SIGKILL)
+    for pid in helpers:  # aria2c runs in its own session: it dies as abruptly as we do
+        os.kill(pid, signal.SIGKILL)
     child.wait()
     assert not dest.exists()
     server.rate = None

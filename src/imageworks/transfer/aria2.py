@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from imageworks.errors import IntegrityError, TransferError
 from imageworks.hub import carries_token, check_scheme, locate
-from imageworks.transfer.aria2_control import read_control, write_control
+from imageworks.transfer.aria2_control import ControlInfo, read_control, write_control
 from imageworks.transfer.aria2_rpc import Aria2StartError, Daemon, Halted
 from imageworks.transfer.base import (
     Engine,
@@ -462,7 +462,7 @@ class _Aria2Task:
         up, so a control file is rebuilt from the record and every piece on disk is kept."""
         temp, control = self.paths.temp, self.paths.control
         if temp.exists():
-            info = read_control(control)
+            info = self._read_control()
             if info is not None and self.job.size is not None and info.total != self.job.size:
                 info = None
             known = covered(info.done) if info is not None else 0
@@ -476,8 +476,26 @@ class _Aria2Task:
                     return marked
             elif info is not None:
                 return known
+            elif (
+                self.job.size
+                and temp.stat().st_size == self.job.size
+                and (self.job.sha256 or self.job.git_sha1)
+            ):
+                # Whole, with no record: an aria2c of an interrupted run finished it after its parent
+                # died. aria2c takes it as complete, and the digest then decides (`_complete`).
+                return self.job.size
         self.paths.discard()
         return 0
+
+    def _read_control(self) -> ControlInfo | None:
+        """aria2c's control file; an unreadable one is read again for up to a second, since an aria2c
+        of an interrupted run may still be rewriting it (it stops on its own once its parent died)."""
+        deadline = time.monotonic() + 1.0
+        while True:
+            info = read_control(self.paths.control)
+            if info is not None or not self.paths.control.exists() or time.monotonic() > deadline:
+                return info
+            time.sleep(0.1)
 
     def _target(self) -> tuple[str, dict[str, str]]:
         """The URL and headers to give aria2c: the job's resolver asks the Hub; any other URL, and one
