@@ -17,6 +17,7 @@ QUICK = {
     "scan_speed.py": (["--models", "50", "--reps", "1"], "re-scan"),
     "verify.py": (["--size-mb", "64", "--reps", "1", "--warm-only"], "ratios (median)"),
     "download.py": (["--size-mb", "64", "--small-files", "200", "--reps", "1"], "x hf-snapshot"),
+    "stores.py": (["--repos", "50", "--pairs", "10", "--reps", "1"], "hashes per candidate"),
 }
 
 

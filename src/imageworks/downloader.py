@@ -52,6 +52,7 @@ from imageworks.plan import (
 from imageworks.redaction import redact_url
 from imageworks.refs import HubRef, UrlRef, parse_reference
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
+from imageworks.stores.local import take_local_copies
 
 if TYPE_CHECKING:
     from imageworks.config import Config
@@ -422,6 +423,8 @@ def _execute(
     result = DownloadResult(reference=plan.reference, plan=plan, dry_run=dry_run, notes=list(plan.notes))
     if not plan.files:
         raise UsageError("nothing to download: the selection is empty", hint="check --include/--exclude")
+    if not force:  # stores (#9.4, #11): bytes a registered copy on this machine holds are linked or copied
+        take_local_copies(plan, store, dry_run=dry_run, command=command, backup=backup)
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
