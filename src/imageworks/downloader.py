@@ -35,6 +35,7 @@ from imageworks.naming import path_key
 from imageworks.plan import DownloadPlan, KnownFile, PlannedFile, build_plan, check_space, known_files
 from imageworks.refs import HubRef, parse_reference
 from imageworks.resolve import Resolved, resolve_hub, resolve_url
+from imageworks.stores.local import take_local_copies
 
 if TYPE_CHECKING:
     from imageworks.config import Config
@@ -219,6 +220,8 @@ def download(
         with lock as waited:
             registry = store.load()
             plan = _plan(resolved, registry, options)
+            if not options.force:  # stores (#9.4, #11): bytes a registered copy on this machine holds are linked or copied
+                take_local_copies(plan, store, dry_run=options.dry_run, command=command, backup=options.backup)
             result = DownloadResult(
                 reference=plan.reference,
                 plan=plan,

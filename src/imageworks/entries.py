@@ -29,6 +29,7 @@ from imageworks.formats import canonical_format
 from imageworks.hashing import aggregate_sha256, trusted_digest
 from imageworks.naming import entry_identity, model_name, path_key, serve_hints
 from imageworks.registry.schema import FileRecord, ModelEntry, Source
+from imageworks.stores.copies import carry_copies
 
 if TYPE_CHECKING:
     from imageworks.inspect.types import ModelInspection
@@ -218,6 +219,7 @@ def merge_entry(previous: ModelEntry | None, new: ModelEntry) -> ModelEntry:
     if new.source.provider == "local" and previous.source.provider != "local":
         data["source"] = previous.source.model_dump()
     data["metadata"] = {**previous.metadata, **new.metadata}
+    carry_copies(previous, data)  # stores: copies survive; a moved primary becomes a copy
     if not new.downloaded_at:
         data["downloaded_at"] = previous.downloaded_at
     return renamed(ModelEntry.model_validate(data), previous.name)

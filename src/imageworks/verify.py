@@ -27,6 +27,7 @@ from imageworks.errors import UsageError
 from imageworks.hashing import FileDigest, aggregate_sha256, hash_files, trusted_digest
 from imageworks.listing import RepoFile
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
+from imageworks.stores.copies import copy_claims
 from imageworks.walk import resolved_path
 
 if TYPE_CHECKING:
@@ -229,6 +230,8 @@ class _FolderClaims:
             # The merged layers as stored: typing 10,000 entries to read two fields would cost more
             # than verifying one model.
             for name, raw in self._registry.merged_raw().items():
+                for copy_folder, paths in copy_claims(raw):  # stores: what other copies hold is not extra
+                    self._by_folder.setdefault(resolved_path(copy_folder), []).append((name, paths))
                 files = raw.get("files")
                 if not isinstance(files, list) or not files:
                     continue

@@ -34,9 +34,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "remove": (
         "imageworks.cli.registry_cmds:remove",
-        "Remove a model from the registry (and its files with --delete-files).",
+        "Remove a model or one copy (--delete-files: only files nothing else uses).",
     ),
     "history": ("imageworks.cli.registry_cmds:history", "Show the registry's change log."),
+    "link": ("imageworks.cli.stores_cmds:link", "Put a model on another tool's shelf without copying."),
+    "du": (
+        "imageworks.cli.stores_cmds:du",
+        "Disk usage of every copy: logical, physical, shared, duplicated.",
+    ),
+    "dedupe": (
+        "imageworks.cli.stores_cmds:dedupe",
+        "Replace identical files by hardlinks to one verified file.",
+    ),
+    "import": (
+        "imageworks.cli.stores_cmds:import_cmd",
+        "Register what the HF cache, Ollama, LM Studio or llama.cpp hold.",
+    ),
     "config": ("imageworks.cli.setup_cmds:config", "Print every resolved setting and where it came from."),
     "doctor": ("imageworks.cli.setup_cmds:doctor", "Check that everything needed for downloads is ready."),
 }

@@ -38,7 +38,7 @@ def list_cmd(
             m.name,
             m.format or "-",
             m.quantization or "-",
-            m.location or "-",
+            ", ".join(m.copies) or m.location or "-",  # stores: every copy's place, the primary first
             human_size(m.size_bytes),
             "yes" if m.installed else "no",
         ]
@@ -69,6 +69,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         out.print(f"  files            {len(files)} ({human_size(sum(f.size for f in files))})")
         for record in files[:50]:
             out.print(f"    {record.path}  {human_size(record.size)}  {record.sha256 or 'no sha256'}")
+    from imageworks.stores.copies import render_copies
+
+    render_copies(out, shown.entry)  # stores: each copy with its tool and files
     for backend, hint in sorted(shown.entry.serve.items()):
         out.print(f"[bold]serve with {backend}[/bold]")
         for key, value in sorted(hint.items()):
@@ -83,42 +86,84 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--delete-files", is_flag=True, help="Also delete the model's folder from disk.")
+@click.option(
+    "--copy", "copy", metavar="WHERE", help="Only this copy (primary, its number, tool, location or folder)."
+)
+@click.option("--delete-files", is_flag=True, help="Also delete the copy's own files (shared files stay).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @no_backup_option
 @json_option
 @pass_app
-def remove(app: AppContext, name: str, delete_files: bool, yes: bool, no_backup: bool, as_json: bool) -> int:
-    """Remove NAME from the discovered registry layer (curated entries are edited by hand)."""
-    from imageworks.inventory import execute_remove, plan_remove
+def remove(
+    app: AppContext,
+    name: str,
+    copy: str | None,
+    delete_files: bool,
+    dry_run: bool,
+    yes: bool,
+    no_backup: bool,
+    as_json: bool,
+) -> int:
+    """Remove NAME (or one of its copies) from the registry; --delete-files deletes only files nothing
+    else uses (curated entries are edited by hand)."""
+    from imageworks.stores.remove import execute_remove, plan_remove
 
     store = app.store()
     roots = list(app.config.location_roots().values())
-    plan = plan_remove(store.load(), name, delete_files=delete_files, roots=roots)
-    for note in plan.notes:
-        click.echo(note, err=True)
-    if plan.delete_path is not None and not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("--delete-files without a terminal needs --yes", hint="add --yes to confirm")
-        click.confirm(f"delete {plan.delete_path} ({human_size(plan.delete_bytes)})?", abort=True, err=True)
+    plan = plan_remove(store.load(), name, delete_files=delete_files, roots=roots, copy=copy)
+    if plan.delete and not (yes or dry_run) and not sys.stdin.isatty():
+        raise UsageError("--delete-files without a terminal needs --yes", hint="add --yes to confirm")
+    if not as_json or dry_run:
+        _print_remove_plan(plan, err=not dry_run or as_json)
+    if dry_run:
+        if as_json:
+            emit_json("remove", {**plan.as_dict(), "dry_run": True, "removed_from_registry": False})
+        return EXIT_OK
+    if plan.delete and not yes:
+        click.confirm(
+            f"delete {len(plan.delete)} files ({human_size(plan.delete_bytes)} freed)?", abort=True, err=True
+        )
     changed = execute_remove(store, plan, sys.argv, roots=roots, backup=not no_backup)
     result = {
-        "name": plan.name,
-        "removed_from_registry": changed,
-        "curated": plan.curated,
-        "deleted_path": str(plan.delete_path) if plan.delete_path else None,
-        "deleted_bytes": plan.delete_bytes if plan.delete_path else 0,
+        **plan.as_dict(),
+        "removed_from_registry": changed and plan.updated is None,
+        "copy_removed": changed and plan.updated is not None,
+        "deleted_path": str(plan.delete_path) if plan.delete_path and not plan.delete_path.exists() else None,
+        "deleted_bytes": plan.delete_bytes,
     }
     if as_json:
         emit_json("remove", result)
     else:
-        if changed:
-            click.echo(f"removed {plan.name} from the registry")
-        if plan.delete_path:
-            click.echo(f"deleted {plan.delete_path} ({human_size(plan.delete_bytes)})")
-    if not changed and not plan.delete_path and plan.curated:
+        _print_removed(plan, changed)
+    if not changed and not plan.delete and plan.curated:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _print_removed(plan, changed: bool) -> None:  # plan: RemovePlan
+    if changed:
+        if plan.copy:
+            click.echo(f"removed copy {plan.copy} of {plan.name} from the registry")
+        elif plan.updated is not None:
+            click.echo(f"removed our copies of {plan.name}; it stays registered with the copies kept above")
+        else:
+            click.echo(f"removed {plan.name} from the registry")
+    if plan.delete:
+        click.echo(f"deleted {len(plan.delete)} files ({human_size(plan.delete_bytes)} freed)")
+
+
+def _print_remove_plan(plan, *, err: bool) -> None:  # plan: RemovePlan
+    for note in plan.notes:
+        click.echo(note, err=True)
+    if not plan.delete and not plan.keep:
+        return
+    click.echo(f"plan: delete {len(plan.delete)} files, {human_size(plan.delete_bytes)} freed", err=err)
+    for action in plan.delete:
+        freed = "" if action.freed == action.size else f" ({human_size(action.freed)} freed)"
+        click.echo(f"  delete {action.path}  {human_size(action.size)}{freed}", err=err)
+    for action in plan.keep:
+        click.echo(f"  keep   {action.path}  ({action.reason})", err=err)
 
 
 @click.command()

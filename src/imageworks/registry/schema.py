@@ -18,6 +18,9 @@ from imageworks.errors import RegistryError
 
 SCHEMA_VERSION = 1
 Provider = Literal["hf", "url", "local", "ollama"]
+# The copies model (stores): which tool's shelf a copy sits on, and how the copy came to be.
+Tool = Literal["imageworks", "hf-cache", "ollama", "lmstudio", "llama.cpp"]
+CopyMethod = Literal["download", "hardlink", "copy", "import", "link"]
 
 
 class _Model(BaseModel):
@@ -41,6 +44,35 @@ class FileRecord(_Model):
     # Size and mtime when the file was last hashed: `verify --quick` and `normalize-formats --rebuild`
     # compare these instead of hashing again.
     mtime_ns: int | None = None
+    # Device and inode of the primary copy's file (stores): hardlinks are known without re-reading.
+    dev: int | None = None
+    inode: int | None = None
+
+
+class CopyFile(_Model):
+    """One file of an extra copy. `path` is the entry's file (as in `ModelEntry.files`); `at` is where it
+    sits inside the copy's folder when the tool names it otherwise (Ollama's `blobs/sha256-HEX`)."""
+
+    path: str
+    at: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    dev: int | None = None
+    inode: int | None = None
+
+
+class Copy(_Model):
+    """Another folder holding (some of) the entry's files: a second location or a tool's shelf.
+    `made`: paths (relative to `path`) imageworks created for this copy and may delete with it."""
+
+    path: str
+    tool: Tool = "imageworks"
+    method: CopyMethod = "download"
+    location: str | None = None
+    files: list[CopyFile] = Field(default_factory=list)
+    made: list[str] = Field(default_factory=list)
+    created_at: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelEntry(_Model):
@@ -64,10 +96,22 @@ class ModelEntry(_Model):
     deprecated: bool = False
     testing: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The tool owning the primary copy (`path`): None is imageworks' own root. `copies`: the others.
+    tool: Tool | None = None
+    copies: list[Copy] = Field(default_factory=list)
 
     def to_layer_dict(self) -> dict[str, Any]:
-        """The entry as stored in a layer (the name is the key, so it is not repeated)."""
+        """The entry as stored in a layer (the name is the key, so it is not repeated). The stores
+        fields are written only when set, so registries without copies keep their bytes."""
         data = self.model_dump(mode="json", exclude={"name"})
+        if data.get("tool") is None:
+            data.pop("tool", None)
+        if not data.get("copies"):
+            data.pop("copies", None)
+        for record in data.get("files", ()):
+            for key in ("dev", "inode"):
+                if record.get(key) is None:
+                    record.pop(key, None)
         return data
 
     @property
