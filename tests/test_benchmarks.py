@@ -18,6 +18,7 @@ QUICK = {
     "verify.py": (["--size-mb", "64", "--reps", "1", "--warm-only"], "ratios (median)"),
     "download.py": (["--size-mb", "64", "--small-files", "200", "--reps", "1"], "x hf-snapshot"),
     "download_fixed_costs.py": (["--reps", "1"], "up to date"),
+    "outdated_speed.py": (["--models", "40", "--reps", "1"], "ratio outdated/anchor"),
 }
 
 
