@@ -19,6 +19,7 @@ QUICK = {
     "download.py": (["--size-mb", "64", "--small-files", "200", "--reps", "1"], "x hf-snapshot"),
     "download_fixed_costs.py": (["--reps", "1"], "up to date"),
     "stores.py": (["--repos", "50", "--pairs", "10", "--reps", "1"], "hashes per candidate"),
+    "outdated_speed.py": (["--models", "40", "--reps", "1"], "ratio outdated/anchor"),
 }
 
 

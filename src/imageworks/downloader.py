@@ -220,8 +220,12 @@ def download(
         with lock as waited:
             registry = store.load()
             plan = _plan(resolved, registry, options)
-            if not options.force:  # stores (#9.4, #11): bytes a registered copy on this machine holds are linked or copied
-                take_local_copies(plan, store, dry_run=options.dry_run, command=command, backup=options.backup)
+            if (
+                not options.force
+            ):  # stores (#9.4, #11): bytes a registered copy on this machine holds are linked or copied
+                take_local_copies(
+                    plan, store, dry_run=options.dry_run, command=command, backup=options.backup
+                )
             result = DownloadResult(
                 reference=plan.reference,
                 plan=plan,

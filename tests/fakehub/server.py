@@ -103,6 +103,7 @@ class FakeHub:
         # Legacy ids without an owner, as the Hub keeps them: /api/models/gpt2 answers for
         # openai-community/gpt2 (e.g. aliases["gpt2"] = "openai-community/gpt2").
         self.aliases: dict[str, str] = {}
+        self.api_latency: float = 0.0  # seconds each /api/ request waits before answering (a far Hub)
         self._lock = threading.RLock()
         self._repos: dict[str, Repo] = {}
         self._serial = 0
@@ -199,6 +200,37 @@ class FakeHub:
                 else:
                     merged[path] = content
             return self._commit(repo, merged, parent, branches, tags, lfs_threshold, lfs_patterns, title)
+
+    def push(
+        self,
+        repo_id: str,
+        files: Mapping[str, FileContent | None],
+        *,
+        branch: str | None = None,
+        title: str = "Update",
+    ) -> str:
+        """What a repo owner's push does: one new commit on `branch` (default: the repo's default branch) on
+        top of its head; `files` adds or replaces paths, None removes one. Returns the new commit sha."""
+        return self.add_revision(
+            repo_id, files, branch=branch or self.repo(repo_id).default_branch, title=title
+        )
+
+    def delete_repo(self, repo_id: str) -> None:
+        """The owner deletes the repo: the API and resolve answer 404, the CDN forgets its objects."""
+        with self._lock:
+            repo = self._repos.pop(self._get_repo(repo_id).key)
+            for key in [k for k, obj in self._cdn_objects.items() if obj.repo_key == repo.key]:
+                del self._cdn_objects[key]
+
+    def set_gated(self, repo_id: str, gated: bool | Gated) -> None:
+        """Put a repo behind a gate (or lift it) after the fact."""
+        with self._lock:
+            self._get_repo(repo_id).gated = "manual" if gated is True else gated
+
+    def expire_token(self, token: str) -> None:
+        """The token stops working: every request carrying it gets 401 Invalid credentials."""
+        with self._lock:
+            self.tokens.pop(token, None)
 
     def grant(self, repo_id: str, user: str) -> None:
         """Give `user` access to a gated (accepted licence) or private repo."""
@@ -582,6 +614,8 @@ class _Handler(BaseHTTPRequestHandler):
         alias = self.server.hub.aliases.get(unquote(parts[2])) if legacy else None
         if alias is not None:
             parts = ["api", "models", *alias.split("/"), *parts[3:]]
+        if parts[:1] == ["api"] and self.server.hub.api_latency:
+            self.server.hub._stopping.wait(self.server.hub.api_latency)
         if len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
             repo_id = f"{unquote(parts[2])}/{unquote(parts[3])}"
             self._fault_gate(method, [unquote(raw_path)])

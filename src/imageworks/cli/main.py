@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "config": ("imageworks.cli.setup_cmds:config", "Print every resolved setting and where it came from."),
     "doctor": ("imageworks.cli.setup_cmds:doctor", "Check that everything needed for downloads is ready."),
+    "outdated": ("imageworks.cli.update_cmd:outdated", "Tell which Hub models moved on and what changed."),
+    "update": ("imageworks.cli.update_cmd:update", "Fetch only what changed since a model's commit."),
 }
 
 

@@ -452,6 +452,45 @@ class HubClient:
             files=tuple(files),
         )
 
+    def model_files(self, repo_id: str, revision: str | None = None) -> Snapshot:
+        """`snapshot` in ONE request (model info with the files' metadata): the commit `revision` points
+        at and every file with its size, LFS SHA-256 or git blob id. For checking many models at once
+        (`outdated`); a download uses `snapshot`, whose paginated tree scales to any repo size."""
+        rev = revision or "main"
+
+        def call() -> Any:
+            return self.api.model_info(repo_id, revision=revision, files_metadata=True, timeout=self.timeout)
+
+        info = self._call(f"{repo_id}@{rev}: model info", call, repo_id=repo_id, revision=rev)
+        if not info.sha:
+            raise HubError(f"{repo_id}: the Hub did not say which commit {rev!r} is")
+        files = []
+        for sibling in info.siblings or []:
+            lfs = sibling.lfs
+            if lfs is not None:
+                files.append(RepoFile(sibling.rfilename, int(lfs.size), sha256=str(lfs.sha256).lower()))
+            else:
+                blob = str(sibling.blob_id).lower() if sibling.blob_id else None
+                files.append(RepoFile(sibling.rfilename, int(sibling.size or 0), git_sha1=blob))
+        return Snapshot(
+            repo_id=info.id,
+            revision=rev,
+            commit=info.sha,
+            gated=bool(info.gated),
+            private=bool(info.private),
+            files=tuple(sorted(files, key=lambda f: f.path)),
+        )
+
+    def is_tag(self, repo_id: str, revision: str) -> bool:
+        """Whether `revision` names a tag of the repo (a tag pins a model; a branch moves)."""
+
+        def call() -> Any:
+            return self.api.list_repo_refs(repo_id)
+
+        refs = self._call(f"{repo_id}: refs", call, repo_id=repo_id, revision=revision)
+        name = revision.removeprefix("refs/tags/")
+        return any(t.name == name for t in refs.tags)
+
     def whoami_status(self) -> tuple[int, str | None]:
         """(HTTP status, user name) of the token as the Hub sees it, in one request (no retries): for
         `doctor`, which reports a Hub that cannot be reached rather than waiting it out."""
