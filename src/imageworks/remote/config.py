@@ -213,5 +213,6 @@ def remove_remote(config: Config, name: str) -> Path:
     del remotes[name]
     if not remotes:
         del doc["remotes"]
-    atomic_write_text(path, tomlkit.dumps(doc))
+    text = tomlkit.dumps(doc).rstrip("\n")
+    atomic_write_text(path, text + "\n" if text else "")
     return path

@@ -315,7 +315,13 @@ def pull_models(
     if complete:
         with store.transaction(command, backup=backup) as registry:
             for pulled, entry in complete:
-                stored = record_entry(registry, _keep_remotes(registry, entry))
+                entry = _keep_remotes(registry, entry)
+                if entry.name in registry.curated and entry.name not in registry.discovered:
+                    # The team's curated registry names this model: the pulled entry fills that name in.
+                    registry.put(entry)
+                    stored = entry
+                else:
+                    stored = record_entry(registry, entry)
                 pulled.name, pulled.recorded = stored.name, True
     result.seconds = time.monotonic() - started
     return result

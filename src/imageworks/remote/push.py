@@ -266,6 +266,8 @@ def push_models(
         manifest = Manifest.from_entry(entry, pushed_at=now, layouts=layouts)
         if layout_files:
             pushed.layout_files = _copy_files_layout(client, remote, manifest)
+        if _same_manifest(client, remote, manifest):
+            continue  # pushed before: a repeated push writes nothing
         with s3_errors(remote, f"writing the manifest of {entry.name}"):
             # Written last: a reader never sees a model whose blobs are not all there.
             client.put_object(
@@ -277,6 +279,23 @@ def push_models(
     _record_pushes(store, remote, [e.name for e, _ in checked], now, command, backup)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _same_manifest(client: S3Client, remote: Remote, manifest: Manifest) -> bool:
+    from imageworks.errors import ImageworksError
+    from imageworks.remote.pull import read_manifest
+
+    try:
+        stored = read_manifest(client, remote, manifest.name)
+    except ImageworksError:
+        return False  # unreadable or foreign: replace it
+    if stored is None:
+        return False
+    mine, theirs = manifest.as_dict(), stored.as_dict()
+    return set(mine.pop("layouts")) <= set(theirs.pop("layouts")) and {
+        **mine,
+        "pushed_at": None,
+    } == {**theirs, "pushed_at": None}
 
 
 def remote_record(remote: Remote, when: str) -> dict[str, Any]:
