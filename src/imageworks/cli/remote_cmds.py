@@ -34,7 +34,7 @@ def remote() -> None:
 @click.option("--region", help="Region (default: the profile's, else us-east-1).")
 @click.option("--profile", help="AWS profile whose credentials to use (~/.aws/credentials).")
 @click.option("--chunk-size", help="Multipart part and ranged-GET size, e.g. 8MiB (default 8MiB).")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests (default 8).")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests (default 10).")
 @click.option("--replace", is_flag=True, help="Overwrite a remote of that name.")
 @json_option
 @pass_app

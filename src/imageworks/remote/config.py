@@ -18,7 +18,7 @@ from imageworks.config import CONFIG_FILE_NAME, Config
 from imageworks.errors import ConfigError, UsageError
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024  # per multipart part and per ranged GET
-DEFAULT_CONCURRENCY = 8  # parallel requests per command
+DEFAULT_CONCURRENCY = 10  # parallel requests per command, as s3transfer's default
 MIN_CHUNK_SIZE = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
