@@ -17,6 +17,7 @@ QUICK = {
     "scan_speed.py": (["--models", "50", "--reps", "1"], "re-scan"),
     "verify.py": (["--size-mb", "64", "--reps", "1", "--warm-only"], "ratios (median)"),
     "download.py": (["--size-mb", "64", "--reps", "1"], "snapshot_download"),
+    "s3_speed.py": (["--size-mb", "32", "--reps", "1"], "ours / plain boto3"),
 }
 
 

@@ -39,6 +39,10 @@ CHUNK_ATTEMPTS = 3
 ProgressFn = Callable[[int], None]
 
 
+class Cancelled(Exception):
+    """The pull was interrupted (Ctrl-C): workers stop at their next block."""
+
+
 @dataclass(frozen=True)
 class BlobJob:
     key: str
@@ -131,13 +135,22 @@ class _Partial:
 
 
 def _get_range(
-    client: S3Client, remote: Remote, part: _Partial, fd: int, start: int, end: int, progress: ProgressFn
+    client: S3Client,
+    remote: Remote,
+    part: _Partial,
+    fd: int,
+    span: tuple[int, int],
+    progress: ProgressFn,
+    cancel: threading.Event,
 ) -> int:
     """GET bytes [start, end) into the file; retried from where a broken stream stopped."""
     from botocore.exceptions import BotoCoreError
 
+    start, end = span
     pos = start
     for attempt in range(CHUNK_ATTEMPTS):
+        if cancel.is_set():
+            raise Cancelled()
         try:
             with s3_errors(remote, f"reading {part.job.label}"):
                 answer = client.get_object(
@@ -150,7 +163,7 @@ def _get_range(
                 )
             body = answer["Body"]
             try:
-                while pos < end:
+                while pos < end and not cancel.is_set():
                     data = body.read(min(READ_BLOCK, end - pos))
                     if not data:
                         break
@@ -165,9 +178,14 @@ def _get_range(
             if pos == end:
                 part.add(start, end)
                 return end - start
-        except (BotoCoreError, ConnectionError, TimeoutError):
+        except (BotoCoreError, ConnectionError, TimeoutError) as exc:
             if attempt == CHUNK_ATTEMPTS - 1:
-                raise
+                raise TransferError(
+                    f"{part.job.label}: reading from the store failed {CHUNK_ATTEMPTS} times ({exc})",
+                    hint="run the same pull again: it resumes",
+                ) from None
+    if cancel.is_set():
+        raise Cancelled()
     raise TransferError(f"{part.job.label}: the stream ended early {CHUNK_ATTEMPTS} times")
 
 
@@ -195,6 +213,7 @@ def fetch_blob(
     job: BlobJob,
     pool: ThreadPoolExecutor,
     progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> FetchOutcome:
     """Fetch `job` into its destination using `pool` for the ranged GETs (shared by every file of a
     pull, so the number of requests in flight stays `remote.concurrency`)."""
@@ -212,8 +231,9 @@ def fetch_blob(
             for s, e in missing_ranges(part.done, job.size)
             for s in range(s, e, remote.chunk_size)
         ]
+        stop = cancel or threading.Event()
         pending: set[Future[int]] = {
-            pool.submit(_get_range, client, remote, part, fd, s, e, report) for s, e in pieces
+            pool.submit(_get_range, client, remote, part, fd, span, report, stop) for span in pieces
         }
         try:
             while pending:

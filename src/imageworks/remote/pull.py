@@ -8,6 +8,7 @@ from. A model with a file that does not match its digest is never recorded.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -195,16 +196,24 @@ def _fetch_all(
             elif job.size == 0:
                 outcomes[job.dest] = write_empty(job)
             else:
-                outcomes[job.dest] = fetch_blob(client, remote, job, ranges, progress)
+                outcomes[job.dest] = fetch_blob(client, remote, job, ranges, progress, cancel)
         except ImageworksError as exc:
             outcomes[job.dest] = exc
 
-    with (
-        ThreadPoolExecutor(max_workers=remote.concurrency) as ranges,
-        ThreadPoolExecutor(max_workers=FILES_AT_ONCE) as files,
-    ):
+    cancel = threading.Event()
+    ranges = ThreadPoolExecutor(max_workers=remote.concurrency)
+    files = ThreadPoolExecutor(max_workers=FILES_AT_ONCE)
+    try:
         for future in [files.submit(one, job) for job in unique]:
             future.result()
+    except BaseException:
+        # Ctrl-C: stop every worker at its next block; what is on disk stays resumable.
+        cancel.set()
+        files.shutdown(wait=True, cancel_futures=True)
+        ranges.shutdown(wait=True, cancel_futures=True)
+        raise
+    files.shutdown()
+    ranges.shutdown()
     for job in later:
         source = first_by_digest[job.sha256]
         if isinstance(outcomes.get(source.dest), ImageworksError):
