@@ -35,6 +35,7 @@ STATE_SUFFIX = ".s3.json"
 READ_BLOCK = 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024
 CHUNK_ATTEMPTS = 3
+RECORD_EVERY = 4 * 1024 * 1024  # bytes of one range between two saves of the record
 
 ProgressFn = Callable[[int], None]
 
@@ -162,6 +163,7 @@ def _get_range(
                     f"{end - pos}-byte range (has the object changed size?)"
                 )
             body = answer["Body"]
+            recorded = pos
             try:
                 while pos < end and not cancel.is_set():
                     data = body.read(min(READ_BLOCK, end - pos))
@@ -173,10 +175,14 @@ def _get_range(
                         view = view[written:]
                         pos += written
                     progress(len(data))
+                    if pos - recorded >= RECORD_EVERY:
+                        part.add(recorded, pos)  # a kill -9 now keeps what this range got so far
+                        recorded = pos
             finally:
                 body.close()
+            if pos > recorded:
+                part.add(recorded, pos)
             if pos == end:
-                part.add(start, end)
                 return end - start
         except (BotoCoreError, ConnectionError, TimeoutError) as exc:
             if attempt == CHUNK_ATTEMPTS - 1:
