@@ -35,7 +35,7 @@ STATE_SUFFIX = ".s3.json"
 READ_BLOCK = 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024
 CHUNK_ATTEMPTS = 3
-RECORD_EVERY = 4 * 1024 * 1024  # bytes of one range between two saves of the record
+RECORD_EVERY = 2 * 1024 * 1024  # bytes of one range between two saves of the record
 
 ProgressFn = Callable[[int], None]
 
@@ -195,18 +195,19 @@ def _get_range(
     raise TransferError(f"{part.job.label}: the stream ended early {CHUNK_ATTEMPTS} times")
 
 
-def _hash_upto(fd: int, digest: Any, start: int, end: int) -> int:
+def _hash_upto(fd: int, digest: Any, buffer: bytearray, start: int, end: int) -> int:
     """Hash bytes [start, end) of the file (still in the page cache) and hand them to the disk: the
     kernel would otherwise hold them dirty and the fsync before the rename would cost seconds on a large
     file. DONTNEED starts writeback without waiting and drops the pages once clean (we will not read them
     again), as the download engines do."""
     began = start
+    view = memoryview(buffer)
     while start < end:
-        data = os.pread(fd, min(HASH_BLOCK, end - start), start)
-        if not data:
+        got = os.preadv(fd, [view[: min(len(buffer), end - start)]], start)
+        if not got:
             raise TransferError("the partial file is shorter than its record")
-        digest.update(data)
-        start += len(data)
+        digest.update(view[:got])
+        start += got
     if start > began and hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, began, start - began, os.POSIX_FADV_DONTNEED)
@@ -230,6 +231,7 @@ def fetch_blob(
     outcome = FetchOutcome(job, resumed_from=sum(e - s for s, e in part.done))
     report(outcome.resumed_from)
     digest = hashlib.sha256()
+    buffer = bytearray(HASH_BLOCK)  # one per file, reused: no allocation (and page faults) per block
     hashed = 0
     try:
         pieces = [
@@ -243,16 +245,16 @@ def fetch_blob(
         }
         try:
             while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
                 for future in finished:
                     outcome.bytes_fetched += future.result()
-                hashed = _hash_upto(fd, digest, hashed, part.prefix())
+                hashed = _hash_upto(fd, digest, buffer, hashed, part.prefix())
         except BaseException:
             for future in pending:
                 future.cancel()
             wait(pending)
             raise
-        hashed = _hash_upto(fd, digest, hashed, job.size)
+        hashed = _hash_upto(fd, digest, buffer, hashed, job.size)
         actual = digest.hexdigest()
         if actual != job.sha256:
             os.close(fd)

@@ -165,17 +165,39 @@ def _jobs(remote: Remote, manifest: Manifest, folder: Path) -> list[BlobJob]:
     ]
 
 
-def _already_there(job: BlobJob) -> bool:
+Known = dict[Path, tuple[int, int, str]]  # file -> (size, mtime_ns, sha256) as the registry recorded it
+
+
+def _known_files(registry: Registry) -> Known:
+    """Files the registry recorded with a digest and the size and mtime they had when hashed."""
+    known: Known = {}
+    for entry in registry.entries():
+        if not entry.path:
+            continue
+        for record in entry.files:
+            if record.sha256 and record.mtime_ns is not None:
+                known[Path(entry.path) / record.path] = (record.size, record.mtime_ns, record.sha256)
+    return known
+
+
+def _already_there(job: BlobJob, known: Known) -> bool:
+    """The right bytes are already at the destination: trusted when size and mtime are what the
+    registry recorded with that digest, else hashed."""
     from imageworks.hashing import sha256_file
 
     try:
-        return job.dest.stat().st_size == job.size and sha256_file(job.dest) == job.sha256
+        st = job.dest.stat()
+        if st.st_size != job.size:
+            return False
+        if known.get(job.dest) == (st.st_size, st.st_mtime_ns, job.sha256):
+            return True
+        return sha256_file(job.dest) == job.sha256
     except OSError:
         return False
 
 
 def _fetch_all(
-    client: S3Client, remote: Remote, jobs: list[BlobJob], progress: ProgressFn | None
+    client: S3Client, remote: Remote, jobs: list[BlobJob], known: Known, progress: ProgressFn | None
 ) -> dict[Path, FetchOutcome | ImageworksError]:
     """Every job, files several at a time and ranges in parallel; one outcome or error per file."""
     outcomes: dict[Path, FetchOutcome | ImageworksError] = {}
@@ -191,7 +213,7 @@ def _fetch_all(
 
     def one(job: BlobJob) -> None:
         try:
-            if _already_there(job):
+            if _already_there(job, known):
                 outcomes[job.dest] = FetchOutcome(job, skipped=True)
             elif job.size == 0:
                 outcomes[job.dest] = write_empty(job)
@@ -218,7 +240,7 @@ def _fetch_all(
         source = first_by_digest[job.sha256]
         if isinstance(outcomes.get(source.dest), ImageworksError):
             outcomes[job.dest] = outcomes[source.dest]
-        elif _already_there(job):
+        elif _already_there(job, known):
             outcomes[job.dest] = FetchOutcome(job, skipped=True)
         else:
             outcomes[job.dest] = copy_verified(source.dest, job)
@@ -297,14 +319,16 @@ def pull_models(
         raise UsageError("give model names or --all (not both)", hint=f"`remote ls {remote.name}` lists them")
     client = client or make_client(remote)
     check_bucket(client, remote)
-    manifests = _wanted(client, remote, store.load(), names, all_models)
+    registry = store.load()
+    manifests = _wanted(client, remote, registry, names, all_models)
     result = PullResult(remote=remote.name, url=remote.url)
     plans = []
     for manifest in manifests:
         loc = resolve_location(config, location, prefer_lmstudio=manifest.format == "gguf")
         folder = model_folder_for(manifest, loc)
         plans.append((manifest, loc, folder, _jobs(remote, manifest, folder)))
-    outcomes = _fetch_all(client, remote, [j for *_, jobs in plans for j in jobs], progress)
+    all_jobs = [j for *_, model_jobs in plans for j in model_jobs]
+    outcomes = _fetch_all(client, remote, all_jobs, _known_files(registry), progress)
 
     now = utc_now()
     complete: list[tuple[PulledModel, ModelEntry]] = []
