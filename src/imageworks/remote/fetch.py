@@ -23,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from imageworks.durable import atomic_write_text, fsync_dir
 from imageworks.errors import IntegrityError, TransferError
@@ -195,23 +194,66 @@ def _get_range(
     raise TransferError(f"{part.job.label}: the stream ended early {CHUNK_ATTEMPTS} times")
 
 
-def _hash_upto(fd: int, digest: Any, buffer: bytearray, start: int, end: int) -> int:
-    """Hash bytes [start, end) of the file (still in the page cache) and hand them to the disk: the
-    kernel would otherwise hold them dirty and the fsync before the rename would cost seconds on a large
-    file. DONTNEED starts writeback without waiting and drops the pages once clean (we will not read them
-    again), as the download engines do."""
-    began = start
-    view = memoryview(buffer)
-    while start < end:
-        got = os.preadv(fd, [view[: min(len(buffer), end - start)]], start)
-        if not got:
-            raise TransferError("the partial file is shorter than its record")
-        digest.update(view[:got])
-        start += got
-    if start > began and hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, began, start - began, os.POSIX_FADV_DONTNEED)
-    return start
+class _Hasher:
+    """SHA-256 of the file's completed prefix, read back from the page cache as it grows."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.digest = hashlib.sha256()
+        self.buffer = bytearray(HASH_BLOCK)  # reused: no allocation (and page faults) per block
+        self.hashed = 0
+
+    def upto(self, end: int) -> None:
+        """Hash up to `end` and hand those bytes to the disk: the kernel would otherwise hold them dirty
+        and the fsync before the rename would cost seconds on a large file. DONTNEED starts writeback
+        without waiting and drops the pages once clean (we will not read them again), as the download
+        engines do."""
+        began = start = self.hashed
+        view = memoryview(self.buffer)
+        while start < end:
+            got = os.preadv(self.fd, [view[: min(len(self.buffer), end - start)]], start)
+            if not got:
+                raise TransferError("the partial file is shorter than its record")
+            self.digest.update(view[:got])
+            start += got
+        self.hashed = start
+        if start > began and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, began, start - began, os.POSIX_FADV_DONTNEED)
+
+
+def _fetch_missing(
+    client: S3Client,
+    remote: Remote,
+    part: _Partial,
+    fd: int,
+    pool: ThreadPoolExecutor,
+    report: ProgressFn,
+    stop: threading.Event,
+    hasher: _Hasher,
+) -> int:
+    """GET every range the partial file lacks, hashing the prefix while later ranges arrive."""
+    pieces = [
+        (s, min(s + remote.chunk_size, e))
+        for s, e in missing_ranges(part.done, part.job.size)
+        for s in range(s, e, remote.chunk_size)
+    ]
+    pending: set[Future[int]] = {
+        pool.submit(_get_range, client, remote, part, fd, span, report, stop) for span in pieces
+    }
+    fetched = 0
+    try:
+        while pending:
+            finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            for future in finished:
+                fetched += future.result()
+            hasher.upto(part.prefix())
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        wait(pending)
+        raise
+    return fetched
 
 
 def fetch_blob(
@@ -230,32 +272,12 @@ def fetch_blob(
     fd = part.open()
     outcome = FetchOutcome(job, resumed_from=sum(e - s for s, e in part.done))
     report(outcome.resumed_from)
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_BLOCK)  # one per file, reused: no allocation (and page faults) per block
-    hashed = 0
     try:
-        pieces = [
-            (s, min(s + remote.chunk_size, e))
-            for s, e in missing_ranges(part.done, job.size)
-            for s in range(s, e, remote.chunk_size)
-        ]
+        hasher = _Hasher(fd)
         stop = cancel or threading.Event()
-        pending: set[Future[int]] = {
-            pool.submit(_get_range, client, remote, part, fd, span, report, stop) for span in pieces
-        }
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    outcome.bytes_fetched += future.result()
-                hashed = _hash_upto(fd, digest, buffer, hashed, part.prefix())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            wait(pending)
-            raise
-        hashed = _hash_upto(fd, digest, buffer, hashed, job.size)
-        actual = digest.hexdigest()
+        outcome.bytes_fetched = _fetch_missing(client, remote, part, fd, pool, report, stop, hasher)
+        hasher.upto(job.size)
+        actual = hasher.digest.hexdigest()
         if actual != job.sha256:
             os.close(fd)
             fd = -1

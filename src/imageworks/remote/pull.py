@@ -298,6 +298,27 @@ def _keep_remotes(registry: Registry, entry: ModelEntry) -> ModelEntry:
     return ModelEntry.model_validate(data)
 
 
+def _record(
+    store: RegistryStore,
+    complete: list[tuple[PulledModel, ModelEntry]],
+    command: Sequence[str] | str | None,
+    backup: bool,
+) -> None:
+    """Every complete model in one registry transaction."""
+    from imageworks.entries import record_entry
+
+    with store.transaction(command, backup=backup) as registry:
+        for pulled, entry in complete:
+            entry = _keep_remotes(registry, entry)
+            if entry.name in registry.curated and entry.name not in registry.discovered:
+                # The team's curated registry names this model: the pulled entry fills that name in.
+                registry.put(entry)
+                stored = entry
+            else:
+                stored = record_entry(registry, entry)
+            pulled.name, pulled.recorded = stored.name, True
+
+
 def pull_models(
     store: RegistryStore,
     config: Config,
@@ -311,7 +332,7 @@ def pull_models(
     command: Sequence[str] | str | None = None,
     backup: bool = True,
 ) -> PullResult:
-    from imageworks.entries import record_entry, utc_now
+    from imageworks.entries import utc_now
     from imageworks.locations import resolve_location
 
     started = time.monotonic()
@@ -346,15 +367,6 @@ def pull_models(
         if pulled.error is None:
             complete.append((pulled, _entry_for(manifest, folder, loc.name, remote, now)))
     if complete:
-        with store.transaction(command, backup=backup) as registry:
-            for pulled, entry in complete:
-                entry = _keep_remotes(registry, entry)
-                if entry.name in registry.curated and entry.name not in registry.discovered:
-                    # The team's curated registry names this model: the pulled entry fills that name in.
-                    registry.put(entry)
-                    stored = entry
-                else:
-                    stored = record_entry(registry, entry)
-                pulled.name, pulled.recorded = stored.name, True
+        _record(store, complete, command, backup)
     result.seconds = time.monotonic() - started
     return result

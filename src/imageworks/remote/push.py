@@ -202,47 +202,33 @@ def _copy_files_layout(client: S3Client, remote: Remote, manifest: Manifest) -> 
     return len(todo)
 
 
-def push_models(
-    store: RegistryStore,
-    remote: Remote,
-    names: Sequence[str] = (),
-    *,
-    all_models: bool = False,
-    dry_run: bool = False,
-    layout_files: bool = False,
-    client: S3Client | None = None,
-    progress: ProgressFn | None = None,
-    command: Sequence[str] | str | None = None,
-    backup: bool = True,
-) -> PushResult:
-    from imageworks.entries import utc_now
+Checked = list[tuple["ModelEntry", list[tuple[Path, str, int]]]]  # entry, (file, sha256, size) each
 
-    started = time.monotonic()
-    if all_models == bool(names):
-        raise UsageError("give model names or --all (not both)", hint="`imageworks-download list` shows them")
-    result = PushResult(remote=remote.name, url=remote.url, dry_run=dry_run)
-    entries = select_entries(store, names, all_models)
-    checked: list[tuple[ModelEntry, list[tuple[Path, str, int]]]] = []
-    for entry in entries:
+
+def _check_entries(
+    store: RegistryStore, names: Sequence[str], all_models: bool, result: PushResult
+) -> Checked:
+    """The models to push with their verified files; with --all, unverified ones are skipped and named."""
+    checked: Checked = []
+    for entry in select_entries(store, names, all_models):
         try:
             checked.append((entry, _local_files(entry)))
         except (UsageError, IntegrityError):
             if not all_models:
                 raise
             result.skipped.append(entry.name)
-    client = client or make_client(remote)
-    check_bucket(client, remote)
+    return checked
 
+
+def _plan(client: S3Client, remote: Remote, checked: Checked, result: PushResult) -> list[Blob]:
+    """Which blobs the store lacks (one HEAD each); fills in the per-model figures. Returns the uploads."""
     blobs: dict[str, Blob] = {}
     for _, files in checked:
         for path, digest, size in files:
             blobs.setdefault(digest, Blob(digest, size, path, remote.key(blob_key(digest))))
     _mark_present(client, remote, list(blobs.values()))
-    to_upload = [b for b in blobs.values() if not b.present]
-    now = utc_now()
     for entry, files in checked:
-        digests = {d for _, d, _ in files}
-        own = [blobs[d] for d in digests]
+        own = [blobs[d] for d in {d for _, d, _ in files}]
         result.models.append(
             PushedModel(
                 name=entry.name,
@@ -254,13 +240,15 @@ def push_models(
                 blobs_present=sum(1 for b in own if b.present),
             )
         )
+    to_upload = [b for b in blobs.values() if not b.present]
     result.objects_uploaded = len(to_upload)
     result.bytes_uploaded = sum(b.size for b in to_upload)
-    if dry_run:
-        result.seconds = time.monotonic() - started
-        return result
+    return to_upload
 
-    _upload(client, remote, to_upload, progress)
+
+def _write_manifests(
+    client: S3Client, remote: Remote, checked: Checked, result: PushResult, now: str, layout_files: bool
+) -> None:
     layouts = ["blobs", "files"] if layout_files else ["blobs"]
     for (entry, _), pushed in zip(checked, result.models, strict=True):
         manifest = Manifest.from_entry(entry, pushed_at=now, layouts=layouts)
@@ -276,7 +264,38 @@ def push_models(
                 Body=manifest.to_bytes(),
                 ContentType="application/json",
             )
-    _record_pushes(store, remote, [e.name for e, _ in checked], now, command, backup)
+
+
+def push_models(
+    store: RegistryStore,
+    remote: Remote,
+    names: Sequence[str] = (),
+    *,
+    all_models: bool = False,
+    dry_run: bool = False,
+    layout_files: bool = False,
+    client: S3Client | None = None,
+    progress: ProgressFn | None = None,
+    command: Sequence[str] | str | None = None,
+    backup: bool = True,
+) -> PushResult:
+    """Plan (local checks, a HEAD per blob), then, unless `dry_run`, upload, write the manifests and
+    record the push in each entry."""
+    from imageworks.entries import utc_now
+
+    started = time.monotonic()
+    if all_models == bool(names):
+        raise UsageError("give model names or --all (not both)", hint="`imageworks-download list` shows them")
+    result = PushResult(remote=remote.name, url=remote.url, dry_run=dry_run)
+    checked = _check_entries(store, names, all_models, result)
+    client = client or make_client(remote)
+    check_bucket(client, remote)
+    to_upload = _plan(client, remote, checked, result)
+    if not dry_run:
+        now = utc_now()
+        _upload(client, remote, to_upload, progress)
+        _write_manifests(client, remote, checked, result, now, layout_files)
+        _record_pushes(store, remote, [e.name for e, _ in checked], now, command, backup)
     result.seconds = time.monotonic() - started
     return result
 
