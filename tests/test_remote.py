@@ -160,6 +160,12 @@ def test_remote_add_list_remove_keeps_the_rest_of_the_toml(run_cli, isolated_env
     assert listed[0]["region"] == "eu-1"
     again = run_cli("remote", "add", "team", "s3://bucket-a/models")
     assert again.returncode == 2 and "already exists" in again.stderr
+    creds = run_cli("remote", "add", "other", "s3://bucket-a/m", "--endpoint-url", "http://ak:sk@127.0.0.1:9")
+    assert (
+        creds.returncode == 2
+        and "no credentials in the URL" in creds.stderr
+        and "ak:sk" not in toml.read_text()
+    )
     bad = run_cli("remote", "add", "other", "https://bucket/models")
     assert bad.returncode == 2 and bad.stderr.startswith("error: not an s3:// URL")
     assert "Traceback" not in bad.stderr
@@ -217,6 +223,8 @@ def test_push_then_pull_on_a_second_machine(run_cli, team: Team, tmp_path: Path)
     again = json.loads(run_cli("pull", NAME, "--from", "team", "--json", env=env).stdout)["data"]
     assert again["bytes_fetched"] == 0
 
+    absent = run_cli("verify", "--remote-store", "team", "acme/never-pushed")
+    assert absent.returncode == 1 and "not in store" in absent.stdout.lower()
     checked = run_cli("verify", "--remote-store", "team", "--deep", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["data"]["models"][0]["status"] == "ok"

@@ -64,6 +64,11 @@ def add(
     bucket, prefix = parse_s3_url(url)
     if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
         raise click.BadParameter("must start with http:// or https://", param_hint="--endpoint-url")
+    if endpoint_url and "@" in endpoint_url.split("/")[2]:
+        raise click.BadParameter(
+            "no credentials in the URL: they come from the AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, --profile)",
+            param_hint="--endpoint-url",
+        )
     spec = Remote(
         name=name,
         bucket=bucket,

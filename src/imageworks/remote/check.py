@@ -153,6 +153,17 @@ def _check_object(
     return check
 
 
+def _local_name(registry: Registry, name: str) -> str:
+    """The registry's name for what the user typed; a model only the store holds keeps its name."""
+    from imageworks.errors import ModelNotFound
+    from imageworks.registry import find_entry
+
+    try:
+        return find_entry(registry, name).name
+    except ModelNotFound:
+        return name
+
+
 def verify_store(
     registry: Registry,
     remote: Remote,
@@ -163,11 +174,9 @@ def verify_store(
 ) -> list[StoreCheck]:
     """Check the store's objects of NAMES (default: every model the store holds) against the manifests
     and against the digests the registry recorded."""
-    from imageworks.registry import find_entry
-
     client = client or make_client(remote)
     check_bucket(client, remote)
-    wanted = [find_entry(registry, n).name for n in names] if names else list_manifest_names(client, remote)
+    wanted = [_local_name(registry, n) for n in names] if names else list_manifest_names(client, remote)
     reports = []
     with ThreadPoolExecutor(max_workers=remote.concurrency) as pool:
         for name in wanted:
