@@ -149,9 +149,10 @@ def main() -> None:
     try:
         import boto3
 
-        admin = boto3.client("s3", endpoint_url=servers["uncapped"].endpoint, region_name="us-east-1")
         for rep in range(args.reps):
             for label, server in servers.items():
+                # Buckets are made through the server that uses them: each rclone caches the folder list.
+                admin = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
                 run_round(work, label, server.endpoint, rep, records, registry1, env, admin, figures)
     finally:
         for server in servers.values():
