@@ -179,8 +179,8 @@ def _get_range(
                         recorded = pos
             finally:
                 body.close()
-            if pos > recorded:
-                part.add(recorded, pos)
+                if pos > recorded:  # also when the stream broke: those bytes are in the file
+                    part.add(recorded, pos)
             if pos == end:
                 return end - start
         except (BotoCoreError, ConnectionError, TimeoutError) as exc:
