@@ -39,10 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("imageworks.cli.registry_cmds:history", "Show the registry's change log."),
     "config": ("imageworks.cli.setup_cmds:config", "Print every resolved setting and where it came from."),
     "doctor": ("imageworks.cli.setup_cmds:doctor", "Check that everything needed for downloads is ready."),
-    "remote": (
-        "imageworks.cli.remote_cmds:remote",
-        "Add, list, remove team stores (S3); `remote ls` a store.",
-    ),
+    "remote": ("imageworks.cli.remote_cmds:remote", "Team stores (S3): add, list, remove, ls."),
     "push": ("imageworks.cli.remote_cmds:push", "Upload verified models to a team store (S3)."),
     "pull": ("imageworks.cli.remote_cmds:pull", "Download models from a team store, verify, record."),
 }
