@@ -419,6 +419,25 @@ def test_wrong_credentials_missing_bucket_unreachable(run_cli, team: Team) -> No
     assert none.returncode == 2 and "no AWS credentials found" in none.stderr
 
     config = resolve_config(registry_dir=team.dirs["registry"])
+    add_remote(config, Remote("nope", team.bucket, "p", endpoint_url=team.server.endpoint, profile="nope"))
+    unknown = run_cli("remote", "ls", "nope")
+    assert unknown.returncode == 2 and "AWS profile 'nope' not found" in unknown.stderr
+
+    # A profile in ~/.aws/credentials is the whole chain when the environment has no keys.
+    aws = team.dirs["home"] / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        f"[teamprof]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    add_remote(
+        config, Remote("viaprofile", team.bucket, "p", endpoint_url=team.server.endpoint, profile="teamprof")
+    )
+    profiled = run_cli(
+        "remote", "ls", "viaprofile", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    )
+    assert profiled.returncode == 0 and "holds no models" in profiled.stdout, profiled.stderr
+    assert SECRET_KEY not in (team.dirs["registry"] / "imageworks.toml").read_text()
+
     add_remote(config, Remote("gone", "no-such-bucket-here", "p", endpoint_url=team.server.endpoint))
     missing = run_cli("remote", "ls", "gone")
     assert missing.returncode == 2

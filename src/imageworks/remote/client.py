@@ -58,30 +58,34 @@ class ObjectMissing(RemoteError, LookupError):
 def make_client(remote: Remote) -> S3Client:
     """A client for `remote`. Path-style addressing and checksums `when_required` whenever an endpoint is
     given: S3-compatible stores (MinIO, R2, Ceph, rclone) reject virtual-host buckets on a bare host and
-    some reject the CRC checksums newer botocore sends by default."""
-    import boto3
+    some reject the CRC checksums newer botocore sends by default.
+
+    Made from a botocore session (what boto3.Session wraps): importing boto3 also imports s3transfer's
+    transfer manager, ~0.15 s that a push with nothing to upload does not need."""
+    import botocore.session
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import ProfileNotFound
 
+    custom = remote.endpoint_url is not None
     try:
-        session = boto3.session.Session(profile_name=remote.profile)
+        session = botocore.session.Session(profile=remote.profile)
+        region = remote.region or session.get_config_variable("region") or "us-east-1"
+        config = BotoConfig(
+            region_name=region,
+            s3={"addressing_style": "path" if custom else "auto"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=max(10, remote.concurrency * 2),
+        )
+        return session.create_client("s3", endpoint_url=remote.endpoint_url, config=config)
     except ProfileNotFound:
         raise RemoteAuthError(
             f"remote {remote.name!r}: AWS profile {remote.profile!r} not found",
             hint="add it to ~/.aws/credentials or ~/.aws/config, or change the remote's --profile",
         ) from None
-    custom = remote.endpoint_url is not None
-    config = BotoConfig(
-        region_name=remote.region or session.region_name or "us-east-1",
-        s3={"addressing_style": "path" if custom else "auto"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=max(10, remote.concurrency * 2),
-    )
-    return session.client("s3", endpoint_url=remote.endpoint_url, config=config)
 
 
 def translate(exc: Exception, remote: Remote, what: str) -> RemoteError:
@@ -134,12 +138,15 @@ def bucket_missing(remote: Remote) -> BucketNotFound:
 @contextlib.contextmanager
 def s3_errors(remote: Remote, what: str) -> Iterator[None]:
     """Translate botocore/boto3 errors raised inside the block."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.exceptions import S3UploadFailedError
-
     try:
         yield
-    except (ClientError, BotoCoreError, S3UploadFailedError, ConnectionError) as exc:
+    except Exception as exc:
+        # Imported only on failure: s3transfer is not otherwise needed by a push with nothing to upload.
+        from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import S3UploadFailedError
+
+        if not isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError, ConnectionError)):
+            raise
         cause = exc.__cause__ if isinstance(exc, S3UploadFailedError) and exc.__cause__ else exc
         raise translate(cause if isinstance(cause, Exception) else exc, remote, what) from None
 

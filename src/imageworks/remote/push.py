@@ -142,6 +142,8 @@ def _mark_present(client: S3Client, remote: Remote, blobs: list[Blob]) -> None:
 
 
 def _upload(client: S3Client, remote: Remote, blobs: list[Blob], progress: ProgressFn | None) -> None:
+    if not blobs:
+        return
     from s3transfer.manager import TransferConfig, TransferManager
     from s3transfer.subscribers import BaseSubscriber
 
