@@ -214,10 +214,11 @@ def report(figures: dict[str, list[dict]], total: int, args: argparse.Namespace)
     median = {k: statistics.median(r["seconds"] for r in runs) for k, runs in figures.items()}
     rss = {k: max(r["rss_mb"] for r in runs) for k, runs in figures.items()}
     print(f"\nmodel {total / MB:.0f} MB in 3 files; rclone serve s3 on 127.0.0.1; median of {args.reps}")
-    print(f"{'command':26s} {'median s':>9s} {'MB/s':>8s} {'peak RSS MB':>12s}")
+    print(f"{'command':26s} {'median s':>9s} {'MB/s':>8s} {'peak RSS MB':>12s}  every run (s)")
     for key in sorted(median):
         rate = total / median[key] / MB if not key.startswith("push again") else 0.0
-        print(f"{key:26s} {median[key]:9.2f} {rate:8.1f} {rss[key]:12.0f}")
+        runs = " ".join(f"{r['seconds']:.2f}" for r in figures[key])
+        print(f"{key:26s} {median[key]:9.2f} {rate:8.1f} {rss[key]:12.0f}  {runs}")
     print("\nratios (median)")
     for label in ("uncapped", "capped"):
         for op in ("push", "pull"):

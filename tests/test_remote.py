@@ -208,7 +208,7 @@ def test_push_then_pull_on_a_second_machine(run_cli, team: Team, tmp_path: Path)
     team.add_remote(Path(env["IMAGEWORKS_REGISTRY_DIR"]))
     listing = json.loads(run_cli("remote", "ls", "team", "--json", env=env).stdout)["data"]["models"]
     assert [(m["name"], m["local"], m["size_bytes"]) for m in listing] == [(NAME, False, entry.size_bytes)]
-    pulled = run_cli("pull", NAME, "--from", "team", "--json", env=env)
+    pulled = run_cli("pull", REPO, "--from", "team", "--json", env=env)  # the Hub id as typed works too
     assert pulled.returncode == 0, pulled.stderr
     folder = Path(env["IMAGEWORKS_MODEL_ROOT"]) / REPO
     for record in entry.files:

@@ -126,6 +126,8 @@ def _wanted(
     out = []
     for name in names:
         manifest = read_manifest(client, remote, name)
+        if manifest is None and name.lower() != name:  # a Hub repo id as typed: names are lower case
+            manifest = read_manifest(client, remote, name.lower())
         if manifest is None:
             local = find_entries(registry, name)
             if len(local) == 1 and local[0].name != name:
