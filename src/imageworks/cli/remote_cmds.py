@@ -245,7 +245,7 @@ def pull(
     location: str | None,
     no_backup: bool,
     as_json: bool,
-) -> None:
+) -> int:
     """Download models from REMOTE (verified, resumable) and record them."""
     from imageworks.remote.config import get_remote
     from imageworks.remote.pull import pull_models
@@ -278,7 +278,7 @@ def pull(
         if not result.models:
             click.echo(f"{_where(spec)} holds none of the curated models")
         click.echo(f"done in {result.seconds:.1f} s")
-    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _where(spec: Remote) -> str:
@@ -287,7 +287,7 @@ def _where(spec: Remote) -> str:
 
 def verify_store_cmd(
     app: AppContext, remote_name: str, names: tuple[str, ...], deep: bool, as_json: bool
-) -> None:
+) -> int:
     """`verify --remote-store REMOTE [NAME…] [--deep]` (called from the verify command)."""
     from rich.text import Text
 
@@ -303,7 +303,7 @@ def verify_store_cmd(
             {"remote": spec.name, "url": spec.url, "models": [r.as_dict() for r in reports]},
             ok=ok,
         )
-        sys.exit(EXIT_OK if ok else EXIT_FAILED)
+        return EXIT_OK if ok else EXIT_FAILED
     out = console()
     if not reports:
         out.print(f"{spec.url} holds no models")
@@ -318,4 +318,4 @@ def verify_store_cmd(
         out.print(line)
         for check in report.problems:
             out.print(Text(f"    {check.status:<18} {check.path}  {check.detail or check.key}"))
-    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+    return EXIT_OK if ok else EXIT_FAILED
