@@ -278,6 +278,9 @@ def test_push_refuses_unverified_or_changed_files(run_cli, team: Team) -> None:
         reg.put(stripped)
     out = run_cli("push", NAME, "--to", "team")
     assert out.returncode == 2 and "not verified" in out.stderr and "verify --record" in out.stderr
+    every = run_cli("push", "--all", "--to", "team", "--json")
+    assert every.returncode == 0, every.stderr
+    assert json.loads(every.stdout)["data"]["skipped"] == [NAME]  # --all skips what is not verified
     assert not team.client().list_objects_v2(Bucket=team.bucket).get("Contents")
 
 
