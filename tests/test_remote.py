@@ -262,6 +262,16 @@ def test_dedup_counts_puts_and_a_second_push_uploads_nothing(team: Team) -> None
     assert shared.objects_uploaded == 1 and counts["PutObject"] == 2  # extra.bin + the manifest
     assert shared.models[0].blobs_present == len(first.files)
 
+    # An object whose metadata names another digest is damaged: the next push uploads it again.
+    config = next(f for f in first.files if f.path == "config.json")
+    assert config.sha256
+    key = team.key("blobs/sha256", config.sha256[:2], config.sha256)
+    client.put_object(Bucket=team.bucket, Key=key, Body=b"x" * config.size, Metadata={"sha256": "0" * 64})
+    repaired = push_models(store, team.remote, [first.name], client=client)
+    assert repaired.objects_uploaded == 1 and repaired.bytes_uploaded == config.size
+    body = client.get_object(Bucket=team.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == config.sha256
+
 
 def test_push_refuses_unverified_or_changed_files(run_cli, team: Team) -> None:
     entry = seed_model(team.dirs["registry"], team.dirs["models"])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imageworks.errors import IntegrityError, UsageError
-from imageworks.remote.client import S3Client, check_bucket, head, make_client, s3_errors
+from imageworks.remote.client import S3Client, check_bucket, head, make_client, metadata_sha256, s3_errors
 from imageworks.remote.config import Remote
 from imageworks.remote.manifest import Manifest, blob_key, files_key, manifest_key
 
@@ -135,7 +135,14 @@ def _mark_present(client: S3Client, remote: Remote, blobs: list[Blob]) -> None:
 
     def probe(blob: Blob) -> None:
         answer = head(client, remote, blob.key)
-        blob.present = answer is not None and answer.get("ContentLength") == blob.size
+        # Metadata that names another digest marks a damaged object: upload it again. No metadata at all
+        # is trusted (some stores, rclone among them, drop user metadata when they restart).
+        recorded = metadata_sha256(answer) if answer is not None else None
+        blob.present = (
+            answer is not None
+            and answer.get("ContentLength") == blob.size
+            and recorded in (None, blob.sha256)
+        )
 
     with ThreadPoolExecutor(max_workers=remote.concurrency) as pool:
         list(pool.map(probe, blobs))
