@@ -480,3 +480,65 @@ def test_wrong_credentials_missing_bucket_unreachable(run_cli, team: Team) -> No
     assert down.returncode == 1 and "cannot reach http://127.0.0.1" in down.stderr
     assert "Traceback" not in down.stderr + missing.stderr + none.stderr
     assert get_remote(config, "team").endpoint_url == team.server.endpoint
+
+
+# -- manifests and config, no server -----------------------------------------------------------------
+
+_GOOD = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ([{"path": "/etc/passwd", "size": 1, "sha256": _GOOD}], "unsafe path"),
+        ([{"path": "a/../../x", "size": 1, "sha256": _GOOD}], "unsafe path"),
+        ([{"path": "C:/Windows/x", "size": 1, "sha256": _GOOD}], "unsafe path"),
+        ([{"path": "dir\\x", "size": 1, "sha256": _GOOD}], "unsafe path"),
+        ([{"path": "x", "size": -1, "sha256": _GOOD}], "bad file record"),
+        ([{"path": "x", "size": 1, "sha256": "../../etc"}], "no valid sha256"),
+        ([{"path": "x", "size": 1, "sha256": _GOOD}, {"path": "x", "size": 1, "sha256": _GOOD}], "twice"),
+        ([], "lists no files"),
+    ],
+)
+def test_hostile_manifests_are_refused(files: list[dict[str, Any]], problem: str) -> None:
+    from imageworks.errors import ImageworksError
+    from imageworks.remote.manifest import Manifest
+
+    doc = {"schema": "imageworks.model-manifest", "version": 1, "name": "acme/x", "files": files}
+    with pytest.raises(ImageworksError, match=problem):
+        Manifest.parse(json.dumps(doc).encode(), "test")
+
+
+def test_manifest_names_and_versions() -> None:
+    from imageworks.errors import ImageworksError
+    from imageworks.remote.manifest import Manifest, files_key, manifest_key
+
+    doc = {"schema": "imageworks.model-manifest", "version": 99, "name": "acme/x", "files": []}
+    with pytest.raises(ImageworksError, match="newer"):
+        Manifest.parse(json.dumps(doc).encode(), "test")
+    for name in ("../x", "/x", "a//b", "a\\b"):
+        with pytest.raises(ImageworksError):
+            manifest_key(name)
+    assert manifest_key("owner/model:q4_k_m") == "models/owner/model:q4_k_m.json"
+    assert files_key({"repo_id": "o/r", "commit": "c" * 40}, "sub/w.bin") == f"files/o/r/{'c' * 40}/sub/w.bin"
+    with pytest.raises(ImageworksError):
+        files_key({"repo_id": "o/..", "commit": "c"}, "w.bin")
+
+
+def test_remote_config_validation(isolated_env: dict[str, Path]) -> None:
+    from imageworks.errors import ImageworksError
+    from imageworks.remote.config import load_remotes, parse_s3_url, parse_size
+
+    assert parse_s3_url("s3://bucket/a/b/") == ("bucket", "a/b")
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    for bad in ("s3://", "s3://b/../x", "gs://bucket/x", "s3://bu cket/x"):
+        with pytest.raises(ImageworksError):
+            parse_s3_url(bad)
+    assert parse_size("8MiB", "x") == 8 << 20 and parse_size(65536, "x") == 65536
+    with pytest.raises(ImageworksError):
+        parse_size("1KB", "x")
+    toml = isolated_env["registry"] / "imageworks.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text('[remotes.team]\nurl = "s3://bucket/p"\naws_secret_access_key = "x"\n')
+    with pytest.raises(ImageworksError, match="unknown key"):
+        load_remotes(resolve_config(registry_dir=isolated_env["registry"]))
