@@ -342,7 +342,29 @@ def test_corrupted_object_is_detected_and_never_registered(run_cli, team: Team, 
     assert files["config.json"] == "missing" and files["tokenizer.json"] == "ok"
 
 
-def test_kill9_mid_pull_then_resume(team: Team, tmp_path: Path) -> None:
+def _pull_until(env: dict[str, str], state: Path, at_least: int, sig: int) -> subprocess.Popen[bytes]:
+    """Start a pull, wait until its record vouches for `at_least` bytes, then send `sig`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imageworks.cli.main", "pull", NAME, "--from", "team"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(state.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            done = []
+        if sum(end - start for start, end in done) >= at_least:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    return proc
+
+
+def test_ctrl_c_and_kill9_mid_pull_then_resume(team: Team, tmp_path: Path) -> None:
     registry = team.dirs["registry"]
     big = os.urandom(3 * 1024 * 1024)
     entry = seed_model(registry, team.dirs["models"], extra=big)
@@ -350,28 +372,16 @@ def test_kill9_mid_pull_then_resume(team: Team, tmp_path: Path) -> None:
 
     env = {**os.environ, **second_machine(tmp_path)}
     registry2 = Path(env["IMAGEWORKS_REGISTRY_DIR"])
+    folder = Path(env["IMAGEWORKS_MODEL_ROOT"]) / REPO
+    state = folder / ".extra.bin.imageworks-partial.s3.json"
     slow = start_server(team.server.data, bwlimit="600K")
     try:
         team.add_remote(registry2, endpoint_url=slow.endpoint, concurrency=2)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imageworks.cli.main", "pull", NAME, "--from", "team"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        folder = Path(env["IMAGEWORKS_MODEL_ROOT"]) / REPO
-        state = folder / ".extra.bin.imageworks-partial.s3.json"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                done = json.loads(state.read_text())["done"]
-            except (OSError, ValueError, KeyError):
-                done = []
-            if sum(end - start for start, end in done) >= 256 * 1024:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        interrupted = _pull_until(env, state, 128 * 1024, signal.SIGINT)
+        assert interrupted.returncode == 130  # Ctrl-C: workers stop, the partial file stays
+        assert state.exists() and not (folder / "extra.bin").exists()
+        killed = _pull_until(env, state, 512 * 1024, signal.SIGKILL)
+        assert killed.returncode == -signal.SIGKILL
     finally:
         slow.stop()
     assert (folder / ".extra.bin.imageworks-partial").exists() and state.exists()
@@ -388,7 +398,7 @@ def test_kill9_mid_pull_then_resume(team: Team, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     model = json.loads(done.stdout)["data"]["models"][0]
-    assert model["bytes_resumed"] >= 256 * 1024 and model["recorded"]
+    assert model["bytes_resumed"] >= 512 * 1024 and model["recorded"]
     assert model["bytes_fetched"] <= model["size_bytes"] - model["bytes_resumed"]
     assert (folder / "extra.bin").read_bytes() == big
     assert not state.exists()
