@@ -552,3 +552,15 @@ def test_remote_config_validation(isolated_env: dict[str, Path]) -> None:
     toml.write_text('[remotes.team]\nurl = "s3://bucket/p"\naws_secret_access_key = "x"\n')
     with pytest.raises(ImageworksError, match="unknown key"):
         load_remotes(resolve_config(registry_dir=isolated_env["registry"]))
+
+
+def test_pull_checks_free_space_first(tmp_path: Path) -> None:
+    from imageworks.errors import InsufficientSpace
+    from imageworks.remote.fetch import BlobJob
+    from imageworks.remote.pull import _check_space
+
+    job = BlobJob("k", 10**18, _GOOD, tmp_path / "new" / "folder" / "w.bin", "w.bin")
+    with pytest.raises(InsufficientSpace, match="not enough free space"):
+        _check_space([job])
+    _check_space([BlobJob("k", 1024, _GOOD, tmp_path / "w.bin", "w.bin")])
+    assert not (tmp_path / "new").exists()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageworks.errors import ImageworksError, UsageError
+from imageworks.errors import ImageworksError, InsufficientSpace, TransferError, UsageError
 from imageworks.remote.client import (
     ObjectMissing,
     S3Client,
@@ -198,6 +198,40 @@ def _already_there(job: BlobJob, known: Known) -> bool:
         return False
 
 
+def _check_space(jobs: list[BlobJob]) -> None:
+    """Refuse before fetching anything when a folder's disk cannot hold what remains to fetch."""
+    import shutil
+
+    from imageworks.remote.fetch import partial_paths
+
+    needed: dict[int, int] = {}  # device -> bytes
+    anchors: dict[int, Path] = {}
+    for job in jobs:
+        try:
+            if job.dest.stat().st_size == job.size:
+                continue  # there already (checked by digest later) or replaced in place
+        except OSError:
+            pass
+        try:
+            have = partial_paths(job.dest)[0].stat().st_blocks * 512
+        except OSError:
+            have = 0
+        anchor = job.dest.parent
+        while not anchor.exists() and anchor != anchor.parent:
+            anchor = anchor.parent
+        device = anchor.stat().st_dev
+        anchors.setdefault(device, anchor)
+        needed[device] = needed.get(device, 0) + max(0, job.size - have)
+    for device, size in needed.items():
+        anchor = anchors[device]
+        free = shutil.disk_usage(anchor).free
+        if size > free:
+            raise InsufficientSpace(
+                f"not enough free space in {anchor}: {size:,} bytes to fetch, {free:,} free",
+                hint="free some space or choose another --location",
+            )
+
+
 def _fetch_all(
     client: S3Client, remote: Remote, jobs: list[BlobJob], known: Known, progress: ProgressFn | None
 ) -> dict[Path, FetchOutcome | ImageworksError]:
@@ -223,6 +257,10 @@ def _fetch_all(
                 outcomes[job.dest] = fetch_blob(client, remote, job, ranges, progress, cancel)
         except ImageworksError as exc:
             outcomes[job.dest] = exc
+        except OSError as exc:  # the local disk (full, read-only): what was written stays resumable
+            outcomes[job.dest] = TransferError(
+                f"{job.label}: {exc.strerror or exc}", hint="fix the folder or free space, then pull again"
+            )
 
     cancel = threading.Event()
     ranges = ThreadPoolExecutor(max_workers=remote.concurrency)
@@ -351,6 +389,7 @@ def pull_models(
         folder = model_folder_for(manifest, loc)
         plans.append((manifest, loc, folder, _jobs(remote, manifest, folder)))
     all_jobs = [j for *_, model_jobs in plans for j in model_jobs]
+    _check_space(all_jobs)
     outcomes = _fetch_all(client, remote, all_jobs, _known_files(registry), progress)
 
     now = utc_now()
