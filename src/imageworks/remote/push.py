@@ -304,7 +304,7 @@ def push_models(
         now = utc_now()
         _upload(client, remote, to_upload, progress)
         _write_manifests(client, remote, checked, result, now, layout_files)
-        _record_pushes(store, remote, [e.name for e, _ in checked], now, command, backup)
+        _record_pushes(store, remote, [e for e, _ in checked], now, command, backup)
     result.seconds = time.monotonic() - started
     return result
 
@@ -330,27 +330,34 @@ def remote_record(remote: Remote, when: str) -> dict[str, Any]:
     return {"url": remote.url, "endpoint_url": remote.endpoint_url, "at": when}
 
 
+def _recorded(entry: ModelEntry, remote: Remote) -> bool:
+    remotes = getattr(entry, "remotes", None)
+    old = remotes.get(remote.name) if isinstance(remotes, dict) else None
+    return isinstance(old, dict) and (old.get("url"), old.get("endpoint_url")) == (
+        remote.url,
+        remote.endpoint_url,
+    )
+
+
 def _record_pushes(
     store: RegistryStore,
     remote: Remote,
-    names: list[str],
+    entries: list[ModelEntry],
     when: str,
     command: Sequence[str] | str | None,
     backup: bool,
 ) -> None:
-    """`remotes: {NAME: {url, endpoint_url, at}}` in each pushed entry (shown by `show`)."""
+    """`remotes: {NAME: {url, endpoint_url, at}}` in each pushed entry (shown by `show`). A repeated push
+    changes no byte of the registry (and does not even take its lock)."""
     from imageworks.registry import ModelEntry
 
+    if all(_recorded(e, remote) for e in entries):
+        return
     with store.transaction(command, backup=backup) as registry:
-        for name in names:
-            entry = registry.discovered_entry(name) or registry.get(name)
-            if entry is None:
+        for pushed in entries:
+            entry = registry.discovered_entry(pushed.name) or registry.get(pushed.name)
+            if entry is None or _recorded(entry, remote):
                 continue
             data = entry.model_dump(mode="json")
-            remotes = dict(data.get("remotes") or {})
-            old = remotes.get(remote.name) or {}
-            if old.get("url") == remote.url and old.get("endpoint_url") == remote.endpoint_url:
-                continue  # already recorded: a repeated push changes no byte of the registry
-            remotes[remote.name] = remote_record(remote, when)
-            data["remotes"] = remotes
+            data["remotes"] = {**(data.get("remotes") or {}), remote.name: remote_record(remote, when)}
             registry.put(ModelEntry.model_validate(data))
