@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, handle_errors, json_option, no_backup_option, pass_app
-from imageworks.cli.render import byte_progress, console, emit_json, human_size, table
+from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
+from imageworks.cli.render import byte_progress, console, emit_json, human_size, operation_failed, table
 from imageworks.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ def remote() -> None:
 @click.option("--replace", is_flag=True, help="Overwrite a remote of that name.")
 @json_option
 @pass_app
-@handle_errors
 def add(
     app: AppContext,
     name: str,
@@ -89,7 +88,6 @@ def add(
 @remote.command("list")
 @json_option
 @pass_app
-@handle_errors
 def list_remotes(app: AppContext, as_json: bool) -> None:
     """List the configured remotes."""
     from imageworks.remote.config import load_remotes
@@ -111,7 +109,6 @@ def list_remotes(app: AppContext, as_json: bool) -> None:
 @remote.command("remove")
 @click.argument("name")
 @pass_app
-@handle_errors
 def remove_remote_cmd(app: AppContext, name: str) -> None:
     """Forget remote NAME (the store itself is not touched)."""
     from imageworks.remote.config import remove_remote
@@ -124,7 +121,6 @@ def remove_remote_cmd(app: AppContext, name: str) -> None:
 @click.argument("name", metavar="REMOTE")
 @json_option
 @pass_app
-@handle_errors
 def ls(app: AppContext, name: str, as_json: bool) -> None:
     """List the models REMOTE holds, their sizes, and which are present locally."""
     from imageworks.remote.check import list_store
@@ -181,7 +177,6 @@ def _bar(label: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
 def push(
     app: AppContext,
     names: tuple[str, ...],
@@ -236,7 +231,6 @@ def push(
 @no_backup_option
 @json_option
 @pass_app
-@handle_errors
 def pull(
     app: AppContext,
     names: tuple[str, ...],
@@ -264,7 +258,12 @@ def pull(
             backup=not no_backup,
         )
     if as_json:
-        emit_json("pull", result.as_dict(), ok=result.ok)
+        failed = [m.name for m in result.models if m.error]
+        error = operation_failed(
+            f"{len(failed)} model(s) failed and were not recorded: {', '.join(failed[:5])}",
+            "see each model's error in data; run the same pull again to resume",
+        )
+        emit_json("pull", result.as_dict(), ok=result.ok, error=None if result.ok else error)
     else:
         for model in result.models:
             if model.error:
@@ -298,10 +297,16 @@ def verify_store_cmd(
     reports = verify_store(app.store().load(), spec, names, deep=deep)
     ok = all(r.ok for r in reports)
     if as_json:
+        bad = [r.name for r in reports if not r.ok]
+        error = operation_failed(
+            f"{len(bad)} of {len(reports)} model(s) in {spec.name} did not verify: {', '.join(bad[:5])}",
+            "see each model's objects in data; push the model again to repair",
+        )
         emit_json(
             "verify.remote_store",
             {"remote": spec.name, "url": spec.url, "models": [r.as_dict() for r in reports]},
             ok=ok,
+            error=None if ok else error,
         )
         return EXIT_OK if ok else EXIT_FAILED
     out = console()
