@@ -202,6 +202,3 @@ def verify_store(
             if report.problems:
                 report.status = "problems"
     return reports
-
-
-__all__ = ["StoreCheck", "StoredModel", "list_store", "verify_store", "s3_errors"]
