@@ -20,6 +20,7 @@ QUICK = {
     "download_fixed_costs.py": (["--reps", "1"], "up to date"),
     "stores.py": (["--repos", "50", "--pairs", "10", "--reps", "1"], "hashes per candidate"),
     "outdated_speed.py": (["--models", "40", "--reps", "1"], "ratio outdated/anchor"),
+    "s3_speed.py": (["--size-mb", "32", "--reps", "1"], "ours / plain boto3"),
 }
 
 

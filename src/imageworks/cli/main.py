@@ -54,6 +54,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("imageworks.cli.setup_cmds:doctor", "Check that everything needed for downloads is ready."),
     "outdated": ("imageworks.cli.update_cmd:outdated", "Tell which Hub models moved on and what changed."),
     "update": ("imageworks.cli.update_cmd:update", "Fetch only what changed since a model's commit."),
+    "remote": ("imageworks.cli.remote_cmds:remote", "Team stores (S3): add, list, remove, ls."),
+    "push": ("imageworks.cli.remote_cmds:push", "Upload verified models to a team store (S3)."),
+    "pull": ("imageworks.cli.remote_cmds:pull", "Download models from a team store, verify, record."),
 }
 
 

@@ -12,7 +12,7 @@ import click
 
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, console, emit_json, human_size, operation_failed
-from imageworks.errors import EXIT_FAILED, EXIT_OK
+from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -35,6 +35,12 @@ _STYLE = {"ok": "green", "recorded": "green", "skipped": "dim"}
 )
 @click.option("--record", is_flag=True, help="Hash and store the digests an entry lacks.")
 @click.option(
+    "--remote-store",
+    metavar="REMOTE",
+    help="Check a team store's objects instead (HEAD + sha256 metadata; default: every model it holds).",
+)
+@click.option("--deep", is_flag=True, help="With --remote-store: read every object and hash it.")
+@click.option(
     "--jobs",
     "-j",
     type=click.IntRange(min=1),
@@ -52,6 +58,8 @@ def verify(
     remote: bool,
     record: bool,
     jobs: int | None,
+    remote_store: str | None,
+    deep: bool,
     no_backup: bool,
     as_json: bool,
 ) -> int:
@@ -65,6 +73,12 @@ def verify(
     """
     from imageworks.verify import run_verify, selection
 
+    if remote_store is not None or deep:
+        from imageworks.cli.remote_cmds import verify_store_cmd
+
+        if remote_store is None:
+            raise UsageError("--deep goes with --remote-store REMOTE")
+        return verify_store_cmd(app, remote_store, () if all_models else names, deep, as_json)
     chosen = selection(names, all_models)
     with _progress_bar(enabled=not quick) as progress:
         run = run_verify(
