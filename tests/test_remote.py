@@ -155,6 +155,7 @@ def test_remote_add_list_remove_keeps_the_rest_of_the_toml(run_cli, isolated_env
     assert out.returncode == 0, out.stderr
     text = toml.read_text()
     assert text.startswith(original) and '[remotes.team]\nurl = "s3://bucket-a/models"' in text
+    assert "unknown key" not in run_cli("config").stderr  # [remotes] is a known table of imageworks.toml
     listed = json.loads(run_cli("remote", "list", "--json").stdout)["data"]
     assert listed[0]["name"] == "team" and listed[0]["endpoint_url"] == "http://127.0.0.1:9"
     assert listed[0]["region"] == "eu-1"
