@@ -291,3 +291,29 @@ def test_import_reports_broken_shelves_and_refuses_a_missing_path(run_cli, isola
     assert (
         missing.returncode == 2 and "is not a folder" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def test_scan_recognises_other_tools_layouts_and_imports_them(
+    fake_hub: FakeHub, run_cli, isolated_env
+) -> None:
+    from tests import modelfiles
+    from tests.shelves import ollama_model
+
+    dense = samples.add_safetensors_model(fake_hub)
+    cache = isolated_env["home"] / "hub"
+    _hf_download(fake_hub, dense.repo_id, cache)
+    dry = run_cli("scan", "--base", str(cache), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    data = json.loads(dry.stdout)["data"]
+    assert data["shelf"] == "hf-cache" and data["import"][0]["added"] == ["theowner/tiny-llama"]
+    assert not (isolated_env["registry"] / "model_registry.discovered.json").exists()
+    out = run_cli("scan", "--base", str(cache))
+    assert out.returncode == 0, out.stderr
+    assert "hf-cache's layout" in out.stdout
+    assert _entries(isolated_env)["theowner/tiny-llama"]["tool"] == "hf-cache"  # not local/hub/models--...
+    models = isolated_env["home"] / "ollama"
+    ollama_model(
+        models, "registry.ollama.ai/library/tiny/latest", modelfiles.gguf_bytes(arch="llama", name="T")
+    )
+    scanned = json.loads(run_cli("scan", "--base", str(models), "--json").stdout)["data"]
+    assert scanned["shelf"] == "ollama" and scanned["import"][0]["added"] == ["ollama/library/tiny:latest"]

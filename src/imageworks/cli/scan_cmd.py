@@ -58,6 +58,13 @@ def scan(
 
     config = app.config
     target, location_name = resolve_scan_target(config, base, location)
+    from imageworks.stores.shelves import detect_shelf
+
+    shelf = detect_shelf(target)
+    if shelf is not None:  # stores (#11): another tool's shelf is registered in place, as `import` does
+        from imageworks.cli.stores_cmds import scan_shelf
+
+        return scan_shelf(app, shelf, target, dry_run=dry_run, no_backup=no_backup, as_json=as_json)
     roots = tuple(config.location_roots().values())
     options = ScanOptions(
         location=location_name,

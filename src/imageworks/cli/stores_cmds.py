@@ -28,6 +28,32 @@ def import_cmd(app: AppContext, tool: str, path: Path | None, no_backup: bool, a
     if as_json:
         emit_json("import", [r.as_dict() for r in results])
         return
+    render_imports(tool, results)
+
+
+def scan_shelf(
+    app: AppContext, tool: str, path: Path, *, dry_run: bool, no_backup: bool, as_json: bool
+) -> None:
+    """`scan` of a folder that is another tool's shelf: imported in place, exactly as `import` does."""
+    from imageworks.stores.importing import import_shelf, preview_shelf
+
+    if dry_run:
+        results = [preview_shelf(tool, app.store(), path)]
+    else:
+        results = import_shelf(tool, app.store(), path, command=sys.argv, backup=not no_backup)
+    if as_json:
+        emit_json(
+            "scan",
+            {"base": str(path), "shelf": tool, "dry_run": dry_run, "import": [r.as_dict() for r in results]},
+        )
+        return
+    click.echo(
+        f"{path} is {tool}'s layout: {'would import' if dry_run else 'imported'} in place (as `import {tool} PATH`)"
+    )
+    render_imports(tool, results)
+
+
+def render_imports(tool: str, results: list) -> None:  # list[ImportResult]
     for result in results:
         for note in result.notes:
             click.echo(f"note: {note}", err=True)

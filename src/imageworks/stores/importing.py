@@ -251,3 +251,21 @@ def import_shelf(
             record_found(store, found, result, command=command, backup=backup) if found else result
         )
     return results
+
+
+def preview_shelf(tool: str, store: RegistryStore, path: Path) -> ImportResult:
+    """What `import` would record from `path`, recording nothing (`scan --dry-run` of a tool's shelf)."""
+    import importlib
+
+    module = importlib.import_module(f"imageworks.stores.{MODULES[tool]}")
+    registry = store.load()
+    found, result = module.find(path, registry)
+    index = _Index(registry)
+    for item in found:
+        result.files += len(item.entry.files)
+        result.bytes += sum(f.size for f in item.entry.files)
+        existing = index.match(item)
+        (result.added if existing is None else result.copies).append(
+            item.entry.name if existing is None else existing.name
+        )
+    return result

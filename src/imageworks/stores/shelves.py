@@ -86,3 +86,19 @@ def default_shelf(tool: str) -> Path:
     if tool == "lmstudio":
         return lmstudio_models()
     return llama_cache()
+
+
+def detect_shelf(folder: Path) -> str | None:
+    """The tool whose layout `folder` is, if it is one: a Hugging Face cache (`models--*/snapshots`), an
+    Ollama store (`manifests/` + `blobs/`) or llama.cpp's flat cache (`manifest=*.json`). `scan` hands
+    these to `import` so their files are registered in place as that tool's copies."""
+    try:
+        if any(p.name.startswith("models--") and (p / "snapshots").is_dir() for p in folder.iterdir()):
+            return "hf-cache"
+        if (folder / "manifests").is_dir() and (folder / "blobs").is_dir():
+            return "ollama"
+        if next(folder.glob("manifest=*.json"), None) is not None:
+            return "llama.cpp"
+    except OSError:
+        return None
+    return None
