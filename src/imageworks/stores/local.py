@@ -60,9 +60,16 @@ def _sources(registry: Registry, plan: DownloadPlan) -> tuple[dict[str, _Source]
     same_repo = (plan.repo_id or "").lower()
     wanted_sha = {f.sha256 for f in plan.to_fetch if f.sha256}
     wanted_path = {f.path for f in plan.to_fetch if not f.sha256}
-    for entry in registry.entries():
-        repo_match = bool(same_repo) and (entry.source.repo_id or "").lower() == same_repo
-        if not repo_match and not any(f.sha256 in wanted_sha for f in entry.files):
+    for name, raw in registry.merged_raw().items():
+        # Filter on the stored dicts; only a candidate is validated (a 10k registry stays cheap).
+        repo_match = (
+            bool(same_repo) and str((raw.get("source") or {}).get("repo_id") or "").lower() == same_repo
+        )
+        raw_files = [f for f in raw.get("files") or () if isinstance(f, dict)]
+        if not repo_match and not any(f.get("sha256") in wanted_sha for f in raw_files):
+            continue
+        entry = registry.get(name)
+        if entry is None:
             continue
         records = {f.path: f for f in entry.files}
         for view in copies_of(entry):

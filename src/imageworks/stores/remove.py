@@ -85,20 +85,43 @@ def _abs(path: Path) -> str:
 
 
 def _claims(registry: Registry, skip: tuple[str, int | None]) -> dict[str, str]:
-    """Every file path some entry's copy lists (and the blob a symlink points to) -> who lists it, except
-    the copy being removed (`skip` = entry name, copy index; None = all of that entry's copies)."""
+    """Every file path some entry's copy lists (and the blob an HF snapshot symlink points to) -> who
+    lists it, except the copy being removed (`skip` = entry name, copy index; None = all its copies).
+    Read from the merged layers untyped: removing one model must not validate a 10,000-entry registry."""
     claims: dict[str, str] = {}
-    for entry in registry.entries():
-        for view in copies_of(entry):
-            if entry.name == skip[0] and (skip[1] is None or view.index == skip[1]):
+    for name, raw in registry.merged_raw().items():
+        for index, folder, paths, tool in _raw_copies(raw):
+            if name == skip[0] and (skip[1] is None or index == skip[1]):
                 continue
-            who = entry.name if view.index == 0 else f"{entry.name} ({view.tool} copy)"
-            for _rel, disk, *_ in view.files:
+            who = name if index == 0 else f"{name} ({tool} copy)"
+            for rel in paths:
+                disk = folder / rel
                 claims.setdefault(_abs(disk), who)
-                if disk.is_symlink():
+                if tool == "hf-cache" and disk.is_symlink():
                     with contextlib.suppress(OSError):
                         claims.setdefault(str(disk.resolve()), who)
     return claims
+
+
+def _raw_copies(raw: dict[str, Any]) -> list[tuple[int, Path, list[str], str]]:
+    """(copy index, folder, file paths in it, tool) of an entry as stored, the primary first (index 0)."""
+    out: list[tuple[int, Path, list[str], str]] = []
+    path = raw.get("path")
+    files = [f.get("path") for f in raw.get("files") or () if isinstance(f, dict)]
+    if isinstance(path, str) and path:
+        folder = Path(path).expanduser()
+        if folder.is_file():
+            folder = folder.parent
+        out.append(
+            (0, folder, [p for p in files if isinstance(p, str)], str(raw.get("tool") or "imageworks"))
+        )
+    for index, copy in enumerate(raw.get("copies") or (), 1):
+        if not isinstance(copy, dict) or not isinstance(copy.get("path"), str):
+            continue
+        paths = [f.get("at") or f.get("path") for f in copy.get("files") or () if isinstance(f, dict)]
+        tool = str(copy.get("tool") or "imageworks")
+        out.append((index, Path(copy["path"]), [p for p in paths if isinstance(p, str)], tool))
+    return out
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
