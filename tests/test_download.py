@@ -89,6 +89,7 @@ def test_download_record_and_up_to_date(fake_hub: FakeHub, run_cli, isolated_env
     assert entry["location"] == "linux_wsl" and entry["path"] == str(folder)
     weights = next(f for f in entry["files"] if f["path"] == "model.safetensors")
     assert weights["sha256"] == hashlib.sha256(repo.bytes_of("model.safetensors")).hexdigest()
+    assert {f["digest_source"] for f in entry["files"]} == {"hub"}  # never replaced from disk (issue 9.3)
     assert entry["quantization"] == "bf16" and "vllm" in entry["serve"]
     assert len(history(isolated_env)) == 1 and "download" in history(isolated_env)[0]["command"]
 
@@ -411,6 +412,7 @@ def test_direct_url_with_sha256(fake_hub: FakeHub, run_cli, isolated_env) -> Non
     assert data["name"] == "url/tiny-llama-3b-q8_0:q8_0"
     assert entry["source"]["provider"] == "url" and "Signature=***" in entry["source"]["url"]
     assert entry["files"][0]["sha256"] == hashlib.sha256(content).hexdigest()
+    assert entry["files"][0]["digest_source"] == "url"
     again = run_cli("download", url, "--engine", "native")
     assert again.returncode == 0 and "up to date" in again.stdout
 

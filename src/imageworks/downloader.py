@@ -479,13 +479,14 @@ def _record(
 
     started = time.monotonic()
     records = []
+    # Every file was checked against the Hub's listing (LFS SHA-256, or the git blob id of a small file)
+    # or came from the direct URL: its digest is never to be replaced from disk (entries.AUTHORITATIVE).
+    source = "hub" if plan.provider == "hf" else "url"
     for item in plan.files:
         st = item.dest.stat()
-        records.append(
-            FileRecord(
-                path=item.path, size=st.st_size, sha256=digests.get(item.path), mtime_ns=st.st_mtime_ns
-            )
-        )
+        sha256 = digests.get(item.path)
+        fields = {"path": item.path, "size": st.st_size, "sha256": sha256, "mtime_ns": st.st_mtime_ns}
+        records.append(FileRecord.model_validate({**fields, "digest_source": source} if sha256 else fields))
     if result.up_to_date:
         current = _current_entries(registry, plan, records, resolved.source)
         if current is not None:
