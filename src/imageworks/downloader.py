@@ -216,35 +216,46 @@ def download(
             f"imageworks.download({reference!r})" if isinstance(ref, HubRef) else "imageworks.download(<url>)"
         )
     try:
-        lock = contextlib.nullcontext(False) if options.dry_run else _model_lock(resolved, sink)
-        with lock as waited:
-            registry = store.load()
-            plan = _plan(resolved, registry, options)
-            if (
-                not options.force
-            ):  # stores (#9.4, #11): bytes a registered copy on this machine holds are linked or copied
-                take_local_copies(
-                    plan, store, dry_run=options.dry_run, command=command, backup=options.backup
-                )
-            result = DownloadResult(
-                reference=plan.reference,
-                plan=plan,
-                dry_run=options.dry_run,
-                notes=list(plan.notes),
-                waited_for_lock=bool(waited),
-                timings={"plan": time.monotonic() - started},
-            )
-            if on_plan is not None:
-                on_plan(plan)
-            if not options.dry_run:
-                digests = _fetch(resolved, plan, engine, sink, result, options=options)
-                _record(resolved, plan, digests, store, registry, result, options=options, command=command)
-            else:
-                result.up_to_date = not plan.to_fetch
+        result = _under_lock(resolved, store, engine, sink, options, command, on_plan, started)
     finally:
         if resolved.hub is not None:
             resolved.hub.close()
     result.timings["total"] = time.monotonic() - started
+    return result
+
+
+def _under_lock(
+    resolved: Resolved,
+    store: RegistryStore,
+    engine: Engine | None,
+    sink: ProgressSink,
+    options: DownloadOptions,
+    command: Sequence[str] | str,
+    on_plan: Callable[[DownloadPlan], None] | None,
+    started: float,
+) -> DownloadResult:
+    """Plan, fetch and record while holding the model's lock (one writer per model folder)."""
+    lock = contextlib.nullcontext(False) if options.dry_run else _model_lock(resolved, sink)
+    with lock as waited:
+        registry = store.load()
+        plan = _plan(resolved, registry, options)
+        if not options.force:  # bytes a registered copy on this machine holds are linked or copied (#11)
+            take_local_copies(plan, store, dry_run=options.dry_run, command=command, backup=options.backup)
+        result = DownloadResult(
+            reference=plan.reference,
+            plan=plan,
+            dry_run=options.dry_run,
+            notes=list(plan.notes),
+            waited_for_lock=bool(waited),
+            timings={"plan": time.monotonic() - started},
+        )
+        if on_plan is not None:
+            on_plan(plan)
+        if options.dry_run:
+            result.up_to_date = not plan.to_fetch
+        else:
+            digests = _fetch(resolved, plan, engine, sink, result, options=options)
+            _record(resolved, plan, digests, store, registry, result, options=options, command=command)
     return result
 
 

@@ -13,6 +13,8 @@ from imageworks.cli.render import byte_progress, emit_json, table
 from imageworks.units import human_size, plural
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from imageworks.downloader import DownloadResult
     from imageworks.plan import DownloadPlan
     from imageworks.transfer import FileJob, FileResult
@@ -289,21 +291,11 @@ def download(
     app: AppContext,
     reference: str,
     format_: str | None,
-    quant: str | None,
-    location: str | None,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    engine: str,
-    connections: int,
-    no_aria2: bool,
-    stall_timeout: float,
-    dry_run: bool,
-    force: bool,
-    sha256: str | None,
     token: str | None,
     as_json: bool,
     quiet: bool,
     no_backup: bool,
+    **flags: Any,
 ) -> None:
     """Download REFERENCE, verify every file and record the model.
 
@@ -313,44 +305,21 @@ def download(
     from imageworks.downloader import download as run_download
     from imageworks.errors import UsageError
 
-    if no_aria2 and engine == "aria2":
+    dry_run = flags["dry_run"]
+    if flags["no_aria2"] and flags["engine"] == "aria2":
         raise UsageError("--no-aria2 contradicts --engine aria2")
     if token:
         app.token = token
     progress = _LazyProgress(quiet)
     started = time.monotonic()
 
-    def on_plan(plan: DownloadPlan) -> None:
-        if dry_run:
-            return
-        progress.message(_plan_header(plan))
-        for note in plan.notes:
-            progress.message(f"note: {note}")
-        if plan.to_fetch:
-            # Whole sizes, not what remains: the engines report resumed bytes as already done.
-            progress.open(sum(f.size or 0 for f in plan.to_fetch))
-
     try:
         result = run_download(
             reference,
-            DownloadOptions(
-                format=format_,
-                quant=quant,
-                location=location,
-                include=include,
-                exclude=exclude,
-                engine=engine,
-                connections=connections,
-                no_aria2=no_aria2,
-                stall_timeout=stall_timeout,
-                dry_run=dry_run,
-                force=force,
-                sha256=sha256,
-                backup=not no_backup,
-            ),
+            DownloadOptions(format=format_, backup=not no_backup, **flags),
             config=app.config,
             progress=progress,
-            on_plan=on_plan,
+            on_plan=None if dry_run else _plan_announcer(progress),
             command=["imageworks-download", *sys.argv[1:]],
         )
     finally:
@@ -361,6 +330,20 @@ def download(
         _render_plan(result.plan)
     elif not quiet:
         _render_result(result, time.monotonic() - started)
+
+
+def _plan_announcer(progress: _LazyProgress) -> Callable[[DownloadPlan], None]:
+    """What a real download prints once its plan is known: the header, the notes, and the byte bar."""
+
+    def on_plan(plan: DownloadPlan) -> None:
+        progress.message(_plan_header(plan))
+        for note in plan.notes:
+            progress.message(f"note: {note}")
+        if plan.to_fetch:
+            # Whole sizes, not what remains: the engines report resumed bytes as already done.
+            progress.open(sum(f.size or 0 for f in plan.to_fetch))
+
+    return on_plan
 
 
 @click.command()
