@@ -172,15 +172,27 @@ def test_file_added_and_file_removed(fake_hub: FakeHub, run_cli, tiny, isolated_
         ("generation_config.json", "removed"),
         ("tokenizer_config.json", "added"),
     ]
-    # A copy on another shelf (as the stores work records them) is reported, not rewritten.
+    # A copy `link` placed in a plain folder is brought along; one in another tool's store is reported.
+    shelf = isolated_env["home"] / "shelf"
+    linked = run_cli("link", NAME, "--to", str(shelf))
+    assert linked.returncode == 0, linked.stderr
     layer = isolated_env["registry"] / "model_registry.discovered.json"
     doc = json.loads(layer.read_text())
-    doc["models"][NAME]["copies"] = [{"path": "/elsewhere/lmstudio/Owner/Tiny", "tool": "lmstudio"}]
+    doc["models"][NAME]["copies"].append(
+        {"path": "/nowhere/hub/models--Owner--Tiny", "tool": "hf-cache", "method": "link"}
+    )
     layer.write_text(json.dumps(doc))
     update = run_cli("update", "--all", "--engine", "native")
     assert update.returncode == 0, update.stderr
     assert "updated owner/tiny" in update.stdout
-    assert "stale: copy at /elsewhere/lmstudio/Owner/Tiny (lmstudio)" in update.stdout
+    assert f"copy updated: {shelf}" in update.stdout
+    assert "stale: copy at /nowhere/hub/models--Owner--Tiny (hf-cache, link)" in update.stdout
+    assert (shelf / "tokenizer_config.json").stat().st_ino == (folder / "tokenizer_config.json").stat().st_ino
+    assert not (shelf / "generation_config.json").exists()
+    copies = {c["path"]: c for c in registry(isolated_env)[NAME]["copies"]}
+    assert "tokenizer_config.json" in {f["path"] for f in copies[str(shelf)]["files"]}
+    verify = run_cli("verify", NAME, script="imageworks-loader")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
     assert not (folder / "generation_config.json").exists()
     assert (folder / "tokenizer_config.json").read_bytes() == b'{"model_max_length": 8}'
     paths = sorted(f["path"] for f in registry(isolated_env)[NAME]["files"])

@@ -67,6 +67,7 @@ class UpdatedModel:
     files_reused: int = 0
     kept_as: str | None = None
     stale_copies: list[str] = field(default_factory=list)
+    copies_updated: list[str] = field(default_factory=list)
     reason: str | None = None
     hint: str | None = None
 
@@ -85,6 +86,7 @@ class UpdatedModel:
             "files_reused": self.files_reused,
             "kept_as": self.kept_as,
             "stale_copies": self.stale_copies,
+            "copies_updated": self.copies_updated,
             "reason": self.reason,
             "hint": self.hint,
         }

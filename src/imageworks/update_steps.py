@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from imageworks.hub import HubClient
     from imageworks.plan import PlannedFile
     from imageworks.registry import Registry
-    from imageworks.registry.schema import FileRecord, ModelEntry
+    from imageworks.registry.schema import Copy, FileRecord, ModelEntry
     from imageworks.transfer import Engine, ProgressSink
     from imageworks.update import UpdatedModel
 
@@ -53,6 +53,9 @@ class Work:
 
 def foreign_store(entry: ModelEntry) -> str | None:
     """The other tool whose store holds this entry's files (we never write those), or None."""
+    tool = getattr(entry, "tool", None)
+    if tool in ("hf-cache", "ollama", "llama.cpp"):
+        return {"hf-cache": "the Hugging Face cache", "ollama": "Ollama's store"}.get(tool, f"{tool}'s store")
     parts = Path(entry.path or "").parts
     if "snapshots" in parts and any(p.startswith("models--") for p in parts):
         return "the Hugging Face cache"
@@ -288,7 +291,7 @@ def _old_entry(work: Work) -> ModelEntry:
     assert work.old_folder is not None
     commit = work.entry.source.commit
     source = Source.model_validate({**work.entry.source.model_dump(), "revision": commit})
-    kept = work.entry.model_copy(update={"path": str(work.old_folder), "source": source})
+    kept = work.entry.model_copy(update={"path": str(work.old_folder), "source": source, "copies": []})
     return renamed(kept, f"{work.entry.name}@{(commit or 'unknown')[:12]}")
 
 
@@ -328,6 +331,37 @@ def _refresh_siblings(
             registry.put(previous.model_copy(update=update))
 
 
+def refreshable(copy: Copy) -> bool:
+    """A copy that is a plain folder of the model's files that imageworks placed (a second location, LM
+    Studio's shelf): it can be brought to the new files. Other tools' stores and imported shelves cannot."""
+    return copy.tool in ("imageworks", "lmstudio") and copy.method != "import"
+
+
+def refresh_copies(work: Work, entry: ModelEntry) -> list[Copy]:
+    """Give each refreshable copy the files of the updated `entry` (hardlinks on one filesystem, else
+    verified copies, each renamed into place) and drop from it the files that left the selection and that
+    imageworks made there. Returns the copies to record."""
+    from imageworks.locations import safe_join
+    from imageworks.stores.lmstudio import link_folder
+
+    placed = []
+    for copy in work.entry.copies:
+        if not refreshable(copy):
+            continue
+        folder = Path(copy.path)
+        made = link_folder(entry, folder, tool="lmstudio" if copy.tool == "lmstudio" else "imageworks").copy
+        for record in work.status.removed:
+            if record.path in copy.made:
+                with contextlib.suppress(FileNotFoundError):
+                    safe_join(folder, record.path).unlink()
+        made = made.model_copy(
+            update={"made": sorted(set(made.made) | (set(copy.made) - {r.path for r in work.status.removed}))}
+        )
+        placed.append(made)
+        work.result.copies_updated.append(copy.path)
+    return placed
+
+
 def _summary(works: Sequence[Work]) -> str:
     parts = []
     for work in works:
@@ -348,15 +382,20 @@ def record(
 ) -> None:
     from imageworks.entries import merge_entry, utc_now
     from imageworks.registry import RegistryStore
+    from imageworks.stores.copies import add_copy
 
     now = utc_now()
     entries = [(work, _new_entry(work, now)) for work in works]
+    refreshed = {work.entry.name: refresh_copies(work, entry) for work, entry in entries}
     argv = command if isinstance(command, str) else " ".join(command or ["imageworks.update"])
     line = f"{argv} | {_summary(works)}"
     with RegistryStore(config.registry_path).transaction(line, backup=backup) as registry:
         for work, entry in entries:
             previous = registry.discovered_entry(work.entry.name)
-            registry.put(merge_entry(previous, entry) if previous is not None else entry)
+            stored = merge_entry(previous, entry) if previous is not None else entry
+            for copy in refreshed[work.entry.name]:
+                stored, _ = add_copy(stored, copy)
+            registry.put(stored)
             if work.old_folder is not None:
                 registry.put(_old_entry(work))
                 work.result.kept_as = f"{work.entry.name}@{(work.entry.source.commit or 'unknown')[:12]}"
@@ -376,12 +415,10 @@ def stale_copies(work: Work, registry: Registry, updating: set[str]) -> list[str
         same_model = (other.format, other.quantization) == (work.entry.format, work.entry.quantization)
         if same_model and (src.repo_id or "").lower() == repo and src.commit == work.status.commit:
             out.append(f"{other.name} at {other.path}")
-    # Copies on other shelves (the stores work's `copies`): not rewritten here, so they hold the old bytes.
-    for copy in getattr(work.entry, "copies", None) or []:
-        data = copy.model_dump() if hasattr(copy, "model_dump") else copy if isinstance(copy, dict) else {}
-        where, tool = data.get("path"), data.get("tool") or data.get("owner")
-        if where and where != work.entry.path:
-            out.append(f"copy at {where}" + (f" ({tool})" if tool else ""))
+    # Copies in another tool's store (HF cache, Ollama, an imported shelf) are not rewritten: old bytes.
+    for copy in work.entry.copies:
+        if not refreshable(copy):
+            out.append(f"copy at {copy.path} ({copy.tool}, {copy.method})")
     linked = _linked_elsewhere(work)
     if linked:
         out.append(f"{linked} changed file(s) hardlinked elsewhere keep the old bytes there")

@@ -115,6 +115,8 @@ def _render_update(report: UpdateReport) -> None:
                 click.echo(_change_line(change))
         if m.kept_as:
             click.echo(f"  the previous revision is kept as {m.kept_as}")
+        for copy in m.copies_updated:
+            click.echo(f"  copy updated: {copy}")
         for copy in m.stale_copies:
             click.echo(f"  stale: {copy}")
         if m.hint and m.state in ("failed", "stale"):
