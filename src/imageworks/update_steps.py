@@ -234,13 +234,16 @@ def switch(work: Work, registry: Registry) -> None:
 
 
 def _linked_elsewhere(work: Work) -> int:
-    """Changed files that have another name on disk (a tool's shelf linked to ours): it keeps the old bytes."""
+    """Changed files that have another name on disk that no refreshed copy accounts for (a link made by
+    hand or by another tool): that name keeps the old bytes."""
     count = 0
     for item in work.items:
         if item.action == "reuse" or item.new.record is None:
             continue
+        path = item.new.record.path
+        ours = sum(1 for c in work.entry.copies if refreshable(c) and any(f.path == path for f in c.files))
         with contextlib.suppress(OSError):
-            if _still_old(item.dest, item.new.record) and item.dest.stat().st_nlink > 1:
+            if _still_old(item.dest, item.new.record) and item.dest.stat().st_nlink > 1 + ours:
                 count += 1
     return count
 
