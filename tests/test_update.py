@@ -462,3 +462,31 @@ def test_a_new_format_beside_the_old_one_is_not_an_update(fake_hub: FakeHub, run
     assert result.returncode == 0, result.stdout + result.stderr
     (model,) = data_of(result)["models"]
     assert model["state"] == "metadata only" and model["changes"] == []
+
+
+def test_ollama_hf_co_import_is_checked_and_reported_stale(fake_hub: FakeHub, run_cli, isolated_env) -> None:
+    """A GGUF Ollama pulled as hf.co/OWNER/REPO:QUANT (laid out as Ollama writes it, registered by the real
+    import): the Hub's newer Q4_K_M is noticed; Ollama's store is not written."""
+    from tests.fakehub import samples
+    from tests.shelves import ollama_model
+
+    repo = samples.add_gguf_model(fake_hub)
+    models = isolated_env["home"] / ".ollama" / "models"
+    q4 = repo.bytes_of("Tiny-Llama-3B-Q4_K_M.gguf")
+    projector = repo.bytes_of("mmproj-Tiny-Llama-3B-F16.gguf")
+    ollama_model(models, "hf.co/TheOwner/Tiny-Llama-GGUF/Q4_K_M", q4, projector=projector)
+    assert run_cli("import", "ollama").returncode == 0
+    (name,) = registry(isolated_env)
+    current = run_cli("outdated", name, "--json")
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert data_of(current)["models"][0]["state"] == "current"
+
+    fake_hub.push(repo.repo_id, {"Tiny-Llama-3B-Q4_K_M.gguf": q4[:-1] + bytes([q4[-1] ^ 1])})
+    result = run_cli("outdated", name, "--json")
+    assert result.returncode == 1, result.stderr
+    (model,) = data_of(result)["models"]
+    assert model["state"] == "outdated" and model["repo_id"] == "TheOwner/Tiny-Llama-GGUF"
+    assert [(c["path"], c["change"]) for c in model["changes"]] == [("Tiny-Llama-3B-Q4_K_M.gguf", "changed")]
+    update = run_cli("update", name, "--json")
+    (done,) = data_of(update)["models"]
+    assert update.returncode == 0 and done["state"] == "stale" and "Ollama" in done["reason"]

@@ -162,8 +162,20 @@ class OutdatedReport:
 # ---------------------------------------------------------------------------------------- choosing
 
 
+def hub_identity(entry: ModelEntry) -> tuple[str, str | None] | None:
+    """(repo id, revision) of the Hub model an entry holds: a download or an import with a Hub source,
+    or a GGUF Ollama pulled as `hf.co/OWNER/REPO:QUANT` (from the default branch); None otherwise."""
+    src = entry.source
+    if src.provider == "hf" and src.repo_id:
+        return src.repo_id, src.revision
+    repo = src.repo_id or ""
+    if src.provider == "ollama" and repo.lower().startswith("hf.co/") and repo.count("/") == 2:
+        return repo[len("hf.co/") :], None
+    return None
+
+
 def is_hub_entry(entry: ModelEntry) -> bool:
-    return entry.source.provider == "hf" and bool(entry.source.repo_id)
+    return hub_identity(entry) is not None
 
 
 def pick_entries(registry: Registry, names: Sequence[str], all_: bool) -> list[ModelEntry]:
@@ -194,7 +206,8 @@ def pin_reason(entry: ModelEntry) -> str | None:
     """Why an entry never moves, from the registry alone (a tag needs the Hub: see `_ask_hub`)."""
     if getattr(entry, "pinned", None):
         return "pinned in the curated registry (pinned: true)"
-    revision = entry.source.revision
+    identity = hub_identity(entry)
+    revision = identity[1] if identity else None
     if revision and _COMMIT.fullmatch(revision.lower()):
         return f"pinned to commit {revision[:12]}"
     return None
@@ -240,19 +253,23 @@ def _same_bytes(record: FileRecord, listed: RepoFile, folder: Path | None) -> bo
 
 def _old_by_repo_path(entry: ModelEntry, snap: Snapshot) -> dict[str, FileRecord]:
     """The entry's files keyed by their path in the repo. Imported copies may store a file under another
-    name (Ollama's blobs/sha256-...): such a file is matched by its SHA-256, else by its GGUF quant."""
+    name (Ollama's blobs/sha256-HEX): such a file is matched by its SHA-256, else by its GGUF quant."""
     from imageworks.select import gguf_label
 
     listing = {f.path: f for f in snap.files}
     by_sha = {f.sha256: f.path for f in snap.files if f.sha256}
     quant = (entry.quantization or "").upper() if entry.format == "gguf" else ""
+    ollama = entry.metadata.get("ollama")
+    weights = set(ollama.get("weights") or ()) if isinstance(ollama, dict) else set()
     out: dict[str, FileRecord] = {}
     for record in entry.files:
         path = record.path
         if path not in listing:
             if record.sha256 and record.sha256 in by_sha:
                 path = by_sha[record.sha256]
-            elif quant and (record.path.lower().endswith(".gguf") or "blobs/" in record.path):
+            elif record.path.startswith("sha256-") and record.sha256 not in weights:
+                continue  # Ollama's own config, template and parameter layers: no file of the repo
+            elif quant and (record.path.lower().endswith(".gguf") or "sha256-" in record.path):
                 same_quant = [
                     f.path
                     for f in snap.files
@@ -384,15 +401,16 @@ def check_entries(
     statuses: list[ModelStatus] = []
     to_ask: dict[tuple[str, str | None], tuple[str, str | None]] = {}
     for entry in entries:
-        src = entry.source
-        status = ModelStatus(entry.name, UNCHECKED, src.repo_id, src.revision, src.commit, entry=entry)
+        identity = hub_identity(entry)
+        assert identity is not None
+        repo_id, revision = identity
+        status = ModelStatus(entry.name, UNCHECKED, repo_id, revision, entry.source.commit, entry=entry)
         statuses.append(status)
         reason = pin_reason(entry)
         if reason is not None:
             status.state, status.reason = PINNED, reason
             continue
-        assert src.repo_id
-        to_ask.setdefault((src.repo_id.lower(), src.revision), (src.repo_id, src.revision))
+        to_ask.setdefault((repo_id.lower(), revision), (repo_id, revision))
     answers: dict[tuple[str, str | None], Snapshot | str | HubError] = {}
     token: str | None = None
     if to_ask:
