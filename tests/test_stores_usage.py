@@ -78,14 +78,15 @@ def test_dedupe_skips_a_file_changed_since_it_was_hashed(fake_hub: FakeHub, run_
 def test_dedupe_never_touches_a_download_in_progress(fake_hub: FakeHub, run_cli, isolated_env) -> None:
     from filelock import FileLock
 
-    from imageworks.stores.dedupe import lock_file
+    from imageworks.model_lock import lock_path
 
     first, second = _two_copies(fake_hub, run_cli, isolated_env)
     (second / ".Tiny-Llama-3B-Q8_0.gguf.imageworks-partial").write_bytes(b"")  # another quant downloading
     out = json.loads(run_cli("dedupe", "--yes", "--json").stdout)["data"]
     assert {p["status"] for p in out["pairs"]} == {"skipped"} and "partial" in out["pairs"][0]["reason"]
     (second / ".Tiny-Llama-3B-Q8_0.gguf.imageworks-partial").unlink()
-    with FileLock(str(lock_file(isolated_env["registry"], first))):  # the download's per-model lock
+    lock_path(first).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path(first))):  # the lock a download of this model holds
         out = json.loads(run_cli("dedupe", "--yes", "--json").stdout)["data"]
     assert {p["status"] for p in out["pairs"]} == {"skipped"} and "lock" in out["pairs"][0]["reason"]
     assert os.stat(first / "README.md").st_ino != os.stat(second / "README.md").st_ino

@@ -490,3 +490,32 @@ def test_ollama_hf_co_import_is_checked_and_reported_stale(fake_hub: FakeHub, ru
     update = run_cli("update", name, "--json")
     (done,) = data_of(update)["models"]
     assert update.returncode == 0 and done["state"] == "stale" and "Ollama" in done["reason"]
+
+
+def test_update_waits_for_a_download_holding_the_model(fake_hub: FakeHub, tiny, isolated_env) -> None:
+    """One writer per model folder: an update waits while the model's lock is held (as a download of the
+    same model holds it), says so, and updates once it is free."""
+    from filelock import FileLock
+
+    from imageworks.model_lock import lock_path
+
+    folder = folder_of(isolated_env)
+    new_weights = weights()
+    new_commit = fake_hub.push(REPO, {"model.safetensors": new_weights})
+    lock = FileLock(str(lock_path(folder)))
+    lock.acquire()
+    cmd = [sys.executable, "-m", "imageworks.cli.main", "update", NAME, "--engine", "native"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, "the update did not wait for the lock"
+        assert (folder / "model.safetensors").read_bytes() == tiny["model.safetensors"]
+    finally:
+        lock.release()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "waiting for another download or update" in out + err
+    assert (folder / "model.safetensors").read_bytes() == new_weights
+    assert registry(isolated_env)[NAME]["source"]["commit"] == new_commit

@@ -296,44 +296,20 @@ def _check_registry_writable(store: RegistryStore) -> None:
         ) from None
 
 
-def _lock_folder() -> Path:
-    """Download locks live in the user's state folder: not in the registry folder (kept under git) nor in
-    the model folders (which other tools list)."""
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("imageworks", appauthor=False)) / "download-locks"
-
-
 @contextlib.contextmanager
 def _model_lock(resolved: Resolved, sink: ProgressSink) -> Iterator[bool]:
-    """One writer per model folder (a file lock keyed by the folder, released by the OS if the holder
-    dies). Yields whether we had to wait for another download of the same model."""
-    import hashlib
-
-    from filelock import FileLock, Timeout
+    """One writer per model folder (`imageworks.model_lock`). Yields whether we had to wait for another
+    download of the same model."""
+    from imageworks.model_lock import hold
 
     folder = resolved.folder
-    key = hashlib.sha256(str(path_key(folder)).encode()).hexdigest()[:24]
-    try:
-        _lock_folder().mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(_lock_folder() / f"{key}.lock"))
-        waited = False
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            waited = True
-            what = resolved.plan_args.get("repo_id") or resolved.plan_args["reference"]
-            sink.message(f"waiting for another download of {what} into {folder} to finish (Ctrl-C to stop)")
-            lock.acquire()
-    except OSError as exc:
-        raise TransferError(
-            f"cannot lock {folder} for this download ({exc.strerror} in {_lock_folder()}): nothing was downloaded",
-            hint="check that your home folder (XDG_STATE_HOME) is writable",
-        ) from None
-    try:
+    what = resolved.plan_args.get("repo_id") or resolved.plan_args["reference"]
+
+    def waiting() -> None:
+        sink.message(f"waiting for another download of {what} into {folder} to finish (Ctrl-C to stop)")
+
+    with hold(folder, waiting) as waited:
         yield waited
-    finally:
-        lock.release()
 
 
 # --------------------------------------------------------------------------------------- the plan

@@ -184,10 +184,16 @@ def _update_one(
         result.stale_copies = steps.stale_copies(work, registry, updating)
         if engine is None:
             return None
-        steps.fetch(work, hub, engine, progress)
-        if options.keep_old:
-            steps.keep_old(work)
-        steps.switch(work, registry)
+        from imageworks.model_lock import hold
+
+        def waiting() -> None:
+            progress.message(f"waiting for another download or update of {status.name} to finish")
+
+        with hold(work.folder, waiting):  # one writer per model folder, as for download
+            steps.fetch(work, hub, engine, progress)
+            if options.keep_old:
+                steps.keep_old(work)
+            steps.switch(work, registry)
         return work
     except ImageworksError as exc:
         result.state, result.reason, result.hint = FAILED, exc.message, exc.hint

@@ -193,7 +193,7 @@ def dedupe(app: AppContext, dry_run: bool, yes: bool, no_backup: bool, as_json: 
                 "dedupe without a terminal needs --yes", hint="add --yes, or --dry-run to see the plan"
             )
         click.confirm(f"link {len(plan.pairs)} files?", abort=True, err=True)
-    execute_dedupe(plan, registry_dir=store.folder)
+    execute_dedupe(plan)
     record_identities(store, sys.argv, backup=not no_backup)
     if as_json:
         emit_json("dedupe", {**plan.as_dict(), "dry_run": False})

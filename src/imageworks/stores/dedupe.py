@@ -10,7 +10,6 @@ lock held)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from imageworks.registry import Registry, RegistryStore
 
 PARTIAL = ".imageworks-partial"
-LOCKS_FOLDER = "locks"  # the download's per-model lock: <registry>/locks/download-<key>.lock
 
 
 @dataclass(frozen=True)
@@ -145,34 +143,17 @@ def _pair_up(plan: DedupePlan, items: list[_File], digest: str | None) -> None:
         plan.pairs.append(Pair(keep.path, other.path, other.size, digest))
 
 
-def lock_file(registry_dir: Path, folder: Path) -> Path:
-    """The per-model download lock of `folder`: the same rule as the downloader's `_model_lock`."""
-    from imageworks.naming import path_key
-
-    key = hashlib.sha256(str(path_key(folder)).encode()).hexdigest()[:24]
-    return registry_dir / LOCKS_FOLDER / f"download-{key}.lock"
-
-
-def _busy(path: Path, registry_dir: Path | None) -> str | None:
+def _busy(path: Path) -> str | None:
     """Why `path` may be open for writing by a download in progress, if it may."""
     folder = path.parent
     with contextlib.suppress(OSError):
         if any(PARTIAL in name for name in os.listdir(folder)):
             return "a download is writing in this folder (partial file beside it)"
-    if registry_dir is None:
-        return None
-    from filelock import FileLock, Timeout
+    from imageworks.model_lock import is_held
 
     for candidate in (folder, *folder.parents[:3]):
-        lock_path = lock_file(registry_dir, candidate)
-        if not lock_path.exists():
-            continue
-        lock = FileLock(str(lock_path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if is_held(candidate):
             return "a download of this model is in progress (its lock is held)"
-        lock.release()
     return None
 
 
@@ -184,7 +165,7 @@ def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def execute_dedupe(plan: DedupePlan, *, registry_dir: Path | None = None) -> DedupePlan:
+def execute_dedupe(plan: DedupePlan) -> DedupePlan:
     from imageworks.hashing import sha256_file
 
     digests: dict[tuple[int, int, int, int], str] = {}
@@ -203,7 +184,7 @@ def execute_dedupe(plan: DedupePlan, *, registry_dir: Path | None = None) -> Ded
         return digests[key], key
 
     for pair in plan.pairs:
-        busy = _busy(pair.replace, registry_dir) or _busy(pair.keep, registry_dir)
+        busy = _busy(pair.replace) or _busy(pair.keep)
         if busy:
             pair.status, pair.reason = "skipped", busy
             continue
