@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -84,3 +85,23 @@ def test_a_test_that_forgets_the_fake_hub_cannot_reach_the_internet() -> None:
 def test_tests_and_benchmarks_are_type_checked() -> None:
     files = _pyproject()["tool"]["mypy"]["files"]
     assert {"src/imageworks", "tests", "benchmarks"} <= set(files)
+
+
+def test_the_library_never_imports_from_the_cli() -> None:
+    """Layering: `cli/` sits on top of the library; nothing outside it imports `imageworks.cli`."""
+    package = ROOT / "src" / "imageworks"
+    offenders = []
+    for source in sorted(package.rglob("*.py")):
+        if (package / "cli") in source.parents:
+            continue
+        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(name == "imageworks.cli" or name.startswith("imageworks.cli.") for name in names):
+                offenders.append(f"{source.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imageworks.units import human_size
+
 if TYPE_CHECKING:
     from imageworks.registry.schema import Copy, CopyFile, FileRecord, ModelEntry
 
@@ -279,8 +281,6 @@ def places_raw(data: Mapping[str, Any]) -> list[str]:
 
 def render_copies(out: Any, entry: ModelEntry) -> None:
     """`show`'s copies section: each copy with its folder, owning tool, how it was made, and files."""
-    from imageworks.cli.render import human_size
-
     views = copies_of(entry)
     if len(views) < 2 and (not views or views[0].tool == "imageworks"):
         return
