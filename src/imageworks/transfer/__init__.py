@@ -119,13 +119,7 @@ def choose_engine(
     native engine with one connection per file. The engine's `note` says what was chosen and why.
     `verify=False` skips hashing (FileResult.sha256 is ""): for benchmarks, not for users. `pool`:
     small files through the keep-alive pool (False: every file through the one engine)."""
-    from imageworks.transfer.aria2 import Aria2Engine
-    from imageworks.transfer.native import NativeEngine
-
-    if kind not in ("auto", "aria2", "native"):
-        raise UsageError(f"unknown engine {kind!r}", hint="use --engine auto, aria2 or native")
-    if connections < 1 or max_files < 1:
-        raise UsageError("--connections and the number of files at once must be at least 1")
+    _check_choice(kind, connections=connections, max_files=max_files, single_stream=single_stream)
     common: dict[str, Any] = dict(
         connections=connections,
         max_files=max_files,
@@ -134,35 +128,7 @@ def choose_engine(
         backoff=backoff,
         verify=verify,
     )
-    engine: Engine
-    if single_stream:
-        if kind == "aria2":
-            raise UsageError("--no-aria2 contradicts --engine aria2")
-        engine = NativeEngine(
-            single_stream=True, note="native engine, one stream per file (--no-aria2)", **common
-        )
-    elif kind == "native":
-        engine = NativeEngine(note="native engine (--engine native)", **common)
-    else:
-        path = aria2c_path or shutil.which("aria2c")
-        if path and not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            path = None
-        if path:
-            why = "--engine aria2" if kind == "aria2" else "found on PATH"
-            # auto: if aria2c then refuses to start, the native engine takes over (and says so).
-            fallback = (
-                NativeEngine(note="native engine (aria2c failed to start)", **common)
-                if kind == "auto"
-                else None
-            )
-            engine = Aria2Engine(path, note=f"aria2c engine ({why}: {path})", fallback=fallback, **common)
-        elif kind == "aria2":
-            raise UsageError(
-                f"aria2c not found{' at ' + aria2c_path if aria2c_path else ' on PATH'}",
-                hint="install aria2 (e.g. `sudo apt install aria2`) or use --engine native",
-            )
-        else:
-            engine = NativeEngine(note="native engine (aria2c not found on PATH)", **common)
+    engine = _large_engine(kind, single_stream=single_stream, aria2c_path=aria2c_path, common=common)
     if pool:
         from imageworks.transfer.pool import PoolEngine
 
@@ -170,3 +136,56 @@ def choose_engine(
         engine = Router(engine, small)
     log.info("download engine: %s", engine.note)
     return engine
+
+
+def _check_choice(kind: str, *, connections: int, max_files: int, single_stream: bool) -> None:
+    """Refuse an unknown engine, zero connections or files, and --no-aria2 with --engine aria2."""
+    if kind not in ("auto", "aria2", "native"):
+        raise UsageError(f"unknown engine {kind!r}", hint="use --engine auto, aria2 or native")
+    if connections < 1 or max_files < 1:
+        raise UsageError("--connections and the number of files at once must be at least 1")
+    if single_stream and kind == "aria2":
+        raise UsageError("--no-aria2 contradicts --engine aria2")
+
+
+def _large_engine(
+    kind: str, *, single_stream: bool, aria2c_path: str | None, common: dict[str, Any]
+) -> Engine:
+    """The engine for large files: native when asked for (or single-stream), else aria2c if usable."""
+    from imageworks.transfer.native import NativeEngine
+
+    if single_stream:
+        return NativeEngine(
+            single_stream=True, note="native engine, one stream per file (--no-aria2)", **common
+        )
+    if kind == "native":
+        return NativeEngine(note="native engine (--engine native)", **common)
+    path = _usable_aria2c(aria2c_path)
+    if path:
+        return _aria2_engine(kind, path, common)
+    if kind == "aria2":
+        raise UsageError(
+            f"aria2c not found{' at ' + aria2c_path if aria2c_path else ' on PATH'}",
+            hint="install aria2 (e.g. `sudo apt install aria2`) or use --engine native",
+        )
+    return NativeEngine(note="native engine (aria2c not found on PATH)", **common)
+
+
+def _usable_aria2c(aria2c_path: str | None) -> str | None:
+    """The given aria2c, or the one on PATH, if it is an executable file."""
+    path = aria2c_path or shutil.which("aria2c")
+    if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+def _aria2_engine(kind: str, path: str, common: dict[str, Any]) -> Engine:
+    """aria2c at `path`; under auto, the native engine takes over if aria2c then refuses to start."""
+    from imageworks.transfer.aria2 import Aria2Engine
+    from imageworks.transfer.native import NativeEngine
+
+    why = "--engine aria2" if kind == "aria2" else "found on PATH"
+    fallback = (
+        NativeEngine(note="native engine (aria2c failed to start)", **common) if kind == "auto" else None
+    )
+    return Aria2Engine(path, note=f"aria2c engine ({why}: {path})", fallback=fallback, **common)
