@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from imageworks.clock import utc_now
 from imageworks.errors import UsageError
@@ -28,50 +28,34 @@ from imageworks.hashing import FileDigest, aggregate_sha256, hash_files, trusted
 from imageworks.listing import RepoFile
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
 from imageworks.stores.copies import copy_claims
+from imageworks.verify_report import (
+    F_CHANGED,
+    F_EXTRA,
+    F_MISSING,
+    F_MTIME,
+    F_NO_DIGEST,
+    F_OK,
+    F_RECORDED,
+    F_SIZE,
+    F_UNREADABLE,
+    F_UNSAFE,
+    FILE_PROBLEM,
+    INCONSISTENT,
+    MISSING,
+    NO_DIGESTS,
+    NOT_INSTALLED,
+    OK,
+    RECORDED,
+    SEVERITY,
+    SKIPPED,
+    FileCheck,
+    VerifyReport,
+    VerifyRun,
+)
 from imageworks.walk import resolved_path
 
 if TYPE_CHECKING:
     from imageworks.config import Config
-
-# File statuses.
-F_OK = "ok"
-F_CHANGED = "changed"  # same size, different SHA-256
-F_SIZE = "size differs"  # truncated, grown, or replaced by another file
-F_MISSING = "missing"
-F_EXTRA = "extra"
-F_UNREADABLE = "unreadable"
-F_NO_DIGEST = "no digest"
-F_RECORDED = "recorded"  # --record stored the digest it just computed
-F_MTIME = "mtime differs"  # --quick: same size, different mtime; the content is unknown
-F_UNSAFE = "unsafe path"
-F_REMOTE = "remote mismatch"  # recorded digest or size differs from the Hub's for the recorded commit
-F_NOT_ON_HUB = "not on hub"
-
-# Model statuses, most serious first: a model's headline is the first that applies.
-CHANGED = "changed"
-MISSING = "missing"
-EXTRA = "extra"
-REMOTE_MISMATCH = "remote mismatch"
-INCONSISTENT = "registry inconsistent"  # recorded aggregate_sha256 disagrees with the recorded files
-REMOTE_ERROR = "remote unavailable"
-NO_DIGESTS = "no digests"
-NOT_INSTALLED = "not installed"
-RECORDED = "recorded"
-OK = "ok"
-SKIPPED = "skipped"
-_SEVERITY = [CHANGED, MISSING, EXTRA, REMOTE_MISMATCH, INCONSISTENT, REMOTE_ERROR, NO_DIGESTS, NOT_INSTALLED]
-_FILE_PROBLEM = {
-    F_CHANGED: CHANGED,
-    F_SIZE: CHANGED,
-    F_MTIME: CHANGED,
-    F_UNREADABLE: CHANGED,
-    F_UNSAFE: CHANGED,
-    F_MISSING: MISSING,
-    F_EXTRA: EXTRA,
-    F_NO_DIGEST: NO_DIGESTS,
-    F_REMOTE: REMOTE_MISMATCH,
-    F_NOT_ON_HUB: REMOTE_MISMATCH,
-}
 
 # Never "extra": what git and huggingface_hub keep in a local_dir, and what an interrupted download of
 # ours leaves behind (`.<name>.imageworks-partial`, its `.json` state and aria2's `.aria2` control file).
@@ -84,64 +68,6 @@ ProgressFn = Callable[[int, int], None]
 
 RemoteLister = Callable[[str, str], Mapping[str, RepoFile]]
 """remote_lister(repo_id, commit) -> {path: RepoFile}; raises a HubError."""
-
-
-@dataclass
-class FileCheck:
-    path: str
-    status: str
-    expected_size: int | None = None
-    actual_size: int | None = None
-    expected_sha256: str | None = None
-    actual_sha256: str | None = None
-    remote_sha256: str | None = None
-    detail: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class VerifyReport:
-    name: str
-    path: str | None
-    mode: Literal["full", "quick"]
-    status: str = OK
-    problems: list[str] = field(default_factory=list)
-    files: list[FileCheck] = field(default_factory=list)
-    hashed_bytes: int = 0
-    # Wall time of the hashing step this model's files were part of (shared by every model of a run:
-    # all files go through one pool).
-    hash_seconds: float = 0.0
-    remote: str | None = None  # None: not asked; else "ok", "skipped: …", "mismatch", "error: …"
-    verified_at: str | None = None  # set when this run recorded it
-    recorded_digests: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in {OK, RECORDED, SKIPPED}
-
-    @property
-    def problem_files(self) -> list[FileCheck]:
-        return [f for f in self.files if f.status not in {F_OK, F_RECORDED}]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "mode": self.mode,
-            "status": self.status,
-            "ok": self.ok,
-            "problems": self.problems,
-            "files": [f.as_dict() for f in self.files],
-            "hashed_bytes": self.hashed_bytes,
-            "hash_seconds": round(self.hash_seconds, 3),
-            "remote": self.remote,
-            "verified_at": self.verified_at,
-            "recorded_digests": self.recorded_digests,
-            "notes": self.notes,
-        }
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -409,29 +335,6 @@ def resolve_entries(registry: Registry, names: Sequence[str] | None) -> list[Mod
     return list(seen.values())
 
 
-@dataclass
-class VerifyRun:
-    """The result of one verify command: a report per model and the whole run's figures."""
-
-    reports: list[VerifyReport]
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.reports)
-
-    @property
-    def hashed_bytes(self) -> int:
-        return sum(r.hashed_bytes for r in self.reports)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "models": [r.as_dict() for r in self.reports],
-            "hashed_bytes": self.hashed_bytes,
-            "seconds": round(self.seconds, 3),
-        }
-
-
 def run_verify(store: RegistryStore, names: Sequence[str] | None, **options: Any) -> VerifyRun:
     """`verify_models` timed as a whole (what the CLI reports)."""
     started = time.perf_counter()
@@ -533,7 +436,7 @@ def _conclude(plan: _ModelPlan) -> None:
     if report.status == SKIPPED:
         return
     problems = set(report.problems)
-    problems.update(_FILE_PROBLEM[f.status] for f in report.files if f.status in _FILE_PROBLEM)
+    problems.update(FILE_PROBLEM[f.status] for f in report.files if f.status in FILE_PROBLEM)
     if plan.entry.aggregate_sha256 and plan.entry.files and all(f.sha256 for f in plan.entry.files):
         recomputed = aggregate_sha256((f.path, f.sha256) for f in plan.entry.files)
         if recomputed != plan.entry.aggregate_sha256:
@@ -541,7 +444,7 @@ def _conclude(plan: _ModelPlan) -> None:
             report.notes.append(
                 "the recorded aggregate_sha256 does not match the recorded file digests (registry edited by hand?)"
             )
-    report.problems = [p for p in _SEVERITY if p in problems]
+    report.problems = [p for p in SEVERITY if p in problems]
     if report.problems:
         report.status = report.problems[0]
     elif any(f.status == F_RECORDED for f in report.files):

@@ -9,17 +9,8 @@ from typing import TYPE_CHECKING
 from imageworks.errors import HubError
 from imageworks.hashing import git_blob_sha1_file
 from imageworks.listing import RepoFile
-from imageworks.verify import (
-    F_NO_DIGEST,
-    F_NOT_ON_HUB,
-    F_OK,
-    F_REMOTE,
-    REMOTE_ERROR,
-    FileCheck,
-    RemoteLister,
-    _ModelPlan,
-    _safe_relative,
-)
+from imageworks.verify import RemoteLister, _ModelPlan, _safe_relative
+from imageworks.verify_report import F_NO_DIGEST, F_NOT_ON_HUB, F_OK, F_REMOTE, REMOTE_ERROR, FileCheck
 
 if TYPE_CHECKING:
     from imageworks.config import Config

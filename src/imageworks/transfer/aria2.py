@@ -35,6 +35,13 @@ from imageworks.errors import IntegrityError, TransferError
 from imageworks.hub import carries_token, check_scheme, locate
 from imageworks.transfer.aria2_control import ControlInfo, read_control, write_control
 from imageworks.transfer.aria2_rpc import Aria2StartError, Daemon, Halted
+from imageworks.transfer.aria2_status import (
+    RESUME_IMPOSSIBLE,
+    STATUS_KEYS,
+    bitfield_ranges,
+    error_for,
+    prefix_pieces,
+)
 from imageworks.transfer.base import (
     Engine,
     Events,
@@ -64,23 +71,6 @@ POLL = 0.1
 LOWEST_SPEED = 512  # bytes/s: a connection slower than this (over aria2c's window) is replaced
 STATE_SAVE_INTERVAL = 1.0
 SINGLE_STREAM_BELOW = 4 * MiB  # as in the native engine: small files get no resume record
-STATUS_KEYS = [
-    "status",
-    "totalLength",
-    "completedLength",
-    "bitfield",
-    "numPieces",
-    "pieceLength",
-    "errorCode",
-    "errorMessage",
-]
-# aria2c(1) EXIT STATUS. Transient ones are retried by re-adding the download (it resumes).
-_RETRYABLE = {"1", "2", "5", "6", "7", "19", "22", "29"}
-_NOT_FOUND = {"3", "4"}
-_DISK_FULL = "9"
-_AUTH = "24"
-_DISK = {"14", "15", "16", "17", "18"}
-_RESUME_IMPOSSIBLE = {"8", "10"}
 
 
 class Aria2Engine:
@@ -205,37 +195,6 @@ class _Attempts:
     fresh: bool = False
 
 
-def _bitfield_ranges(bitfield: str, piece: int, total: int) -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    for i, char in enumerate(bitfield):
-        nibble = int(char, 16)
-        for j, bit in enumerate((8, 4, 2, 1)):
-            if nibble & bit:
-                start = (i * 4 + j) * piece
-                if start >= total:
-                    return ranges
-                end = min(total, start + piece)
-                if ranges and ranges[-1][1] == start:
-                    ranges[-1] = (ranges[-1][0], end)
-                else:
-                    ranges.append((start, end))
-    return ranges
-
-
-def _prefix_pieces(bitfield: str) -> int:
-    count = 0
-    for char in bitfield:
-        nibble = int(char, 16)
-        if nibble == 0xF:
-            count += 4
-            continue
-        for bit in (8, 4, 2, 1):
-            if not nibble & bit:
-                return count
-            count += 1
-    return count
-
-
 class _Aria2Task:
     def __init__(
         self,
@@ -340,7 +299,7 @@ class _Aria2Task:
                     hint="run the same command again, or use --engine native",
                 )
             code = "8"
-        if code in _RESUME_IMPOSSIBLE and not run.fresh:
+        if code in RESUME_IMPOSSIBLE and not run.fresh:
             # The partial bytes cannot be continued (another piece length, a server that will not
             # resume): start this file over.
             self._start_over(run, f"cannot resume ({message})")
@@ -420,27 +379,14 @@ class _Aria2Task:
 
     def _error(self, code: str, message: str) -> TransferError | None:
         """The error to raise for aria2c's errorCode, or None when it is worth retrying."""
-        if code in _RETRYABLE:
-            return None
-        if code in _NOT_FOUND:
-            return TransferError(f"{self.job.name}: not found at {self._host()} ({message})")
-        if code == _AUTH:
-            return TransferError(
-                f"{self.job.name}: {self._host()} refused our credentials ({message})",
-                hint="check your token (HF_TOKEN or `hf auth login`) and that you accepted the licence",
-            )
-        if code == _DISK_FULL:
-            return TransferError(
-                f"{self.job.name}: disk full writing {self.job.dest.parent} "
-                f"({self._resumable_bytes()} bytes kept for resuming)",
-                hint="free some space (or choose another --location) and run the same command again to resume",
-            )
-        if code in _DISK:
-            return TransferError(
-                f"{self.job.name}: cannot write {self.job.dest.parent}: {message}",
-                hint="check the folder's permissions and free space, then run the same command again",
-            )
-        return TransferError(f"{self.job.name}: aria2c error {code}: {message}")
+        return error_for(
+            code,
+            message,
+            name=self.job.name,
+            host=self._host(),
+            folder=self.job.dest.parent,
+            kept=self._resumable_bytes,
+        )
 
     def _host(self) -> str:
         return urlsplit(self.job.url).hostname or self.job.url
@@ -540,13 +486,13 @@ class _Aria2Task:
             if bitfield and total:
                 piece = int(status["pieceLength"])
                 if self.hasher is not None:
-                    self.hasher.advance_to(min(total, _prefix_pieces(bitfield) * piece))
+                    self.hasher.advance_to(min(total, prefix_pieces(bitfield) * piece))
                 due = time.monotonic() - last_save >= STATE_SAVE_INTERVAL or status["status"] == "error"
                 if due and total >= SINGLE_STREAM_BELOW:
                     # On an error too: on a full disk aria2c truncates its control file, and this
                     # record (rewritten in place) is then what the next run resumes from.
                     last_save = time.monotonic()
-                    self._save(total, _bitfield_ranges(bitfield, piece, total))
+                    self._save(total, bitfield_ranges(bitfield, piece, total))
             state = status["status"]
             now = time.monotonic()
             if completed != seen:
