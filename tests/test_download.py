@@ -316,6 +316,19 @@ def test_corrupt_blob_is_not_recorded(fake_hub: FakeHub, run_cli, isolated_env) 
     assert not registry(isolated_env) and not history(isolated_env)
 
 
+@pytest.mark.parametrize("engine", ["native", "aria2"])
+def test_failed_force_keeps_the_verified_copy(fake_hub: FakeHub, run_cli, isolated_env, engine: str) -> None:
+    """`--force` replaces a file only with verified bytes: a failed re-fetch leaves the old copy in place."""
+    repo = samples.add_safetensors_model(fake_hub)
+    assert run_cli("download", repo.repo_id, "--engine", engine).returncode == 0
+    weights = isolated_env["models"] / "TheOwner" / "Tiny-Llama" / "model.safetensors"
+    fake_hub.corrupt(repo.repo_id, "model.safetensors")
+    forced = run_cli("download", repo.repo_id, "--engine", engine, "--force")
+    assert forced.returncode == 1 and "mismatch" in forced.stderr
+    assert weights.read_bytes() == repo.bytes_of("model.safetensors")
+    assert run_cli("verify", "theowner/tiny-llama").returncode == 0
+
+
 def test_path_traversal_is_refused(fake_hub: FakeHub, run_cli, isolated_env, tmp_path: Path) -> None:
     repo = samples.add_hostile_model(fake_hub)
     result = run_cli(

@@ -366,10 +366,9 @@ def _fetch(
             # died between the rename and the cleanup): it would keep `scan` away from the folder.
             PartialPaths.for_dest(item.dest).discard()
     if options.force:
-        # A fresh download: what is on disk is neither trusted nor resumed from.
+        # A fresh download: what is on disk is neither trusted nor resumed from. The old file stays
+        # until verified bytes are renamed over it, so a failed re-fetch loses nothing.
         for item in plan.files:
-            with contextlib.suppress(FileNotFoundError):
-                item.dest.unlink()
             PartialPaths.for_dest(item.dest).discard()
     check_space(plan)
     digests = {f.path: f.local_sha256 for f in plan.files if f.present and f.local_sha256}
@@ -382,7 +381,7 @@ def _fetch(
         if item.stale and not (item.sha256 or item.git_sha1):
             # Nothing to check a new copy against: the engine would take the old bytes as complete.
             item.dest.unlink()
-    jobs = _file_jobs(resolved, plan, to_fetch)
+    jobs = _file_jobs(resolved, plan, to_fetch, refetch=options.force)
     result.timings["resolve_urls"] = time.monotonic() - started
     engine = engine or _choose_engine(options)
     result.engine, result.engine_note = engine.name, engine.note
@@ -399,7 +398,9 @@ def _fetch(
     return digests
 
 
-def _file_jobs(resolved: Resolved, plan: DownloadPlan, to_fetch: Sequence[PlannedFile]) -> list[FileJob]:
+def _file_jobs(
+    resolved: Resolved, plan: DownloadPlan, to_fetch: Sequence[PlannedFile], *, refetch: bool = False
+) -> list[FileJob]:
     """One engine job per file. Hub files are resolved by the engine when each starts (overlapping
     the transfer), and again if the CDN refuses an expired signed URL; small ones with no HEAD."""
     from imageworks.transfer import FileJob
@@ -426,6 +427,7 @@ def _file_jobs(resolved: Resolved, plan: DownloadPlan, to_fetch: Sequence[Planne
                 label=item.path,
                 resolve=resolve,
                 root=plan.folder,
+                refetch=refetch,
             )
         )
     return jobs

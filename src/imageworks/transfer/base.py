@@ -98,7 +98,9 @@ class FileJob:
     `resolve` (Hub files) gives the URL to fetch from afresh: the engine calls it when the file starts,
     so resolving overlaps the transfer of other files, and again whenever the CDN refuses a signed URL
     (they expire after about an hour), then goes on from the bytes on disk. `root` is the model folder:
-    an existing destination that is a symlink counts as present only if it resolves inside it."""
+    an existing destination that is a symlink counts as present only if it resolves inside it.
+    `refetch` (--force): an existing destination is never taken as done; it stays until verified bytes
+    are renamed over it."""
 
     url: str
     dest: Path
@@ -109,6 +111,7 @@ class FileJob:
     label: str = ""
     resolve: Callable[[], ResolvedUrl] | None = field(default=None, compare=False)
     root: Path | None = None
+    refetch: bool = False
 
     @property
     def name(self) -> str:
@@ -177,6 +180,8 @@ def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
     """A FileResult when `job.dest` already holds the expected file (no network needed), else None.
     Without any expectation (no size, no digest) an existing destination is accepted: engines only
     create it by renaming a complete download."""
+    if job.refetch:
+        return None
     try:
         st = job.dest.stat()
     except FileNotFoundError:
