@@ -36,6 +36,9 @@ def test_du_counts_by_inode_and_dedupe_links_duplicates(fake_hub: FakeHub, run_c
     assert [(r["key"], r["copies"], r["physical"]) for r in by_tool["rows"]] == [("imageworks", 2, 2 * size)]
     human = run_cli("du")
     assert human.returncode == 0 and "█" in human.stdout and "reclaimable" in human.stdout
+    (second / "README.md").rename(second / "README.aside")  # a missing file, not a missing copy
+    assert "2 (1 file missing)" in run_cli("du", "--by", "tool").stdout
+    (second / "README.aside").rename(second / "README.md")
 
     dry = run_cli("dedupe", "--dry-run", "--json")
     plan = json.loads(dry.stdout)["data"]

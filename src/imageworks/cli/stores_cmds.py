@@ -10,6 +10,7 @@ import click
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import emit_json, human_size
 from imageworks.errors import UsageError
+from imageworks.units import plural
 
 TOOLS = ["hf-cache", "ollama", "lmstudio", "llama.cpp"]
 
@@ -122,6 +123,10 @@ def _bar(value: int, top: int, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+def _copies(row) -> str:  # row: UsageRow; `missing` counts files, not copies
+    return str(row.copies) + (f" ({plural(row.missing, 'file')} missing)" if row.missing else "")
+
+
 def _render_usage(report) -> None:  # report: UsageReport
     from imageworks.cli.render import table
 
@@ -134,7 +139,7 @@ def _render_usage(report) -> None:  # report: UsageReport
             human_size(r.physical),
             human_size(r.shared),
             human_size(r.duplicated),
-            str(r.copies) + (f" ({r.missing} missing)" if r.missing else ""),
+            _copies(r),
         ]
         for r in report.rows
     ]
@@ -147,7 +152,7 @@ def _render_usage(report) -> None:  # report: UsageReport
             human_size(t.physical),
             human_size(t.shared),
             human_size(t.duplicated),
-            str(t.copies),
+            _copies(t),
         ]
     )
     table(None, [report.by, "on disk", "logical", "physical", "shared", "duplicated", "copies"], rows)
