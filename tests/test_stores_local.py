@@ -96,6 +96,34 @@ def test_dry_run_says_what_it_would_take_and_changes_nothing(
     assert (isolated_env["registry"] / "model_registry.discovered.json").read_bytes() == before
 
 
+def test_the_note_names_each_copy_the_files_came_from(fake_hub: FakeHub, run_cli, isolated_env) -> None:
+    repo = samples.add_gguf_model(fake_hub)
+    home = isolated_env["home"]
+    got = run_cli(
+        "download", repo.repo_id, "--quant", "Q4_K_M", "--engine", "native", "--location", str(home / "a")
+    )
+    assert got.returncode == 0, got.stderr
+    # --force fetches anew, so the Q8_0 file is in this copy only.
+    got = run_cli(
+        "download",
+        repo.repo_id,
+        "--quant",
+        "Q8_0",
+        "--force",
+        "--engine",
+        "native",
+        "--location",
+        str(home / "b"),
+    )
+    assert got.returncode == 0, got.stderr
+    both = run_cli("download", repo.repo_id, "--quant", "Q4_K_M,Q8_0", "--location", str(home / "c"))
+    assert both.returncode == 0, both.stderr
+    note = next(line for line in both.stderr.splitlines() if "from the copies in" in line)
+    assert "4 files from the copies in" in note, note
+    assert str(home / "a" / "TheOwner" / "Tiny-Llama-GGUF") in note
+    assert str(home / "b" / "TheOwner" / "Tiny-Llama-GGUF") in note
+
+
 def test_download_after_importing_the_hf_cache_links_from_the_cache(
     fake_hub: FakeHub, run_cli, isolated_env
 ) -> None:

@@ -12,12 +12,12 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imageworks.stores.copies import copies_of, copy_file
+from imageworks.units import plural
 
 if TYPE_CHECKING:
     from imageworks.plan import DownloadPlan, PlannedFile
@@ -230,7 +230,7 @@ def _discard_partials(dest: Path) -> None:
 
 
 def _summary(result: LocalTake, plan: DownloadPlan, dry_run: bool) -> str:
-    sources = sorted({str(_common_folder([s for _, s, _ in result.taken]))})
+    sources = sorted({str(_copy_folder(rel, source)) for rel, source, _ in result.taken})
     hardlinked = sum(1 for *_, m in result.taken if m == HARDLINK)
     copied = len(result.taken) - hardlinked
     verb = "would take" if dry_run else "took"
@@ -240,14 +240,18 @@ def _summary(result: LocalTake, plan: DownloadPlan, dry_run: bool) -> str:
     if copied:
         parts.append(f"{copied} copied and verified (another filesystem: no hardlink possible)")
     rest = len(plan.to_fetch) if not dry_run else len(plan.to_fetch) - len(result.taken)
-    tail = "nothing fetched from the network" if rest == 0 else f"{rest} files still to fetch"
-    return (
-        f"{verb} {len(result.taken)} files from the copy in {', '.join(sources)}: {', '.join(parts)}; {tail}"
-    )
+    tail = "nothing fetched from the network" if rest == 0 else f"{plural(rest, 'file')} still to fetch"
+    copies = "the copy" if len(sources) == 1 else "the copies"
+    taken = plural(len(result.taken), "file")
+    return f"{verb} {taken} from {copies} in {', '.join(sources)}: {', '.join(parts)}; {tail}"
 
 
-def _common_folder(paths: Sequence[Path]) -> Path:
-    return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
+def _copy_folder(rel: str, source: Path) -> Path:
+    """The folder of the copy a file was taken from (`source` minus the file's path inside it)."""
+    depth = len(Path(rel).parts)
+    if source.as_posix().endswith("/" + rel) and depth < len(source.parts):
+        return source.parents[depth - 1]
+    return source.parent
 
 
 def _same_model(entry: ModelEntry, plan: DownloadPlan) -> bool:
