@@ -108,6 +108,23 @@ def test_link_one_gguf_quant_to_hf_cache_lmstudio_and_a_folder(
     assert data["bytes_freed"] == 0 and not folder.exists() and src.exists()  # hardlinks: nothing freed
 
 
+def test_link_to_a_folder_never_replaces_another_models_files(
+    fake_hub: FakeHub, run_cli, isolated_env
+) -> None:
+    dense, awq = samples.add_safetensors_model(fake_hub), samples.add_awq_model(fake_hub)
+    for repo in (dense, awq):
+        assert run_cli("download", repo.repo_id, "--engine", "native").returncode == 0
+    folder = isolated_env["home"] / "shelf"
+    assert run_cli("link", "theowner/tiny-llama", "--to", str(folder)).returncode == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    clash = run_cli("link", "llama-3-8b-instruct-awq", "--to", str(folder))
+    assert clash.returncode == 2 and "already exists with other contents" in clash.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert "copies" not in _entries(isolated_env)["thebloke/llama-3-8b-instruct-awq"]
+    again = run_cli("link", "theowner/tiny-llama", "--to", str(folder))  # the same model again: fine
+    assert again.returncode == 0, again.stderr
+
+
 def test_link_to_ollama_without_a_server_writes_what_ollama_writes(
     fake_hub: FakeHub, run_cli, isolated_env
 ) -> None:

@@ -76,7 +76,9 @@ def link_folder(
     from imageworks.stores.placing import COPY, place
 
     methods, where = [], {}
-    for rel, disk, _size, sha in source_files(entry):
+    files = source_files(entry)
+    _refuse_other_files(folder, [(safe_join(folder, rel), disk) for rel, disk, _size, _sha in files])
+    for rel, disk, _size, sha in files:
         target = safe_join(folder, rel)
         methods.append(place(disk, target, sha256=sha))
         where[rel] = target
@@ -87,6 +89,21 @@ def link_folder(
         made=sorted(where), created_at=utc_now(),
     )  # fmt: skip
     return Placed(copy, methods, notes)
+
+
+def _refuse_other_files(folder: Path, pairs: list[tuple[Path, Path]]) -> None:
+    """A file already in `folder` under one of the names, with other bytes (another model's config.json,
+    the user's own file), is never replaced: checked for all before anything is placed."""
+    import filecmp
+
+    from imageworks.errors import UsageError
+
+    for target, source in pairs:
+        if target.is_file() and not filecmp.cmp(source, target, shallow=False):
+            raise UsageError(
+                f"{target} already exists with other contents; nothing was linked into {folder}",
+                hint="link into a folder of its own (e.g. --to FOLDER/OWNER/REPO), or move that file away",
+            )
 
 
 def link(entry):  # (ModelEntry) -> Placed
