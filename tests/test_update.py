@@ -213,6 +213,17 @@ def test_deleted_repo_is_gone(fake_hub: FakeHub, run_cli, tiny, isolated_env) ->
     assert (folder_of(isolated_env) / "model.safetensors").read_bytes() == tiny["model.safetensors"]
 
 
+def test_all_skips_scanned_folders_without_a_commit(fake_hub: FakeHub, run_cli, tiny, isolated_env) -> None:
+    """A scanned `<owner>/<repo>` folder has a repo id guessed from its path, no commit: never "gone"."""
+    import shutil
+
+    shutil.copytree(folder_of(isolated_env), isolated_env["home"] / "ext" / "Someone" / "Local-Model")
+    assert run_cli("scan", "--base", str(isolated_env["home"] / "ext")).returncode == 0
+    result = run_cli("outdated", "--all", "--json")
+    assert result.returncode == 0, result.stdout
+    assert [m["name"] for m in data_of(result)["models"]] == [NAME]
+
+
 def test_gated_repo_whose_token_expired(fake_hub: FakeHub, run_cli, isolated_env) -> None:
     fake_hub.add_repo("Gated/Tiny", tiny_files(), gated=True)
     fake_hub.tokens[TOKEN] = "alice"

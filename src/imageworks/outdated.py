@@ -184,8 +184,8 @@ def pick_entries(registry: Registry, names: Sequence[str], all_: bool) -> list[M
 
     if bool(names) == all_:
         raise UsageError("give model NAMEs or --all (not both)", hint="see `imageworks-download list`")
-    if all_:
-        return [e for e in registry.entries() if is_hub_entry(e)]
+    if all_:  # a scanned folder's repo id is a guess from its path: without a commit it is not checked
+        return [e for e in registry.entries() if is_hub_entry(e) and e.source.commit]
     picked: dict[str, ModelEntry] = {}
     for name in names:
         matches = find_entries(registry, name)
