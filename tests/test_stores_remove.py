@@ -40,6 +40,9 @@ def test_remove_one_quant_keeps_shared_files_and_the_other_quant_verifies(
 
     human = run_cli("remove", "tiny-llama-gguf:q8_0", "--delete-files", "--dry-run")
     assert "keep" in human.stdout and "listed by theowner/tiny-llama-gguf:q4_k_m" in human.stdout
+    assert "dry run: would remove theowner/tiny-llama-gguf:q8_0 from the registry" in human.stdout
+    entry_only = run_cli("remove", "tiny-llama-gguf:q8_0", "--dry-run")  # said nothing at all
+    assert "dry run: would remove theowner/tiny-llama-gguf:q8_0 from the registry" in entry_only.stdout
 
     done = run_cli("remove", "tiny-llama-gguf:q8_0", "--delete-files", "--yes")
     assert done.returncode == 0, done.stderr

@@ -119,6 +119,14 @@ def remove(
     if dry_run:
         if as_json:
             emit_json("remove", {**plan.as_dict(), "dry_run": True, "removed_from_registry": False})
+        else:
+            if plan.copy:
+                what = f"copy {plan.copy} of {plan.name} from the registry"
+            elif plan.updated is not None:
+                what = f"our copies of {plan.name} (it stays registered with its other copies)"
+            else:
+                what = f"{plan.name} from the registry"
+            click.echo(f"dry run: would remove {what}; nothing changed")
         return EXIT_OK
     if plan.delete and not yes:
         click.confirm(
