@@ -532,3 +532,7 @@ def test_analyze_a_folder_on_disk(run_cli, tmp_path: Path) -> None:
     assert data["format"] == "gguf" and data["gguf_quants"] == ["Q4_K_M", "Q8_0"]
     text = run_cli("analyze", str(folder))
     assert "folder on disk" in text.stdout and "(several quants)" in text.stdout
+    # A path that is not there is named as a missing folder, not parsed as a repo id.
+    for missing in (str(tmp_path / "gone"), "./gone", "~/gone-folder"):
+        gone = run_cli("analyze", missing)
+        assert gone.returncode == 2 and "no folder" in gone.stderr and "owner or repo" not in gone.stderr

@@ -358,10 +358,13 @@ def analyze(app: AppContext, reference: str, token: str | None, as_json: bool) -
     from pathlib import Path
 
     from imageworks.analysis import analyze_folder, analyze_repo
+    from imageworks.errors import UsageError
 
     if token:
         app.token = token
     local = Path(reference).expanduser()
+    if not local.is_dir() and reference.startswith(("/", "./", "../", "~", ".\\", "..\\")):
+        raise UsageError(f"no folder {local}", hint="give an existing model folder, or OWNER/REPO of the Hub")
     analysis = analyze_folder(local) if local.is_dir() else analyze_repo(reference, config=app.config)
     data = analysis.as_dict()
     if as_json:
