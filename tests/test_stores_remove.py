@@ -47,6 +47,7 @@ def test_remove_one_quant_keeps_shared_files_and_the_other_quant_verifies(
     done = run_cli("remove", "tiny-llama-gguf:q8_0", "--delete-files", "--yes")
     assert done.returncode == 0, done.stderr
     assert "delete" in done.stderr and "0 B freed" in done.stderr  # the plan came before the deletion
+    assert "plan: delete 1 file," in done.stderr and "deleted 1 file (" in done.stdout
     assert not q8.exists() and other.exists()
     assert (folder / "README.md").exists() and (folder / "Tiny-Llama-3B-Q4_K_M.gguf").exists()
     assert sorted(_registry(isolated_env)) == ["theowner/tiny-llama-gguf:q4_k_m"]

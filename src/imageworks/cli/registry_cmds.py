@@ -10,6 +10,7 @@ import click
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import console, emit_json, human_size, table
 from imageworks.errors import EXIT_FAILED, EXIT_OK, UsageError
+from imageworks.units import plural
 
 
 @click.command("list")
@@ -130,7 +131,9 @@ def remove(
         return EXIT_OK
     if plan.delete and not yes:
         click.confirm(
-            f"delete {len(plan.delete)} files ({human_size(plan.delete_bytes)} freed)?", abort=True, err=True
+            f"delete {plural(len(plan.delete), 'file')} ({human_size(plan.delete_bytes)} freed)?",
+            abort=True,
+            err=True,
         )
     changed = execute_remove(store, plan, sys.argv, roots=roots, backup=not no_backup)
     result = {
@@ -158,7 +161,7 @@ def _print_removed(plan, changed: bool) -> None:  # plan: RemovePlan
         else:
             click.echo(f"removed {plan.name} from the registry")
     if plan.delete:
-        click.echo(f"deleted {len(plan.delete)} files ({human_size(plan.delete_bytes)} freed)")
+        click.echo(f"deleted {plural(len(plan.delete), 'file')} ({human_size(plan.delete_bytes)} freed)")
 
 
 def _print_remove_plan(plan, *, err: bool) -> None:  # plan: RemovePlan
@@ -166,7 +169,9 @@ def _print_remove_plan(plan, *, err: bool) -> None:  # plan: RemovePlan
         click.echo(note, err=True)
     if not plan.delete and not plan.keep:
         return
-    click.echo(f"plan: delete {len(plan.delete)} files, {human_size(plan.delete_bytes)} freed", err=err)
+    click.echo(
+        f"plan: delete {plural(len(plan.delete), 'file')}, {human_size(plan.delete_bytes)} freed", err=err
+    )
     for action in plan.delete:
         freed = "" if action.freed == action.size else f" ({human_size(action.freed)} freed)"
         click.echo(f"  delete {action.path}  {human_size(action.size)}{freed}", err=err)

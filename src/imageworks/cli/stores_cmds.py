@@ -60,7 +60,7 @@ def render_imports(tool: str, results: list) -> None:  # list[ImportResult]
             click.echo(f"note: {note}", err=True)
         click.echo(
             f"{tool} {result.shelf}: {len(result.added)} added, {len(result.copies)} gained a copy,"
-            f" {len(result.unchanged)} unchanged ({result.files} files, {human_size(result.bytes)},"
+            f" {len(result.unchanged)} unchanged ({plural(result.files, 'file')}, {human_size(result.bytes)},"
             f" {human_size(result.bytes_hashed)} hashed)"
         )
         for name in result.added:
@@ -95,7 +95,7 @@ def link(app: AppContext, name: str, targets: tuple[str, ...], no_backup: bool, 
             "server": "created through the server",
             "present": "already there",
         }[result.method]
-        click.echo(f"{result.name} -> {result.target}: {result.files} files {how} at {result.path}")
+        click.echo(f"{result.name} -> {result.target}: {plural(result.files, 'file')} {how} at {result.path}")
 
 
 @click.command()
@@ -181,7 +181,7 @@ def dedupe(app: AppContext, dry_run: bool, yes: bool, no_backup: bool, as_json: 
     plan = plan_dedupe(store.load())
     out = sys.stdout if not as_json else sys.stderr
     print(
-        f"plan: {len(plan.pairs)} files to replace by hardlinks, {human_size(plan.bytes_planned)} to free",
+        f"plan: {plural(len(plan.pairs), 'file')} to replace by hardlinks, {human_size(plan.bytes_planned)} to free",
         file=out,
     )
     for pair in plan.pairs[:50]:
@@ -197,7 +197,7 @@ def dedupe(app: AppContext, dry_run: bool, yes: bool, no_backup: bool, as_json: 
             raise UsageError(
                 "dedupe without a terminal needs --yes", hint="add --yes, or --dry-run to see the plan"
             )
-        click.confirm(f"link {len(plan.pairs)} files?", abort=True, err=True)
+        click.confirm(f"link {plural(len(plan.pairs), 'file')}?", abort=True, err=True)
     execute_dedupe(plan)
     record_identities(store, sys.argv, backup=not no_backup)
     if as_json:
@@ -208,6 +208,6 @@ def dedupe(app: AppContext, dry_run: bool, yes: bool, no_backup: bool, as_json: 
             click.echo(f"skipped {pair.replace}: {pair.reason}", err=True)
     linked = sum(1 for p in plan.pairs if p.status == "linked")
     click.echo(
-        f"linked {linked} files, {human_size(plan.bytes_freed)} freed;"
-        f" hashed {plan.files_hashed} files ({human_size(plan.bytes_hashed)}), each once"
+        f"linked {plural(linked, 'file')}, {human_size(plan.bytes_freed)} freed;"
+        f" hashed {plural(plan.files_hashed, 'file')} ({human_size(plan.bytes_hashed)}), each once"
     )

@@ -10,6 +10,7 @@ import click
 from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
 from imageworks.cli.render import emit_json, human_size, table
 from imageworks.errors import EXIT_FAILED, EXIT_OK
+from imageworks.units import plural
 
 if TYPE_CHECKING:
     from imageworks.outdated import FileChange, ModelStatus, OutdatedReport
@@ -99,13 +100,13 @@ def _render_update(report: UpdateReport) -> None:
         commits = _commits(m.commit, m.new_commit)
         if m.state == "updated":
             click.echo(
-                f"updated {m.name}: {commits}, {m.files_fetched} files ({human_size(m.bytes_fetched)}) fetched,"
+                f"updated {m.name}: {commits}, {plural(m.files_fetched, 'file')} ({human_size(m.bytes_fetched)}) fetched,"
                 f" {m.files_reused} reused, all verified"
             )
         elif m.state == "would update":
             click.echo(
                 f"would update {m.name}: {commits}, {human_size(m.bytes_to_fetch)} to fetch,"
-                f" {m.files_reused} files reused"
+                f" {plural(m.files_reused, 'file')} reused"
             )
         else:
             reason = f": {m.reason}" if m.reason else ""
