@@ -307,6 +307,21 @@ def test_dry_run_and_files_layout(run_cli, team: Team) -> None:
     assert body == (Path(entry.path or "") / "config.json").read_bytes()
 
 
+def test_push_a_model_imported_from_the_hf_cache(run_cli, team: Team, fake_hub) -> None:
+    """Its snapshot files are symlinks into the cache's blobs/: read through them, not refused."""
+    from huggingface_hub import snapshot_download
+
+    from tests.fakehub import samples
+
+    repo = samples.add_safetensors_model(fake_hub)
+    snapshot_download(repo.repo_id, endpoint=fake_hub.endpoint, cache_dir=team.dirs["hf_home"] / "hub")
+    assert run_cli("import", "hf-cache").returncode == 0
+    out = run_cli("push", "theowner/tiny-llama", "--to", "team", "--json")
+    assert out.returncode == 0, out.stderr
+    manifest = team.key("models", "theowner/tiny-llama.json")
+    assert team.client().head_object(Bucket=team.bucket, Key=manifest)["ContentLength"] > 0
+
+
 def test_corrupted_object_is_detected_and_never_registered(run_cli, team: Team, tmp_path: Path) -> None:
     entry = seed_model(team.dirs["registry"], team.dirs["models"])
     assert run_cli("push", NAME, "--to", "team").returncode == 0

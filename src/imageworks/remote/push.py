@@ -73,12 +73,21 @@ class PushResult:
         }
 
 
+def _model_file(entry: ModelEntry, root: Path, relative: str) -> Path:
+    """`root/relative`, refused if it resolves outside the model, except that an HF cache snapshot's
+    files are symlinks into the repo's `blobs/`, two levels up: they may resolve anywhere in the repo."""
+    from imageworks.locations import safe_join
+
+    if entry.tool == "hf-cache" and root.parent.name == "snapshots":
+        return safe_join(root.parent.parent, f"snapshots/{root.name}/{relative}")
+    return safe_join(root, relative)
+
+
 def _local_files(entry: ModelEntry) -> list[tuple[Path, str, int]]:
     """(path on disk, sha256, size) of each file, checked against the entry: only a verified model is
     pushed. A file whose size and mtime are what was recorded when it was hashed is trusted; any other is
     hashed again, and a mismatch stops the push (the store must never hold bytes under a wrong digest)."""
     from imageworks.hashing import sha256_file
-    from imageworks.locations import safe_join
 
     if not entry.path or not entry.files:
         raise UsageError(f"{entry.name}: no files on disk to push", hint="download or scan it first")
@@ -91,7 +100,7 @@ def _local_files(entry: ModelEntry) -> list[tuple[Path, str, int]]:
     root = Path(entry.path).expanduser()
     out = []
     for record in entry.files:
-        path = safe_join(root, record.path)
+        path = _model_file(entry, root, record.path)
         assert record.sha256 is not None
         try:
             st = path.stat()
