@@ -163,6 +163,11 @@ def test_link_to_ollama_without_a_server_writes_what_ollama_writes(
     again = run_cli("link", "tiny-llama-gguf", "--to", "ollama", "--json", env=env)
     assert json.loads(again.stdout)["data"][0]["recorded"] is False
     # remove knows what it made: manifest and blobs we wrote go, our GGUF stays.
+    dry = run_cli(
+        "remove", "tiny-llama-gguf", "--copy", "ollama", "--delete-files", "--dry-run", "--json", env=env
+    )
+    planned = [a["path"] for a in json.loads(dry.stdout)["data"]["delete"]]
+    assert str(manifest) in planned and len(planned) == len(set(planned)), planned  # each file once
     gone = run_cli("remove", "tiny-llama-gguf", "--copy", "ollama", "--delete-files", "--yes", env=env)
     assert gone.returncode == 0, gone.stderr
     assert not manifest.exists() and not blob.exists() and not config_blob.exists() and src.exists()

@@ -358,7 +358,8 @@ def _plan_ollama(plan: RemovePlan, view: CopyView, claims: dict[str, str]) -> No
         listed = any(a.path == blob for a in plan.delete) or any(a.path == blob for a in plan.keep)
         if not listed and blob.exists() and name not in used and _abs(blob) not in claims:
             plan.delete.append(FileAction(blob, _size(blob)))
-    plan.delete.append(FileAction(manifest, _size(manifest)))
+    if not any(_abs(a.path) == _abs(manifest) for a in plan.delete):  # a copy made by `link` lists it
+        plan.delete.append(FileAction(manifest, _size(manifest)))
 
 
 def _other_links(snapshot: Path, blob: Path, ours: set[Path]) -> bool:
