@@ -311,6 +311,11 @@ def test_scan_recognises_other_tools_layouts_and_imports_them(
     assert out.returncode == 0, out.stderr
     assert "hf-cache's layout" in out.stdout
     assert _entries(isolated_env)["theowner/tiny-llama"]["tool"] == "hf-cache"  # not local/hub/models--...
+    # A second preview says what a second import does: nothing (it claimed "gained a copy").
+    again = json.loads(run_cli("scan", "--base", str(cache), "--dry-run", "--json").stdout)["data"]["import"][
+        0
+    ]
+    assert (again["added"], again["copies"], again["unchanged"]) == ([], [], ["theowner/tiny-llama"])
     models = isolated_env["home"] / "ollama"
     ollama_model(
         models, "registry.ollama.ai/library/tiny/latest", modelfiles.gguf_bytes(arch="llama", name="T")

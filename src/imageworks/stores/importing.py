@@ -189,25 +189,29 @@ def record_found(
     backup: bool = True,
 ) -> ImportResult:
     with store.transaction(command, backup=backup) as registry:
-        index = _Index(registry)
-        for item in found:
-            entry = item.entry
-            result.files += len(entry.files)
-            result.bytes += sum(f.size for f in entry.files)
-            existing = index.match(item)
-            if existing is None:
-                if registry.get(entry.name) is not None:
-                    entry = disambiguated(entry)
-                registry.put(entry)
-                index.add(entry)
-                result.added.append(entry.name)
-                continue
-            same = path_key(existing.path) == path_key(entry.path)
-            if same and entry_identity(existing) == entry_identity(entry):
-                _refresh(registry, existing, entry, result)
-                continue
-            _add_shelf_copy(registry, existing, item, result)
+        _record_into(registry, found, result)
     return result
+
+
+def _record_into(registry: Registry, found: Sequence[Found], result: ImportResult) -> None:
+    index = _Index(registry)
+    for item in found:
+        entry = item.entry
+        result.files += len(entry.files)
+        result.bytes += sum(f.size for f in entry.files)
+        existing = index.match(item)
+        if existing is None:
+            if registry.get(entry.name) is not None:
+                entry = disambiguated(entry)
+            registry.put(entry)
+            index.add(entry)
+            result.added.append(entry.name)
+            continue
+        same = path_key(existing.path) == path_key(entry.path)
+        if same and entry_identity(existing) == entry_identity(entry):
+            _refresh(registry, existing, entry, result)
+            continue
+        _add_shelf_copy(registry, existing, item, result)
 
 
 MODULES = {"hf-cache": "hf_cache", "ollama": "ollama", "lmstudio": "lmstudio", "llama.cpp": "llamacpp"}
@@ -260,12 +264,5 @@ def preview_shelf(tool: str, store: RegistryStore, path: Path) -> ImportResult:
     module = importlib.import_module(f"imageworks.stores.{MODULES[tool]}")
     registry = store.load()
     found, result = module.find(path, registry)
-    index = _Index(registry)
-    for item in found:
-        result.files += len(item.entry.files)
-        result.bytes += sum(f.size for f in item.entry.files)
-        existing = index.match(item)
-        (result.added if existing is None else result.copies).append(
-            item.entry.name if existing is None else existing.name
-        )
+    _record_into(registry, found, result)  # the same steps as `import`, on a copy that is never saved
     return result
