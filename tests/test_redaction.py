@@ -49,6 +49,12 @@ def test_redact_text_hides_query_secrets_and_userinfo(text: str) -> None:
     assert MASK in cleaned
 
 
+def test_a_folder_named_hf_something_is_not_a_token() -> None:
+    text = "error: /home/me/hf_home/hub/models--a--b: permission denied (HF_HOME=hf_cache/x)"
+    assert redact_text(text) == text
+    assert redact_text("using token hf_AbCdEf0123456789 now") == f"using token hf_{MASK} now"
+
+
 def test_what_is_not_a_secret_stays() -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     text = f"https://example.org/resolve/main/model.gguf?download=true&revision={digest}&name=Llama-3.2"

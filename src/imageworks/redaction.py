@@ -20,7 +20,8 @@ _SECRET_OPTION = re.compile(
     r"^(--(?:token|rpc-secret|http-passwd|ftp-passwd|https-proxy-passwd|http-proxy-passwd)=).+$"
 )
 _AUTH_HEADER = re.compile(r"(?i)((?:authorization|cookie|proxy-authorization)\s*:\s*(?:bearer\s+)?)[^\s\"']+")
-_HF_TOKEN = re.compile(r"\b(hf_|token:)[A-Za-z0-9_\-]{3,}")
+# Not a path component: `/data/hf_home/hub` is a folder, not a token.
+_HF_TOKEN = re.compile(r"(?<![/\\])\b(hf_|token:)[A-Za-z0-9_\-]{3,}(?![A-Za-z0-9_\-/\\])")
 _TOKEN_FLAG = re.compile(r"(--token[= ])(\S+)")
 _SECRET_NAME = (
     r"token|key|sig|signature|auth|credential|password|passwd|pwd|secret|session|jwt|x-amz-|expires"
