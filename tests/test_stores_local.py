@@ -120,6 +120,7 @@ def test_the_note_names_each_copy_the_files_came_from(fake_hub: FakeHub, run_cli
     assert both.returncode == 0, both.stderr
     note = next(line for line in both.stderr.splitlines() if "from the copies in" in line)
     assert "4 files from the copies in" in note, note
+    assert "are in place" in both.stdout and "up to date" not in both.stdout  # a new copy, just recorded
     assert str(home / "a" / "TheOwner" / "Tiny-Llama-GGUF") in note
     assert str(home / "b" / "TheOwner" / "Tiny-Llama-GGUF") in note
 

@@ -214,8 +214,10 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
     size = human_size(plan.bytes_total)
     names = ", ".join(result.names)
     if result.up_to_date:
+        # Recorded now (taken from a local copy, or a complete folder not registered yet): not "up to date".
+        state = "in place" if result.recorded else "up to date"
         click.echo(
-            f"{names} {'is' if len(result.names) == 1 else 'are'} up to date"
+            f"{names} {'is' if len(result.names) == 1 else 'are'} {state}"
             f" ({plural(len(plan.files), 'file')}, {size}) at {plan.folder}"
         )
         if result.recorded:
