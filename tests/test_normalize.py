@@ -296,3 +296,26 @@ def test_rebuild_full_never_replaces_a_hub_digest_from_disk(isolated_env, sample
     rescanned = RegistryStore(isolated_env["registry"]).load().get("theowner/tiny-llama")
     assert rescanned is not None
     assert {f.path: f.sha256 for f in rescanned.files}["model.safetensors"] == hub_digest
+
+
+def test_rebuild_apply_keeps_the_record_of_a_hub_file_gone_from_disk(
+    isolated_env, sample_hub, run_cli
+) -> None:
+    """A downloaded file deleted from disk: `--rebuild --apply` reports it missing (exit 1) and keeps the
+    entry's record and the Hub's digest; it never rewrites the entry as an empty, 0-byte model."""
+    from tests.fakehub.samples import SAFETENSORS_REPO
+
+    assert run_cli("download", SAFETENSORS_REPO, "--engine", "native").returncode == 0
+    registry = RegistryStore(isolated_env["registry"])
+    before = registry.load().get("theowner/tiny-llama")
+    assert before is not None
+    (isolated_env["models"] / "TheOwner" / "Tiny-Llama" / "model.safetensors").unlink()
+
+    result = normalize_json(run_cli, "--rebuild", "--apply", code=1)
+    (item,) = [e for e in result["entries"] if e["name"] == "theowner/tiny-llama"]
+    assert item["drift"]["missing"] == ["model.safetensors"]
+    assert [m["path"] for m in item["mismatches"]] == ["model.safetensors"]
+    after = registry.load().get("theowner/tiny-llama")
+    assert after is not None and after.files == before.files and after.size_bytes == before.size_bytes
+    text = run_cli("normalize-formats", "--rebuild")
+    assert text.returncode == 1 and "missing: model.safetensors" in text.stdout

@@ -466,6 +466,9 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     if rebuild:
         new = refresh_entry(item.base, item.fresh, item.stats)
         drift = _drift(item.base.files, new.files)
+        if _hub_files_missing(item, drift.missing):
+            plan.drift, plan.action = drift, "drift"  # the record stays: only the disk is wrong
+            return
         mismatched = [m.path for m in plan.mismatches if m.path not in drift.changed]
         plan.drift = FileDrift(sorted([*drift.changed, *mismatched]), drift.added, drift.missing)
         fields: tuple[str, ...] = _REBUILD_FIELDS
@@ -484,6 +487,23 @@ def _finish(item: _Work, *, rebuild: bool) -> None:
     if not plan.changes and not plan.drift:
         plan.notes.append("recorded sizes/mtimes refreshed (contents unchanged)")
     _name_note(plan, new)
+
+
+def _hub_files_missing(item: _Work, missing: Sequence[str]) -> bool:
+    """Files recorded with a digest from the Hub (or --sha256) that are gone from disk: drift to report, as
+    `verify` reports `missing`, never a reason to drop their records (and digests) from the entry."""
+    old = {f.path: f for f in item.base.files}
+    gone = [old[p] for p in missing if p in old and digest_source(item.base, old[p]) in AUTHORITATIVE]
+    for record in gone:
+        item.plan.mismatches.append(
+            DigestMismatch(record.path, record.sha256 or "", None, digest_source(item.base, record) or "")
+        )
+    if gone:
+        item.plan.notes.append(
+            f"{len(gone)} file(s) recorded from the Hub or --sha256 are missing on disk: the entry keeps its"
+            " record; download it again (--force) or remove it"
+        )
+    return bool(gone)
 
 
 def _with_format(base: ModelEntry, fresh: ModelEntry) -> ModelEntry:

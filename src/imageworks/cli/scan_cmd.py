@@ -205,8 +205,14 @@ def _render_entry_plan(item: EntryPlan) -> None:
                 shown = ", ".join(paths[:8]) + (f", … ({len(paths)} in all)" if len(paths) > 8 else "")
                 echo(f"    files {kind}: {shown}")
     for m in item.mismatches:
+        origin = _SOURCE.get(m.source, m.source)
+        if item.drift and m.path in item.drift.missing:
+            echo(
+                f"    missing: {m.path}: recorded {m.expected} (from {origin}) is kept (re-download with --force)"
+            )
+            continue
         echo(
-            f"    changed: {m.path}: expected {m.expected} (from {_SOURCE.get(m.source, m.source)}),"
+            f"    changed: {m.path}: expected {m.expected} (from {origin}),"
             f" got {m.actual or '-'}; the recorded digest is kept (re-download with --force)"
         )
     for note in item.notes:
