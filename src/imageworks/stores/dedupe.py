@@ -117,8 +117,9 @@ def plan_dedupe(registry: Registry) -> DedupePlan:
         groups[(item.dev, item.size)].append(item)
     for (_dev, _size), items in sorted(groups.items()):
         inodes: dict[int, _File] = {}
-        for item in items:
-            inodes.setdefault(item.ino, item)
+        for item in items:  # one name per inode: one whose entry recorded a digest, when any did
+            if item.ino not in inodes or (inodes[item.ino].sha256 is None and item.sha256):
+                inodes[item.ino] = item
         if len(inodes) < 2:
             continue
         by_digest: dict[str | None, list[_File]] = defaultdict(list)
