@@ -74,6 +74,7 @@ def test_import_hf_cache_written_by_huggingface_hub(fake_hub: FakeHub, run_cli, 
     again = run_cli("import", "hf-cache", "--json")
     data = json.loads(again.stdout)["data"][0]
     assert data["added"] == [] and data["copies"] == [] and len(data["unchanged"]) == 4
+    assert data["bytes_hashed"] == 0  # small files are hashed once: a re-import reads nothing again
     assert (isolated_env["registry"] / "model_registry.discovered.json").read_bytes() == registry_bytes
 
 

@@ -139,6 +139,24 @@ def _known(registry: Registry | None) -> dict[str, list[ModelEntry]]:
     return out
 
 
+def _remember_digests(snapshot: Path, known: list[ModelEntry], memo: dict[Path, str | None]) -> None:
+    """A re-import reads no file again: a small file's blob whose inode, size and mtime are what an earlier
+    import recorded keeps the SHA-256 recorded then (`hashing.trusted_digest`)."""
+    from imageworks.hashing import trusted_digest
+
+    for entry in known:
+        for record in entry.files:
+            blob = Path(os.path.realpath(snapshot / record.path))
+            if blob in memo or not record.sha256:
+                continue
+            try:
+                st = os.stat(blob)
+            except OSError:
+                continue
+            if record.inode == st.st_ino and trusted_digest(record, st.st_size, st.st_mtime_ns):
+                memo[blob] = record.sha256
+
+
 def _unchanged(known: list[ModelEntry], records: list, revisions: list[str]) -> bool:
     on_disk = {(r.path, r.size, r.mtime_ns, r.inode) for r in records}
     recorded = {(f.path, f.size, f.mtime_ns, f.inode) for e in known for f in e.files}
@@ -184,12 +202,13 @@ def _find_repo(
                 f"{repo_id}: ref {ref} points to {commit[:12]}, which is not in the cache; skipped"
             )
     for commit in commits:
-        records = _snapshot_files(snapshots / commit, result, memo)
+        folder = snapshots / commit
+        same = known.get(path_key(folder) or str(folder), [])
+        _remember_digests(folder, same, memo)
+        records = _snapshot_files(folder, result, memo)
         if not records:
             continue
         revisions = sorted(r for r, c in refs.items() if c == commit) or [commit]
-        folder = snapshots / commit
-        same = known.get(path_key(folder) or str(folder), [])
         if same and _unchanged(same, records, revisions):
             found.extend(Found(e, weight_digests(e)) for e in same)  # nothing moved: no inspection
             continue
