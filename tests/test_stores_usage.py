@@ -93,3 +93,31 @@ def test_dedupe_never_touches_a_download_in_progress(fake_hub: FakeHub, run_cli,
         out = json.loads(run_cli("dedupe", "--yes", "--json").stdout)["data"]
     assert {p["status"] for p in out["pairs"]} == {"skipped"} and "lock" in out["pairs"][0]["reason"]
     assert os.stat(first / "README.md").st_ino != os.stat(second / "README.md").st_ino
+
+
+def test_dedupe_pairs_a_file_without_a_digest_with_the_files_it_really_equals(run_cli, isolated_env) -> None:
+    """Files of one size, two contents: `aaa` and `bbb` recorded with digests (scan --hash), `ccc` (a copy of
+    `bbb`) scanned without. One dedupe run links `ccc` to `bbb`, never tries it against `aaa` only."""
+    import shutil
+
+    from tests.modelfiles import write_hf_model
+
+    hashed, plain = isolated_env["home"] / "hashed", isolated_env["home"] / "plain"
+    write_hf_model(hashed / "aaa" / "model", "plain-bf16")
+    write_hf_model(hashed / "bbb" / "model", "plain-bf16")
+    weights_b = hashed / "bbb" / "model" / "model.safetensors"
+    data = bytearray(weights_b.read_bytes())
+    data[-1] ^= 0xFF  # same size, other contents
+    weights_b.write_bytes(bytes(data))
+    shutil.copytree(hashed / "bbb" / "model", plain / "ccc" / "model")
+    assert run_cli("scan", "--base", str(hashed), "--hash").returncode == 0
+    assert run_cli("scan", "--base", str(plain)).returncode == 0
+
+    out = run_cli("dedupe", "--yes", "--json")
+    assert out.returncode == 0, out.stderr
+    weights_c = plain / "ccc" / "model" / "model.safetensors"
+    assert weights_c.stat().st_ino == weights_b.stat().st_ino
+    assert (hashed / "aaa" / "model" / "model.safetensors").stat().st_ino != weights_b.stat().st_ino
+    assert weights_c.read_bytes() == bytes(data)
+    again = json.loads(run_cli("dedupe", "--yes", "--json").stdout)["data"]
+    assert not [p for p in again["pairs"] if p["status"] != "linked"], "one run was enough"

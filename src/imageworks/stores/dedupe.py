@@ -65,6 +65,8 @@ class DedupePlan:
     notes: list[str] = field(default_factory=list)
     bytes_hashed: int = 0
     files_hashed: int = 0
+    # SHA-256 by (dev, inode, size, mtime) of files read while planning: linking reuses them.
+    digests: dict[tuple[int, int, int, int], str] = field(default_factory=dict)
 
     @property
     def bytes_planned(self) -> int:
@@ -109,8 +111,9 @@ def _files(registry: Registry) -> list[_File]:
 
 
 def plan_dedupe(registry: Registry) -> DedupePlan:
-    """Pairs from recorded digests: same filesystem, same size, same SHA-256, different inode. Files with
-    no recorded digest but a same-size partner are planned too and confirmed by hashing when linking."""
+    """Pairs from recorded digests: same filesystem, same size, same SHA-256, different inode. A file with
+    no recorded digest but a same-size partner is hashed now (once: linking reuses the digest), so it is
+    paired with the files it really equals, not with the first group of its size."""
     plan = DedupePlan()
     groups: dict[tuple[int, int], list[_File]] = defaultdict(list)
     for item in _files(registry):
@@ -124,14 +127,29 @@ def plan_dedupe(registry: Registry) -> DedupePlan:
             continue
         by_digest: dict[str | None, list[_File]] = defaultdict(list)
         for item in inodes.values():
-            by_digest[item.sha256].append(item)
-        unknown = by_digest.pop(None, [])
+            by_digest[item.sha256 or _hashed_now(plan, item)].append(item)
+        by_digest.pop(None, None)  # unreadable, or changed while it was read: not linked this run
         for digest, same in by_digest.items():
-            _pair_up(plan, same + unknown, digest)
-            unknown = []
-        if len(unknown) > 1:
-            _pair_up(plan, unknown, None)
+            _pair_up(plan, same, digest)
     return plan
+
+
+def _hashed_now(plan: DedupePlan, item: _File) -> str | None:
+    """The SHA-256 of a file the registry records no digest for (None: unreadable or changed meanwhile)."""
+    from imageworks.hashing import sha256_file
+
+    key = (item.dev, item.ino, item.size, item.mtime_ns)
+    if key not in plan.digests:
+        try:
+            digest = sha256_file(item.path)
+        except OSError:
+            return None
+        plan.bytes_hashed += item.size
+        plan.files_hashed += 1
+        if _stat_key(item.path) != key:
+            return None
+        plan.digests[key] = digest
+    return plan.digests[key]
 
 
 def _pair_up(plan: DedupePlan, items: list[_File], digest: str | None) -> None:
@@ -169,7 +187,7 @@ def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
 def execute_dedupe(plan: DedupePlan) -> DedupePlan:
     from imageworks.hashing import sha256_file
 
-    digests: dict[tuple[int, int, int, int], str] = {}
+    digests = plan.digests  # each candidate hashed once in a run, planning included
 
     def digest_of(path: Path) -> tuple[str, tuple[int, int, int, int]] | None:
         key = _stat_key(path)
