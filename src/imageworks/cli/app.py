@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -58,6 +59,44 @@ pass_app = click.make_pass_decorator(AppContext, ensure=True)
 # Options every command spells the same way.
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 no_backup_option = click.option("--no-backup", is_flag=True, help="Skip the registry backup.")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def engine_options(func: F) -> F:
+    """The transfer flags `download` and `update` share, spelled once."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["auto", "aria2", "native"]),
+            default="auto",
+            show_default=True,
+            help="Download engine.",
+        ),
+        click.option(
+            "--connections",
+            type=click.IntRange(1, 64),
+            default=16,
+            show_default=True,
+            help="Connections per file.",
+        ),
+        click.option(
+            "--no-aria2",
+            is_flag=True,
+            help="Native engine, one stream per file (networks that block parallel connections).",
+        ),
+        click.option(
+            "--stall-timeout",
+            type=click.FloatRange(min=0.1),
+            default=30.0,
+            show_default=True,
+            help="Seconds without a byte before a connection is restarted.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)  # type: ignore[assignment]
+    return func
 
 
 def _err(text: str) -> None:

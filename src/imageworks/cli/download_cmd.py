@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, engine_options, json_option, no_backup_option, pass_app
 from imageworks.cli.render import byte_progress, emit_json, table
 from imageworks.units import human_size, plural
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from imageworks.downloader import DownloadResult
     from imageworks.plan import DownloadPlan
-    from imageworks.transfer import FileJob, FileResult
+    from imageworks.transfer import FileJob, FileResult, NullProgress
 
 PLAIN_INTERVAL_S = 5.0
 
@@ -117,26 +117,13 @@ class PlainProgress:
         _err(text)
 
 
-class QuietProgress:
-    """No output (--quiet): errors only."""
+def progress_display(total: int, *, quiet: bool) -> NullProgress | RichProgress | PlainProgress:
+    """The one choice of display: nothing (--quiet), a rich bar on a terminal, plain lines otherwise."""
+    if quiet:
+        from imageworks.transfer import NullProgress
 
-    def file_started(self, job: FileJob, total: int | None, already: int) -> None:
-        pass
-
-    def advance(self, job: FileJob, n: int) -> None:
-        pass
-
-    def file_done(self, job: FileJob, result: FileResult) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def __enter__(self) -> QuietProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+        return NullProgress()
+    return RichProgress(total) if sys.stderr.isatty() else PlainProgress(total)
 
 
 class _LazyProgress:
@@ -147,12 +134,7 @@ class _LazyProgress:
         self.inner: Any = None
 
     def open(self, total: int) -> None:
-        if self.quiet:
-            self.inner = QuietProgress()
-        elif sys.stderr.isatty():
-            self.inner = RichProgress(total)
-        else:
-            self.inner = PlainProgress(total)
+        self.inner = progress_display(total, quiet=self.quiet)
         self.inner.__enter__()
 
     def close(self) -> None:
@@ -257,28 +239,7 @@ def _render_result(result: DownloadResult, seconds: float) -> None:
 @click.option(
     "--exclude", multiple=True, metavar="GLOB", help="Do not fetch files matching GLOB (repeatable)."
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "aria2", "native"]),
-    default="auto",
-    show_default=True,
-    help="Download engine.",
-)
-@click.option(
-    "--connections", type=click.IntRange(1, 64), default=16, show_default=True, help="Connections per file."
-)
-@click.option(
-    "--no-aria2",
-    is_flag=True,
-    help="Native engine, one stream per file (networks that block parallel connections).",
-)
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds without a byte before a connection is restarted.",
-)
+@engine_options
 @click.option(
     "--dry-run", is_flag=True, help="Show the plan (files, sizes, what is on disk) and fetch nothing."
 )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imageworks.cli.app import AppContext, json_option, no_backup_option, pass_app
+from imageworks.cli.app import AppContext, engine_options, json_option, no_backup_option, pass_app
 from imageworks.cli.render import emit_json, human_size, table
 from imageworks.errors import EXIT_FAILED, EXIT_OK
 from imageworks.units import plural
@@ -84,7 +84,7 @@ def _render_outdated(report: OutdatedReport, *, every_row: bool) -> None:
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
 @json_option
 @pass_app
-def outdated(app: AppContext, names: tuple[str, ...], all_: bool, token: str | None, as_json: bool) -> None:
+def outdated(app: AppContext, names: tuple[str, ...], all_: bool, token: str | None, as_json: bool) -> int:
     """Tell which models' branches moved on the Hub and what changed for the files they selected.
 
     Exit 0 when nothing is outdated, 1 when a model is outdated, gone or could not be checked."""
@@ -97,7 +97,7 @@ def outdated(app: AppContext, names: tuple[str, ...], all_: bool, token: str | N
         emit_json("outdated", report.as_dict())
     else:
         _render_outdated(report, every_row=not all_)
-    sys.exit(EXIT_FAILED if report.needs_attention else EXIT_OK)
+    return EXIT_FAILED if report.needs_attention else EXIT_OK
 
 
 def _render_update(report: UpdateReport) -> None:
@@ -141,24 +141,7 @@ def _render_update(report: UpdateReport) -> None:
 @click.option(
     "--keep-old", is_flag=True, help="Keep the previous revision as NAME@<commit> (hardlinks, no copies)."
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "aria2", "native"]),
-    default="auto",
-    show_default=True,
-    help="Download engine.",
-)
-@click.option(
-    "--connections", type=click.IntRange(1, 64), default=16, show_default=True, help="Connections per file."
-)
-@click.option("--no-aria2", is_flag=True, help="Native engine, one stream per file.")
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds without a byte before a connection is restarted.",
-)
+@engine_options
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @json_option
@@ -178,12 +161,12 @@ def update(
     quiet: bool,
     as_json: bool,
     no_backup: bool,
-) -> None:
+) -> int:
     """Bring outdated models to their branch's new commit, fetching only the files that changed.
 
     Old files stay in place until every new file is verified; an interrupted update resumes when run
     again. Exit 1 when a model could not be updated."""
-    from imageworks.cli.download_cmd import PlainProgress, QuietProgress, RichProgress
+    from imageworks.cli.download_cmd import progress_display
     from imageworks.errors import UsageError
     from imageworks.update import UpdateOptions, update_models
 
@@ -191,13 +174,7 @@ def update(
         raise UsageError("--no-aria2 contradicts --engine aria2")
     if token:
         app.token = token
-    sink: QuietProgress | RichProgress | PlainProgress
-    if quiet or as_json or dry_run:
-        sink = QuietProgress()
-    elif sys.stderr.isatty():
-        sink = RichProgress(0)
-    else:
-        sink = PlainProgress(0)
+    sink = progress_display(0, quiet=quiet or as_json or dry_run)
     with sink:
         report = update_models(
             names=names,
@@ -219,4 +196,4 @@ def update(
         emit_json("update", report.as_dict(), ok=not report.failed)
     elif not quiet:
         _render_update(report)
-    sys.exit(EXIT_FAILED if report.failed else EXIT_OK)
+    return EXIT_FAILED if report.failed else EXIT_OK

@@ -151,6 +151,12 @@ class NullProgress:
     def message(self, text: str) -> None:
         pass
 
+    def __enter__(self) -> NullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
 
 class Engine(Protocol):
     name: str
