@@ -934,7 +934,7 @@ def test_vocab_only_gguf_as_the_converter_writes_it(tmp_path):
 
 
 def test_untrusted_json_bounds():
-    from imageworks.inspect.untrusted_json import MAX_DEPTH, UntrustedJSONError, loads
+    from imageworks.untrusted_json import MAX_DEPTH, UntrustedJSONError, loads
 
     # Real files: tokenizer_config.json's "no limit" and non-finite numbers some tools write.
     assert loads(b'{"model_max_length": 1000000000000000019884624838656}')["model_max_length"] > 10**30

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imageworks.inspect import untrusted_json
+from imageworks import untrusted_json
 from imageworks.inspect.quant import bpw_label, group_label, torch_dtype_label
 from imageworks.inspect.types import Evidence
 

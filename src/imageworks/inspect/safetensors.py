@@ -13,7 +13,7 @@ import struct
 from math import prod
 from typing import Any
 
-from imageworks.inspect import untrusted_json
+from imageworks import untrusted_json
 from imageworks.inspect.quant import dtype_label, group_label
 from imageworks.inspect.source import ByteSource, inspect_input
 from imageworks.inspect.types import Evidence, FileInspection

@@ -201,30 +201,18 @@ def parse_layer_text(text: str, path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _check_limits(doc: Any, path: Path) -> None:
-    """Depth and integer range, walked without recursion (the input is untrusted)."""
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            if (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and not (_INT_RANGE[0] <= value <= _INT_RANGE[1])
-            ):
-                raise RegistryError(
-                    f"{path}: the number {str(value)[:20]}… ({len(str(abs(value)))} digits) is out of range",
-                    hint=_repair_hint(path),
-                )
-            continue
-        if depth >= MAX_DEPTH:
-            raise RegistryError(
-                f"{path}: JSON nested too deeply (more than {MAX_DEPTH} levels)", hint=_repair_hint(path)
-            )
-        stack.extend((child, depth + 1) for child in children)
+    """Depth and integer range (the layer is untrusted input: a hand edit, a merge gone wrong)."""
+    from imageworks.untrusted_json import limit_violation
+
+    problem = limit_violation(doc, max_depth=MAX_DEPTH, int_range=_INT_RANGE)
+    if problem is None:
+        return
+    kind, value = problem
+    if kind == "depth":
+        message = f"JSON nested too deeply (more than {MAX_DEPTH} levels)"
+    else:
+        message = f"the number {str(value)[:20]}… ({len(str(abs(value)))} digits) is out of range"
+    raise RegistryError(f"{path}: {message}", hint=_repair_hint(path))
 
 
 def _migrate(doc: Any, path: Path) -> dict[str, dict[str, Any]]:

@@ -62,8 +62,17 @@ def loads(text: str | bytes) -> Any:
 
 
 def _check_depth(data: Any) -> None:
-    """Iteratively (no recursion to exhaust): nesting within what the decoder accepted can still be far
-    deeper than any code walking the result should have to handle."""
+    if limit_violation(data, max_depth=MAX_DEPTH):
+        raise UntrustedJSONError(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def limit_violation(
+    data: Any, *, max_depth: int, int_range: tuple[int, int] | None = None
+) -> tuple[str, int] | None:
+    """The first bound parsed JSON breaks, or None: `("depth", level)` for nesting past `max_depth`,
+    `("int", value)` for an integer outside `int_range`. Walked iteratively (no recursion to exhaust):
+    nesting within what a decoder accepted can still be far deeper than any code walking the result should
+    have to handle. The one walker for untrusted files and for registry layers; callers word the error."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
@@ -72,7 +81,11 @@ def _check_depth(data: Any) -> None:
         elif isinstance(value, list):
             children = value
         else:
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if is_int and int_range and not int_range[0] <= value <= int_range[1]:
+                return "int", value
             continue
-        if depth > MAX_DEPTH:
-            raise UntrustedJSONError(f"nested deeper than {MAX_DEPTH} levels")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        if depth > max_depth:
+            return "depth", depth
+        stack.extend((child, depth + 1) for child in children)
+    return None
