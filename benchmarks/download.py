@@ -8,6 +8,8 @@ Cases (each with its own fake Hub from tests/fakehub, in its own process, on loo
 - shards: a model of two safetensors shards (random bytes, --size-mb in all) + config, the Hub capped
   at 20 MB/s per connection and 200 MB/s in total. Anchor: plain `aria2c -x16 -s16` on the same CDN URLs.
 - unthrottled: the same files with no cap (CPU-bound: hashing and copying show). Anchor: plain aria2c.
+  Also `hf download --local-dir` for its MB/s: plain HTTP here, as the fake Hub has no Xet storage for
+  hf_xet, and huggingface_hub 2.x no longer uses hf_transfer.
 - small: --small-files small (non-LFS) files + config. Anchor: `huggingface_hub.snapshot_download`.
 
 Every run is a fresh process into an empty folder with a fresh registry, timed by wall clock from
@@ -162,6 +164,12 @@ def cli_argv(repo: str, dest: Path, engine: str) -> list[str]:
     return [*base, "download", repo, "--location", str(dest), "--engine", engine, "--quiet", "--no-backup"]
 
 
+def hf_cli() -> str:
+    """huggingface_hub's `hf` next to this interpreter. It fetches over plain HTTP here: the fake Hub has
+    no Xet storage for hf_xet to use, and huggingface_hub 2.x no longer uses hf_transfer."""
+    return shutil.which("hf") or str(Path(sys.executable).parent / "hf")
+
+
 def plain_aria2c(files: list[dict], dest: Path, env: dict[str, str]) -> list[str]:
     listing = dest.parent / f"{dest.name}-aria2c-input.txt"
     listing.write_text("".join(f"{f['cdn_url']}\n  out={f['path']}\n" for f in files))
@@ -190,7 +198,7 @@ def verified(dest: Path, files: list[dict]) -> bool:
 
 CASES = {
     "shards": ["cli-aria2", "cli-native", "plain-aria2c", "engine-aria2", "engine-native", "hf-snapshot"],
-    "unthrottled": ["cli-aria2", "cli-native", "plain-aria2c", "engine-aria2", "engine-native"],
+    "unthrottled": ["cli-aria2", "cli-native", "plain-aria2c", "engine-aria2", "engine-native", "hf-download"],
     "small": ["cli-auto", "cli-native", "hf-snapshot"],
 }
 ANCHOR = {"shards": "plain-aria2c", "unthrottled": "plain-aria2c", "small": "hf-snapshot"}
@@ -238,6 +246,8 @@ def run_case(
                     argv = cli_argv(spec["repo"], dest, engine)
                 elif kind == "plain":
                     argv = plain_aria2c(files, dest, env)
+                elif method == "hf-download":
+                    argv = [hf_cli(), "download", spec["repo"], "--local-dir", str(dest)]
                 elif kind == "hf":
                     argv = [
                         sys.executable,

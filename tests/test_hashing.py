@@ -164,3 +164,55 @@ def test_trusted_digest_is_the_one_size_and_mtime_rule(tmp_path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     moved = path.stat()
     assert trusted_digest(record, moved.st_size, moved.st_mtime_ns) is None
+
+
+def _wait_ahead(ahead: hashing.HashAhead) -> None:
+    """Until every guessed file is hashed (the test then changes files knowing what was read)."""
+    from concurrent.futures import wait
+
+    wait(list(ahead._futures.values()))
+
+
+def test_hash_ahead_digests_are_taken_whole_not_hashed_again(tmp_path: Path) -> None:
+    """A file hashed ahead comes back from hash_files without a second read: its progress arrives in one
+    piece (a file that is read reports at most READ_CHUNK at a time)."""
+    big = tmp_path / "big.bin"
+    data = _write(big, 3 * READ_CHUNK + 7, 1)
+    other = tmp_path / "other.bin"
+    other_data = _write(other, 1000, 2)
+    ahead = hashing.HashAhead([(big, len(data))], jobs=2)
+    try:
+        _wait_ahead(ahead)
+        seen: list[int] = []
+        results = hash_files([big, other], jobs=2, progress=seen.append, ahead=ahead)
+    finally:
+        ahead.close()
+    assert [r.sha256 for r in results] == [hashlib.sha256(d).hexdigest() for d in (data, other_data)]
+    assert len(data) in seen, "the file hashed ahead should not have been read again"
+
+
+def test_hash_ahead_is_ignored_for_a_file_changed_since(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    _write(path, 2 * READ_CHUNK, 1)
+    ahead = hashing.HashAhead([(path, 2 * READ_CHUNK)], jobs=1)
+    try:
+        _wait_ahead(ahead)
+        new = _write(path, 2 * READ_CHUNK, 9)  # same size, new bytes
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        [result] = hash_files([path], ahead=ahead)
+    finally:
+        ahead.close()
+    assert result.sha256 == hashlib.sha256(new).hexdigest()
+
+
+def test_hash_ahead_close_stops_unclaimed_work(tmp_path: Path) -> None:
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"f{index}.bin"
+        _write(path, 4 * READ_CHUNK, index)
+        paths.append((path, 4 * READ_CHUNK))
+    ahead = hashing.HashAhead(paths, jobs=1)
+    ahead.close()  # returns without hashing the queue; nothing is left running
+    assert all(f.done() for f in ahead._futures.values())
+    assert ahead.take(paths[-1][0]) is None

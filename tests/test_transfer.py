@@ -1173,3 +1173,53 @@ def test_progress_speed_and_eta_leave_resumed_bytes_out() -> None:
     [total] = [t for t in display._progress.tasks if t.description == "total"]
     assert total.speed is not None and total.speed < 40_000 / elapsed * 1.5  # ~30 KB fetched, not 1 MB
     assert total.time_remaining is not None and total.time_remaining > 1.0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_small_files_do_not_hold_up_the_large_ones(kind: str, server: FileServer, tmp_path: Path) -> None:
+    """With the pool (the default), small and large files are fetched at once: a config that stalls
+    for a second does not delay the weights, and the sink still hears everything on this thread."""
+    big, small = blob(6 * MiB + 321, 3), b'{"model_type": "llama", "pad": "' + b"x" * 50_000 + b'"}\n'
+    server.fail("config.json", "stall", after=10_000, seconds=1.5)
+    jobs = [
+        FileJob(
+            server.add("config.json", small),
+            tmp_path / "m" / "config.json",
+            len(small),
+            git_sha1=git_sha1(small),
+        ),
+        FileJob(
+            server.add("model.safetensors", big), tmp_path / "m" / "model.safetensors", len(big), sha(big)
+        ),
+    ]
+    progress = Recorder()
+    results = engine_for(kind, pool=True).fetch(jobs, progress)
+    assert [r.job.name for r in results] == ["config.json", "model.safetensors"]  # job order
+    assert [r.sha256 for r in results] == [hashlib.sha256(small).hexdigest(), sha(big)]
+    assert [r.job.name for r in progress.done] == ["model.safetensors", "config.json"]
+    assert progress.threads == {threading.get_ident()}
+    assert progress.advanced == len(big) + len(small)
+
+
+def test_aria2_files_go_to_the_least_busy_aria2c() -> None:
+    from imageworks.transfer.aria2 import Aria2Engine
+    from imageworks.transfer.aria2_rpc import Daemons
+
+    daemons = Daemons(Aria2Engine("aria2c"), 2)  # nothing is started until a file needs it
+    first, second = daemons.take(), daemons.take()
+    assert first is not second
+    daemons.give_back(first)
+    assert daemons.take() is first
+    assert Aria2Engine("aria2c", processes=3).processes == 3
+
+
+def test_aria2_polls_sooner_when_the_download_is_about_to_end() -> None:
+    from imageworks.transfer.aria2_status import next_poll
+
+    status = {"totalLength": "1000", "completedLength": "0", "downloadSpeed": "0"}
+    assert next_poll(status, 0.1) == 0.1  # no speed yet
+    assert next_poll({**status, "downloadSpeed": "100000"}, 0.1) == pytest.approx(0.01)
+    assert next_poll({**status, "completedLength": "500", "downloadSpeed": "10000"}, 0.1) == pytest.approx(
+        0.05
+    )
+    assert next_poll({**status, "completedLength": "1000", "downloadSpeed": "10"}, 0.1) == 0.1

@@ -577,3 +577,53 @@ def test_one_hash_file_gives_both_digests_and_raises_on_demand(tmp_path: Path) -
     import imageworks.transfer.base as base
 
     assert not hasattr(base, "hash_file") or base.hash_file is hash_file
+
+
+def test_hash_ahead_guess_is_the_exact_names_recorded_files_on_disk(
+    isolated_env: dict[str, Path], store: RegistryStore, model: Path
+) -> None:
+    """The CLI's head start (verify_ahead) guesses from the merged file as plain JSON: the recorded files
+    with a digest, on disk at their recorded size, inside the folder; nothing for an inexact name."""
+    from imageworks import verify_ahead
+
+    guessed = dict(verify_ahead.guess(store.folder, [NAME]))
+    assert guessed == {model / name: len(data) for name, data in FILES.items()}
+    assert verify_ahead.guess(store.folder, [NAME.upper()]) == []  # lookup rules are the real plan's
+    assert dict(verify_ahead.guess(store.folder, None)) == guessed  # --all
+    first = next(iter(FILES))
+    (model / first).write_bytes(b"short")
+    assert model / first not in dict(verify_ahead.guess(store.folder, [NAME]))
+
+
+def test_hash_ahead_guess_skips_unsafe_paths_and_bad_files(isolated_env: dict[str, Path]) -> None:
+    from imageworks import verify_ahead
+
+    folder = isolated_env["registry"]
+    folder.mkdir(parents=True, exist_ok=True)
+    outside = folder.parent / "secret.bin"
+    outside.write_bytes(b"x" * 10)
+    (folder / "model").mkdir()
+    entry = {
+        "path": str(folder / "model"),
+        "files": [{"path": "../secret.bin", "size": 10, "sha256": "0" * 64}],
+    }
+    (folder / "model_registry.json").write_text(json.dumps({"models": {"m": entry}}))
+    assert verify_ahead.guess(folder, ["m"]) == []
+    (folder / "model_registry.json").write_text("[" * 100_000)
+    assert verify_ahead.guess(folder, ["m"]) == []
+    (folder / "model_registry.json").write_text(" " * (verify_ahead.MAX_GUESS_BYTES + 1))
+    assert verify_ahead.guess(folder, ["m"]) == []
+
+
+def test_a_stale_merged_file_cannot_mislead_verify(run_cli, model: Path, store: RegistryStore) -> None:
+    """The head start reads model_registry.json, the real plan the layers: a merged file that lists other
+    sizes only wastes the guess, and a tampered file is still caught."""
+    merged = store.folder / "model_registry.json"
+    doc = json.loads(merged.read_text())
+    for record in doc["models"][NAME]["files"]:
+        record["size"] += 1
+    merged.write_text(json.dumps(doc))
+    assert verify_json(run_cli, NAME)[0].returncode == 0
+    flip_byte_keep_mtime(model / "model-00001-of-00002.safetensors", 3)
+    result, data = verify_json(run_cli, NAME)
+    assert result.returncode == 1 and data["data"]["models"][0]["status"] != "ok"

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from imageworks.clock import utc_now
 from imageworks.errors import UsageError
-from imageworks.hashing import FileDigest, aggregate_sha256, hash_files, trusted_digest
+from imageworks.hashing import FileDigest, HashAhead, aggregate_sha256, hash_files, trusted_digest
 from imageworks.listing import RepoFile
 from imageworks.registry import FileRecord, ModelEntry, Registry, RegistryStore, find_entry
 from imageworks.stores.copies import copy_claims
+from imageworks.verify_ahead import entry_folder, safe_relative
 from imageworks.verify_report import (
     F_CHANGED,
     F_EXTRA,
@@ -94,19 +95,6 @@ class _ModelPlan:
     snapshot: list[tuple[str, int, str | None]] = field(default_factory=list)
 
 
-def _safe_relative(relative: str) -> PurePosixPath | None:
-    """A file path from the registry is untrusted: it must stay inside the model folder. Symlinks are
-    followed on purpose (verify only reads, and HF-cache style folders are symlinks to blobs)."""
-    if not relative or "\x00" in relative or "\\" in relative or relative.startswith("/"):
-        return None
-    pure = PurePosixPath(relative)
-    if any(part in {"", ".", ".."} for part in relative.split("/")) or (
-        len(relative) > 1 and relative[1] == ":"
-    ):
-        return None
-    return pure
-
-
 def is_ours(relative: PurePosixPath) -> bool:
     """Files and folders that are never a model's own: left by our downloads, git or huggingface_hub.
 
@@ -129,16 +117,7 @@ def _walk_files(folder: Path) -> Iterable[PurePosixPath]:
 
 def _model_folder(entry: ModelEntry) -> tuple[Path | None, bool]:
     """(folder the file paths are relative to, whether `path` names a single file)."""
-    return _folder_of(entry.path)
-
-
-def _folder_of(recorded: str | None) -> tuple[Path | None, bool]:
-    if not recorded:
-        return None, False
-    path = Path(recorded).expanduser()
-    if path.is_file():
-        return path.parent, True
-    return path, False
+    return entry_folder(entry.path)
 
 
 class _FolderClaims:
@@ -162,7 +141,7 @@ class _FolderClaims:
                 if not isinstance(files, list) or not files:
                     continue
                 path = raw.get("path")
-                other_folder, _ = _folder_of(path if isinstance(path, str) else None)
+                other_folder, _ = entry_folder(path if isinstance(path, str) else None)
                 if other_folder is not None:
                     paths = [
                         f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)
@@ -221,7 +200,7 @@ def _plan_file(plan: _ModelPlan, folder: Path, record_: FileRecord, *, quick: bo
     """Stat one recorded file; queue it for hashing when a digest is to be compared or recorded."""
     check = FileCheck(record_.path, F_OK, expected_size=record_.size, expected_sha256=record_.sha256)
     plan.report.files.append(check)
-    relative = _safe_relative(record_.path)
+    relative = safe_relative(record_.path)
     if relative is None:
         check.status = F_UNSAFE
         check.detail = "the recorded path would leave the model folder; not read"
@@ -355,6 +334,7 @@ def verify_models(
     remote_lister: RemoteLister | None = None,
     command: Sequence[str] | str | None = None,
     backup: bool = True,
+    ahead: HashAhead | None = None,
 ) -> list[VerifyReport]:
     """Verify the named models (`names=None`: all of them) and return one report per model.
 
@@ -373,7 +353,7 @@ def verify_models(
     claims = _FolderClaims(registry)
     plans = [_plan_model(claims, e, quick=quick, record=record, explicit=explicit) for e in entries]
 
-    _hash_pending(plans, jobs=jobs, progress=progress)
+    _hash_pending(plans, jobs=jobs, progress=progress, ahead=ahead)
     if remote:
         from imageworks.verify_hub import check_remote, hub_lister
 
@@ -394,14 +374,21 @@ def verify_models(
     return [plan.report for plan in plans]
 
 
-def _hash_pending(plans: list[_ModelPlan], *, jobs: int | None, progress: ProgressFn | None) -> None:
-    """Every file of every model through one pool (and one progress bar), then each digest applied."""
+def _hash_pending(
+    plans: list[_ModelPlan], *, jobs: int | None, progress: ProgressFn | None, ahead: HashAhead | None
+) -> None:
+    """Every file of every model through one pool (and one progress bar), then each digest applied
+    (`ahead`: files the CLI started hashing before the registry was loaded, see verify_ahead)."""
     pending = [p for plan in plans for p in plan.pending]
     total = sum(p.size for p in pending)
     callback = (lambda n: progress(n, total)) if progress is not None else None
     started = time.perf_counter()
     digests = hash_files(
-        [p.full_path for p in pending], jobs=jobs, progress=callback, sizes=[p.size for p in pending]
+        [p.full_path for p in pending],
+        jobs=jobs,
+        progress=callback,
+        sizes=[p.size for p in pending],
+        ahead=ahead,
     )
     hash_seconds = time.perf_counter() - started
     by_pending = {id(p): d for p, d in zip(pending, digests, strict=True)}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from imageworks.errors import HubError
 from imageworks.hashing import git_blob_sha1_file
 from imageworks.listing import RepoFile
-from imageworks.verify import RemoteLister, _ModelPlan, _safe_relative
+from imageworks.verify import RemoteLister, _ModelPlan
+from imageworks.verify_ahead import safe_relative
 from imageworks.verify_report import F_NO_DIGEST, F_NOT_ON_HUB, F_OK, F_REMOTE, REMOTE_ERROR, FileCheck
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def check_remote(plan: _ModelPlan, lister: RemoteLister) -> None:
         elif theirs.git_sha1 and check.status == F_OK and plan.folder is not None:
             # A small non-LFS file: the Hub only knows its git blob id. The file on disk was just proven
             # equal to the recorded digest, so its blob id stands in for the recorded one.
-            relative = _safe_relative(record_.path)
+            relative = safe_relative(record_.path)
             if relative is None:
                 continue
             try:

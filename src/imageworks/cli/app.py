@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -240,6 +240,29 @@ def _install_logging() -> None:
 
 def _debug() -> bool:
     return os.environ.get("IMAGEWORKS_DEBUG", "") not in {"", "0"}
+
+
+def run_script(group: click.Group, prog_name: str) -> NoReturn:
+    """A console script's whole life: `run_group`, then out without Python's own shutdown.
+
+    Tearing down the interpreter (some 600 modules, pydantic's among them, and their objects) costs
+    20-40 ms that a finished command has no use for: 3% of verifying a 2 GB model, 10% of an
+    up-to-date download. Everything a command writes is written and closed before it returns (the
+    registry is durable by then); what is left is our stdout and stderr, flushed here."""
+    try:
+        run_group(group, prog_name)
+        code: int | str | None = EXIT_OK
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # as Python would: the message on stderr, status 1
+        print(code, file=sys.stderr)
+        code = EXIT_FAILED
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, a closed stream: nothing to tell
+            code = code or EXIT_FAILED
+    os._exit(code or EXIT_OK)
 
 
 def run_group(group: click.Group, prog_name: str, args: list[str] | None = None) -> None:

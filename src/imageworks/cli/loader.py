@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imageworks.cli.app import AppContext, LazyGroup, run_group
+from imageworks.cli.app import AppContext, LazyGroup, run_script
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": (
@@ -29,7 +29,7 @@ def cli(ctx: click.Context, registry_dir: Path | None) -> None:
 
 
 def main() -> None:
-    run_group(cli, "imageworks-loader")
+    run_script(cli, "imageworks-loader")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imageworks.cli.app import AppContext, LazyGroup, run_group
+from imageworks.cli.app import AppContext, LazyGroup, run_script
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": (
@@ -75,7 +75,7 @@ def cli(ctx: click.Context, registry_dir: Path | None) -> None:
 
 
 def main() -> None:
-    run_group(cli, "imageworks-download")
+    run_script(cli, "imageworks-download")
 
 
 if __name__ == "__main__":

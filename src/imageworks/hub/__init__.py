@@ -30,6 +30,7 @@ from imageworks.hub.urls import (
     probe_url,
     retry_after_seconds,
     same_origin,
+    tls_context,
     walk_redirects,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "probe_url",
     "retry_after_seconds",
     "same_origin",
+    "tls_context",
     "walk_redirects",
 ]

@@ -43,6 +43,7 @@ from imageworks.hub.urls import (
     TooLarge,
     read_capped,
     retry_after_seconds,
+    tls_context,
     walk_redirects,
 )
 
@@ -135,6 +136,7 @@ class HubClient:
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_CAP)),
                 headers={"User-Agent": USER_AGENT},
+                verify=tls_context(),
             )
         return self._http
 
@@ -225,8 +227,6 @@ class HubClient:
         to ours."""
         from huggingface_hub.errors import HfHubHTTPError
 
-        network = network_error_types()
-
         def once() -> T:
             scope = POLICY.set(Policy(self.timeout, self.max_body))
             try:
@@ -236,7 +236,7 @@ class HubClient:
                 if not (status is not None and retryable(status)):
                     raise self._map_hf_error(exc, repo_id=repo_id, revision=revision, path=path) from None
                 raise AttemptFailed(status, exc.response.headers, None) from exc
-            except network as exc:
+            except network_error_types() as exc:  # evaluated once fn() has imported its client
                 raise AttemptFailed(None, {}, exc) from exc
             except TooLarge as exc:
                 raise self._too_large(what, exc) from None
@@ -262,13 +262,12 @@ class HubClient:
     def _request(self, method: str, url: str, headers: Mapping[str, str], what: str, *, cap: int) -> Any:
         """One request with our timeout (redirects not followed); the body read up to `cap` bytes.
         Retryable failures raise `AttemptFailed` for `_retrying`."""
-        network = network_error_types()
         try:
             with self.http.stream(method, url, headers=dict(headers)) as response:
                 if response.status_code == 429 or response.status_code >= 500:
                     raise AttemptFailed(response.status_code, response.headers, None)
                 body = read_capped(response, cap) if method != "HEAD" else b""
-        except network as exc:
+        except network_error_types() as exc:  # evaluated after the request: httpx is loaded
             raise AttemptFailed(None, {}, exc) from exc
         except TooLarge as exc:
             raise self._too_large(what, exc) from None

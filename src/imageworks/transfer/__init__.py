@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
-from collections.abc import Sequence
 from typing import Any, Literal
 
-from imageworks.errors import ImageworksError, UsageError
+from imageworks.errors import UsageError
 from imageworks.transfer.base import (
     Engine,
     FileJob,
@@ -25,6 +23,7 @@ from imageworks.transfer.base import (
     PartialPaths,
     ProgressSink,
 )
+from imageworks.transfer.router import Router
 
 log = logging.getLogger("imageworks.transfer")
 
@@ -58,48 +57,6 @@ def engine_for(size: int | None, *, lfs: bool, large: str) -> str:
     from imageworks.transfer.pool import is_small
 
     return "pool" if is_small(size, lfs=lfs) else large
-
-
-class Router:
-    """Small files through the pool, the rest through `large`: one engine to the caller. The small
-    files go first (they are quick, and a config is then on disk early); a failure of one group
-    does not stop the other, and the first error is raised once both are done."""
-
-    def __init__(self, large: Engine, small: Engine) -> None:
-        self.large, self.small = large, small
-        self.name = large.name
-        self.note = f"{large.note}; small files through one keep-alive connection pool"
-
-    def fetch(
-        self,
-        jobs: Sequence[FileJob],
-        progress: ProgressSink,
-        *,
-        cancel: threading.Event | None = None,
-    ) -> list[FileResult]:
-        from imageworks.transfer.pool import is_small
-
-        def pooled(job: FileJob) -> bool:
-            # A small file with a resume record left by an engine that resumes goes back to it.
-            paths = PartialPaths.for_dest(job.dest)
-            resumable = paths.state.exists() or paths.control.exists()
-            return is_small(job.size, lfs=not job.git_sha1) and not resumable
-
-        small = [j for j in jobs if pooled(j)]
-        large = [j for j in jobs if not pooled(j)]
-        results: list[FileResult] = []
-        errors: list[ImageworksError] = []
-        for engine, group in ((self.small, small), (self.large, large)):
-            if not group:
-                continue
-            try:
-                results += engine.fetch(group, progress, cancel=cancel)
-            except ImageworksError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        order = {id(j): i for i, j in enumerate(jobs)}
-        return sorted(results, key=lambda r: order.get(id(r.job), len(jobs)))
 
 
 def choose_engine(

@@ -193,6 +193,37 @@ class Daemon:
             self.stderr.close()
 
 
+class Daemons:
+    """The aria2c processes of one fetch, each file on the least busy one.
+
+    aria2c runs a single thread, and on a fast link that thread is the limit: on loopback one aria2c
+    moves two 512 MiB files in 2.1 s with the machine 60% idle, two aria2c (a file each) in 1.4 s. So a
+    fetch of several large files starts one aria2c per core, never more than files it has to fetch."""
+
+    def __init__(self, engine: Aria2Engine, count: int) -> None:
+        self.members = [Daemon(engine) for _ in range(max(1, count))]
+        self._busy = [0] * len(self.members)
+        self._lock = threading.Lock()
+
+    def start_soon(self) -> None:
+        for daemon in self.members:
+            daemon.start_soon()
+
+    def take(self) -> Daemon:
+        with self._lock:
+            index = min(range(len(self.members)), key=self._busy.__getitem__)
+            self._busy[index] += 1
+            return self.members[index]
+
+    def give_back(self, daemon: Daemon) -> None:
+        with self._lock:
+            self._busy[self.members.index(daemon)] -= 1
+
+    def stop(self) -> None:
+        for daemon in self.members:
+            daemon.stop()
+
+
 class Aria2StartError(TransferError):
     """aria2c is there but would not run (broken install, sandbox): worth falling back."""
 

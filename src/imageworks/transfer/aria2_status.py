@@ -13,6 +13,7 @@ STATUS_KEYS = [
     "status",
     "totalLength",
     "completedLength",
+    "downloadSpeed",
     "bitfield",
     "numPieces",
     "pieceLength",
@@ -26,6 +27,17 @@ _DISK_FULL = "9"
 _AUTH = "24"
 _DISK = {"14", "15", "16", "17", "18"}
 RESUME_IMPOSSIBLE = {"8", "10"}
+
+
+def next_poll(status: dict[str, str], interval: float) -> float:
+    """Seconds until the next tellStatus: `interval`, or sooner when the download should end before
+    then at its current speed (the end is then seen within ~10 ms, not up to a whole interval later:
+    on a fast link that interval was 5% of a whole download)."""
+    speed = int(status.get("downloadSpeed", "0") or 0)
+    left = int(status.get("totalLength", "0") or 0) - int(status.get("completedLength", "0") or 0)
+    if speed <= 0 or left <= 0:
+        return interval
+    return max(0.01, min(interval, left / speed))
 
 
 def bitfield_ranges(bitfield: str, piece: int, total: int) -> list[tuple[int, int]]:

@@ -332,6 +332,27 @@ class FileTask(Protocol):
     def interrupt(self) -> None: ...
 
 
+class Countdown:
+    """Threads still running, and a wait that returns as soon as the last one ends: a loop that polls
+    every TICK would otherwise notice the end of a download up to a tick late."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._ended = threading.Condition()
+
+    def one_done(self) -> None:
+        with self._ended:
+            self._left -= 1
+            self._ended.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the last thread to end; True once none is left."""
+        with self._ended:
+            if self._left:
+                self._ended.wait(timeout)
+            return not self._left
+
+
 def run_file_tasks(
     tasks: Sequence[FileTask],
     events: Events,
@@ -349,14 +370,18 @@ def run_file_tasks(
     cancel = cancel or threading.Event()
     queue = deque(tasks)
     queue_lock = threading.Lock()
+    runners_left = Countdown(min(max_files, len(tasks)))
 
     def runner() -> None:
-        while not stop.is_set():
-            with queue_lock:
-                if not queue:
-                    return
-                task = queue.popleft()
-            task.run()
+        try:
+            while not stop.is_set():
+                with queue_lock:
+                    if not queue:
+                        return
+                    task = queue.popleft()
+                task.run()
+        finally:
+            runners_left.one_done()
 
     def halt() -> None:
         stop.set()
@@ -374,9 +399,11 @@ def run_file_tasks(
     try:
         for thread in runners:
             thread.start()
-        while any(t.is_alive() for t in runners):
+        while True:
             pump.run()
-            if cancel.wait(TICK):
+            if runners_left.wait(TICK):
+                break
+            if cancel.is_set():
                 halt()
                 break
         pump.run()

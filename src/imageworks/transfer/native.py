@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from imageworks.errors import IntegrityError, TransferError
+from imageworks.hub import tls_context
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
     Events,
@@ -105,6 +106,7 @@ class NativeEngine:
                 max_connections=None, max_keepalive_connections=self.connections * self.max_files
             ),
             headers={"User-Agent": "imageworks"},
+            verify=tls_context(),
         )
 
     def fetch(

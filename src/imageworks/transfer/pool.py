@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from imageworks.errors import ImageworksError, TransferError
-from imageworks.hub import check_scheme, same_origin
+from imageworks.hub import check_scheme, same_origin, tls_context
 from imageworks.transfer.base import (
     Digests,
     Events,
@@ -98,6 +98,7 @@ class PoolEngine:
             timeout=httpx.Timeout(self.stall_timeout, connect=self.stall_timeout, pool=None),
             limits=httpx.Limits(max_connections=self.workers, max_keepalive_connections=self.workers),
             headers={"User-Agent": "imageworks", "Accept-Encoding": "identity"},
+            verify=tls_context(),
         ) as client:
             tasks = [_SmallTask(self, job, client, stop, events) for job in jobs]
             try:
