@@ -198,7 +198,14 @@ def verified(dest: Path, files: list[dict]) -> bool:
 
 CASES = {
     "shards": ["cli-aria2", "cli-native", "plain-aria2c", "engine-aria2", "engine-native", "hf-snapshot"],
-    "unthrottled": ["cli-aria2", "cli-native", "plain-aria2c", "engine-aria2", "engine-native", "hf-download"],
+    "unthrottled": [
+        "cli-aria2",
+        "cli-native",
+        "plain-aria2c",
+        "engine-aria2",
+        "engine-native",
+        "hf-download",
+    ],
     "small": ["cli-auto", "cli-native", "hf-snapshot"],
 }
 ANCHOR = {"shards": "plain-aria2c", "unthrottled": "plain-aria2c", "small": "hf-snapshot"}
