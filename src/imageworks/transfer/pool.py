@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -42,6 +43,7 @@ from imageworks.transfer.base import (
     open_private,
     run_file_tasks,
 )
+from imageworks.transfer.segments import socket_of
 
 if TYPE_CHECKING:
     import httpx
@@ -127,9 +129,23 @@ class _SmallTask:
         self.result: FileResult | None = None
         self.error: BaseException | None = None
         self.on_disk_bytes = 0
+        self._sock: socket.socket | None = None  # the connection of the GET in flight
+        self._sock_lock = threading.Lock()
 
     def interrupt(self) -> None:
-        pass  # a small file ends soon; the stop flag is checked between chunks
+        """Wake a read blocked on a slow link now: a "small" file is still seconds of waiting at a few
+        KB/s, and Ctrl-C used to wait for it (the read then fails and the stop flag ends the task)."""
+        with self._sock_lock:
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _track(self, sock: socket.socket | None) -> None:
+        with self._sock_lock:
+            self._sock = sock
+        if sock is not None and self.stop.is_set():
+            self.interrupt()  # stopped while the request was being sent
 
     def run(self) -> None:
         try:
@@ -160,6 +176,7 @@ class _SmallTask:
                 raise TransferError(f"{self.job.name}: cancelled")
             try:
                 with self.client.stream("GET", url, headers=headers) as response:
+                    self._track(socket_of(response))
                     status = response.status_code
                     refused_off_hub = status in (401, 403) and not same_origin(str(response.url), url)
                     if refused_off_hub and self.job.resolve is not None:
@@ -197,6 +214,8 @@ class _SmallTask:
                 log.info("%s: %s; retrying in %.1f s", self.job.name, exc, wait)
                 if self.stop.wait(wait):
                     raise TransferError(f"{self.job.name}: cancelled") from exc
+            finally:
+                self._track(None)
 
     def _save(self, response: httpx.Response) -> FileResult:
         """Stream the body to the temporary name, hashing as it goes; verify and rename."""
