@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,6 +216,8 @@ class HashAhead:
     the work, never a wrong answer."""
 
     def __init__(self, targets: Sequence[tuple[Path, int]], *, jobs: int | None = None) -> None:
+        self.started = time.perf_counter()  # when hashing began, for a rate that is true
+        self.used = False  # whether any digest was taken
         self._cancel = threading.Event()
 
         local = threading.local()
@@ -247,6 +250,7 @@ class HashAhead:
             return None
         if not digest.ok or (digest.size, digest.mtime_ns) != (st.st_size, st.st_mtime_ns):
             return None
+        self.used = True
         return digest
 
     def close(self) -> None:

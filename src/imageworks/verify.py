@@ -390,6 +390,8 @@ def _hash_pending(
         sizes=[p.size for p in pending],
         ahead=ahead,
     )
+    if ahead is not None and ahead.used:  # the hashing began before this call
+        started = ahead.started
     hash_seconds = time.perf_counter() - started
     by_pending = {id(p): d for p, d in zip(pending, digests, strict=True)}
     for plan in plans:
