@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,7 +91,7 @@ class Aria2Engine:
         note: str = "",
         piece_selector: str = "inorder",
         min_split_size: int = 8 * MiB,
-        fallback: Engine | None = None,
+        fallback: Callable[[], Engine] | None = None,
         processes: int | None = None,
     ) -> None:
         self.aria2c = aria2c
@@ -142,10 +142,11 @@ class Aria2Engine:
         except Aria2StartError as exc:
             if self.fallback is None:
                 raise
-            text = f"{exc}; falling back to the {self.fallback.name} engine"
+            fallback = self.fallback()
+            text = f"{exc}; falling back to the {fallback.name} engine"
             log.warning("%s", text)
             progress.message(text)
-            return self.fallback.fetch(jobs, progress, cancel=cancel)
+            return fallback.fetch(jobs, progress, cancel=cancel)
         finally:
             daemons.stop()
 
