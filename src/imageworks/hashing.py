@@ -27,7 +27,6 @@ from typing import Protocol
 # 256 KiB and 16 MiB on a warm cache (benchmarks/verify.py).
 READ_CHUNK = 4 * 1024 * 1024
 MAX_DEFAULT_JOBS = 4
-AHEAD_CHUNK = READ_CHUNK
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just hashed. May be called from worker threads."""
@@ -225,7 +224,7 @@ class HashAhead:
         def work(path: Path) -> FileDigest:
             buffer = getattr(local, "buffer", None)
             if buffer is None:
-                buffer = local.buffer = bytearray(AHEAD_CHUNK)
+                buffer = local.buffer = bytearray(READ_CHUNK)
             return hash_file(path, buffer=buffer, cancel=self._cancel)
 
         workers = max(1, min(jobs or default_jobs(), len(targets)))

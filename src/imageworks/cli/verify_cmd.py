@@ -118,9 +118,9 @@ def verify(
 
 @contextlib.contextmanager
 def _yielding_gil(enabled: bool) -> Iterator[None]:
-    """While files are hashed ahead, the imports that follow hold the GIL in 5 ms slices, and each
-    4 MiB chunk a hashing thread finishes waits for it: a 0.5 ms interval while importing saves ~15 ms
-    of a 2 GB verify (benchmarks/verify.py)."""
+    """While files are hashed ahead, the imports and the registry load that follow hold the GIL in 5 ms
+    slices, and each 4 MiB chunk a hashing thread finishes waits for it: a 0.5 ms interval for the rest
+    of the command saves ~15 ms of a 2 GB verify (benchmarks/verify.py)."""
     if not enabled:
         yield
         return

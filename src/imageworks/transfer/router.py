@@ -58,8 +58,9 @@ class Router:
             resumable = paths.state.exists() or paths.control.exists()
             return is_small(job.size, lfs=not job.git_sha1) and not resumable
 
-        groups = [(e, g) for e, g in ((self.small, [j for j in jobs if pooled(j)]),
-                                      (self.large, [j for j in jobs if not pooled(j)])) if g]  # fmt: skip
+        small = [j for j in jobs if pooled(j)]
+        large = [j for j in jobs if not pooled(j)]
+        groups = [(engine, group) for engine, group in ((self.small, small), (self.large, large)) if group]
         if len(groups) == 1:
             engine, group = groups[0]
             results = engine.fetch(group, progress, cancel=cancel)
@@ -89,7 +90,10 @@ class Router:
             finally:
                 left.one_done()
 
-        threads = [threading.Thread(target=run, args=(i,), name="fetch group", daemon=True) for i in range(2)]
+        threads = [
+            threading.Thread(target=run, args=(i,), name="fetch group", daemon=True)
+            for i in range(len(groups))
+        ]
         try:
             for thread in threads:
                 thread.start()
