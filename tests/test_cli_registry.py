@@ -297,7 +297,7 @@ def test_the_boundary_maps_every_error_once(capsys, monkeypatch) -> None:
             "one filesystem",
         ),
         (OSError(errno.ENAMETOOLONG, "File name too long", "/x" * 10), 1, "too long", "shorter"),
-        (KeyboardInterrupt(), 130, "interrupted", "run the same command again to resume"),
+        (KeyboardInterrupt(), 130, "interrupted", "downloads resume from the bytes kept on disk"),
         (RuntimeError("a bug"), 1, "internal error: RuntimeError: a bug", "IMAGEWORKS_DEBUG=1"),
     ]
     for exc, code, message, hint in cases:
@@ -374,7 +374,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(run_cli, isolated_env, fake_hub) 
     # At 30 KB/s even a "small" file is seconds away: reads blocked on it are woken, not waited for.
     assert time.monotonic() - interrupted_at < 3.0, "Ctrl-C should stop the download at once"
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "interrupted" in err and "downloads resume from the bytes kept on disk" in err
     assert "Traceback" not in err and "internal error" not in err
 
 
@@ -580,3 +580,36 @@ def test_a_read_only_mount_is_one_line_with_a_hint(run_cli, isolated_env, fake_h
         assert doctor.returncode == 1
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True, timeout=10)
+
+
+def test_a_json_error_to_a_full_stdout_is_still_one_clean_line(isolated_env) -> None:
+    """stdout is /dev/full: the envelope cannot be written, so the error line on stderr must still come,
+    with the command's own exit code and no traceback."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "imageworks.cli.main", "download", "--json", "not a reference"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_the_end_of_the_last_thread_is_seen_at_once() -> None:
+    import threading
+    import time
+
+    from imageworks.transfer.base import wait_threads
+
+    threads = [threading.Thread(target=time.sleep, args=(d,)) for d in (0.05, 0.3)]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    while not wait_threads(threads, 5.0):
+        pass
+    assert time.monotonic() - began < 1.0

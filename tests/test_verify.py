@@ -627,3 +627,39 @@ def test_a_stale_merged_file_cannot_mislead_verify(run_cli, model: Path, store: 
     flip_byte_keep_mtime(model / "model-00001-of-00002.safetensors", 3)
     result, data = verify_json(run_cli, NAME)
     assert result.returncode == 1 and data["data"]["models"][0]["status"] != "ok"
+
+
+@pytest.mark.parametrize("names", [["big/sparse"], ["--all"]])
+def test_ctrl_c_stops_verify_at_once(
+    isolated_env: dict[str, Path], store: RegistryStore, names: list[str]
+) -> None:
+    """Hashing starts before the registry is loaded (exact names, --all): Ctrl-C must still stop it at
+    the next chunk, not once the files are hashed (two sparse files of 3 GiB: ~2 s each, in parallel)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = isolated_env["models"] / "big"
+    folder.mkdir(parents=True)
+    size = 3 * 1024**3
+    records = []
+    for name in ("a.bin", "b.bin"):
+        with open(folder / name, "wb") as handle:
+            handle.truncate(size)
+        records.append(FileRecord(path=name, size=size, sha256="0" * 64))
+    put(
+        store, ModelEntry(name="big/sparse", path=str(folder), files=records, source=Source(provider="local"))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imageworks.cli.loader", "verify", *names],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    interrupted_at = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - interrupted_at < 1.0, "Ctrl-C should stop the hashing at once"

@@ -225,13 +225,25 @@ class HashAhead:
             buffer = getattr(local, "buffer", None)
             if buffer is None:
                 buffer = local.buffer = bytearray(READ_CHUNK)
-            return hash_file(path, buffer=buffer, cancel=self._cancel)
+            try:
+                return hash_file(path, buffer=buffer, cancel=self._cancel)
+            finally:
+                self._finished.append(time.perf_counter())
 
         workers = max(1, min(jobs or default_jobs(), len(targets)))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imageworks-hash-ahead")
+        self._finished: list[float] = []  # when each file was done (list.append is thread-safe)
         self._futures = {
             path: self._pool.submit(work, path) for path, _ in sorted(targets, key=lambda t: -t[1])
         }
+        self._all = list(self._futures.values())
+
+    def seconds_before(self, moment: float) -> float:
+        """How long it was hashing before `moment` (for a true rate: a small model is hashed ahead in
+        milliseconds, long before the command needs the digests)."""
+        busy = any(not f.done() for f in self._all) or not self._finished
+        end = moment if busy else min(moment, max(self._finished))
+        return max(0.0, end - self.started)
 
     def take(self, path: Path) -> FileDigest | None:
         """The digest hashed ahead for `path` (waiting for it), or None: not guessed, failed, cancelled,
@@ -252,9 +264,13 @@ class HashAhead:
         self.used = True
         return digest
 
+    def cancel(self) -> None:
+        """Stop hashing at the next chunk (Ctrl-C: a `take` waiting for a file then gets None)."""
+        self._cancel.set()
+
     def close(self) -> None:
         """Stop what nobody took (at the next chunk) and wait for the threads."""
-        self._cancel.set()
+        self.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -310,8 +326,11 @@ def hash_files(
             list(pool.map(work, order))
         except BaseException:
             # Ctrl-C lands here in the main thread: without this the pool would finish every file
-            # (minutes for a big model) before the interrupt got through.
+            # (minutes for a big model) before the interrupt got through. A worker waiting for a file
+            # hashed ahead is released by cancelling that too.
             cancel.set()
+            if ahead is not None:
+                ahead.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

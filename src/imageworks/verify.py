@@ -318,6 +318,9 @@ def run_verify(store: RegistryStore, names: Sequence[str] | None, **options: Any
     """`verify_models` timed as a whole (what the CLI reports)."""
     started = time.perf_counter()
     reports = verify_models(store, names, **options)
+    ahead = options.get("ahead")
+    if ahead is not None and ahead.used:  # the work began before this call
+        started = min(started, ahead.started)
     return VerifyRun(reports, time.perf_counter() - started)
 
 
@@ -390,9 +393,9 @@ def _hash_pending(
         sizes=[p.size for p in pending],
         ahead=ahead,
     )
-    if ahead is not None and ahead.used:  # the hashing began before this call
-        started = ahead.started
     hash_seconds = time.perf_counter() - started
+    if ahead is not None and ahead.used:  # plus the time it hashed before this call
+        hash_seconds += ahead.seconds_before(started)
     by_pending = {id(p): d for p, d in zip(pending, digests, strict=True)}
     for plan in plans:
         if plan.pending:

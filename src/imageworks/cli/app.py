@@ -4,6 +4,7 @@ instant."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -129,7 +130,8 @@ class LazyGroup(click.Group):
 
 
 # ------------------------------------------------------------------------------------ the boundary
-_RESUME_HINT = "partial downloads are kept; run the same command again to resume"
+# True of every command: a download, update, pull or push resumes; a verify or scan starts over.
+_RESUME_HINT = "run the same command again: downloads resume from the bytes kept on disk"
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,9 @@ def _report(failure: Failure, json_kind: str | None) -> None:
     if json_kind is not None:
         from imageworks.cli.render import emit_error_json
 
-        emit_error_json(json_kind, failure.as_dict())
+        # stdout closed or full: the envelope cannot be written, the line on stderr still is
+        with contextlib.suppress(OSError, ValueError):
+            emit_error_json(json_kind, failure.as_dict())
     message = failure.message
     _err(message if message.startswith(("internal error", "interrupted", "aborted")) else f"error: {message}")
     for name in failure.candidates[:20]:
@@ -262,11 +266,16 @@ def run_script(group: click.Group, prog_name: str) -> NoReturn:
     if isinstance(code, str):  # as Python would: the message on stderr, status 1
         print(code, file=sys.stderr)
         code = EXIT_FAILED
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that went away, a closed stream: nothing to tell
-            code = code or EXIT_FAILED
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away (`| head`) after the command was done: its outcome stands
+    except (OSError, ValueError) as exc:  # the output was lost (a full disk, a closed stream)
+        with contextlib.suppress(OSError, ValueError):
+            _err(f"error: cannot write the output: {getattr(exc, 'strerror', None) or exc}")
+        code = code or EXIT_FAILED
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code or EXIT_OK)
 
 

@@ -319,6 +319,7 @@ def disk_error(job: FileJob, exc: OSError, kept: int) -> TransferError:
 # queue that the calling thread drains into the ProgressSink.
 
 TICK = 0.05
+HALT_TIMEOUT = 15.0  # the longest a stop waits for file threads to leave their state on disk
 Events = deque[tuple[str, Any, Any]]  # (kind, task, payload); deque append/popleft are thread-safe
 
 
@@ -332,25 +333,16 @@ class FileTask(Protocol):
     def interrupt(self) -> None: ...
 
 
-class Countdown:
-    """Threads still running, and a wait that returns as soon as the last one ends: a loop that polls
-    every TICK would otherwise notice the end of a download up to a tick late."""
+def wait_threads(threads: Sequence[threading.Thread], timeout: float) -> bool:
+    """Wait up to `timeout` for the threads to end; True once none is alive.
 
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self._ended = threading.Condition()
-
-    def one_done(self) -> None:
-        with self._ended:
-            self._left -= 1
-            self._ended.notify_all()
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the last thread to end; True once none is left."""
-        with self._ended:
-            if self._left:
-                self._ended.wait(timeout)
-            return not self._left
+    It joins a live thread, which returns the moment that thread ends, so the end of a download is
+    seen at once rather than at the next tick. And it holds no lock the threads need: a Ctrl-C landing
+    in a Condition wait shared with them once left its lock taken, and the next join hung for good."""
+    alive = [t for t in threads if t.is_alive()]
+    if alive:
+        alive[-1].join(timeout)
+    return not any(t.is_alive() for t in threads)
 
 
 def run_file_tasks(
@@ -370,18 +362,14 @@ def run_file_tasks(
     cancel = cancel or threading.Event()
     queue = deque(tasks)
     queue_lock = threading.Lock()
-    runners_left = Countdown(min(max_files, len(tasks)))
 
     def runner() -> None:
-        try:
-            while not stop.is_set():
-                with queue_lock:
-                    if not queue:
-                        return
-                    task = queue.popleft()
-                task.run()
-        finally:
-            runners_left.one_done()
+        while not stop.is_set():
+            with queue_lock:
+                if not queue:
+                    return
+                task = queue.popleft()
+            task.run()
 
     def halt() -> None:
         stop.set()
@@ -389,7 +377,7 @@ def run_file_tasks(
             on_stop()
         for task in tasks:
             task.interrupt()
-        _join(runners, 15.0)
+        _join(runners, HALT_TIMEOUT)
 
     runners = [
         threading.Thread(target=runner, name=f"file runner {i}", daemon=True)
@@ -401,7 +389,7 @@ def run_file_tasks(
             thread.start()
         while True:
             pump.run()
-            if runners_left.wait(TICK):
+            if wait_threads(runners, TICK):
                 break
             if cancel.is_set():
                 halt()

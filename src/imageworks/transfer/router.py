@@ -8,7 +8,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from imageworks.transfer.base import TICK, Countdown, Engine, FileJob, FileResult, PartialPaths, ProgressSink
+from imageworks.transfer.base import (
+    HALT_TIMEOUT,
+    TICK,
+    Engine,
+    FileJob,
+    FileResult,
+    PartialPaths,
+    ProgressSink,
+    wait_threads,
+)
 
 
 class _Relay:
@@ -79,7 +88,6 @@ class Router:
         relay = _Relay(calls, progress)
         stop = threading.Event()  # set on the caller's cancel or Ctrl-C: both groups stop
         outcomes: list[list[FileResult] | BaseException | None] = [None] * len(groups)
-        left = Countdown(len(groups))
 
         def run(index: int) -> None:
             engine, group = groups[index]
@@ -87,8 +95,6 @@ class Router:
                 outcomes[index] = engine.fetch(group, relay, cancel=stop)
             except BaseException as exc:  # re-raised below, in the caller's thread
                 outcomes[index] = exc
-            finally:
-                left.one_done()
 
         threads = [
             threading.Thread(target=run, args=(i,), name="fetch group", daemon=True)
@@ -97,14 +103,14 @@ class Router:
         try:
             for thread in threads:
                 thread.start()
-            while not left.wait(TICK):
+            while not wait_threads(threads, TICK):
                 _replay(calls)
                 if cancel is not None and cancel.is_set():
                     stop.set()
         except BaseException:  # Ctrl-C: both engines stop and leave resumable state, then it goes on up
             stop.set()
-            for thread in threads:
-                thread.join()
+            for thread in threads:  # bounded, as run_file_tasks' own halt: never a hang on Ctrl-C
+                thread.join(HALT_TIMEOUT)
             raise
         finally:
             _replay(calls)
