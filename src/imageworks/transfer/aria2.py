@@ -69,7 +69,7 @@ from imageworks.transfer.base import (
 
 log = logging.getLogger("imageworks.transfer.aria2")
 
-POLL = 0.1
+POLL = 0.05
 LOWEST_SPEED = 512  # bytes/s: a connection slower than this (over aria2c's window) is replaced
 STATE_SAVE_INTERVAL = 1.0
 SINGLE_STREAM_BELOW = 4 * MiB  # as in the native engine: small files get no resume record
