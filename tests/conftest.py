@@ -108,3 +108,28 @@ def run_cli(isolated_env: dict[str, Path]):
         )
 
     return run
+
+
+@pytest.fixture
+def interrupt_cli(isolated_env: dict[str, Path]):
+    """Start a console script, send it SIGINT (Ctrl-C) after `after` seconds, and return
+    (exit code, stderr, seconds from the signal to its exit)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def run(*args: str, after: float, script: str = "imageworks-download") -> tuple[int, str, float]:
+        module = {"imageworks-download": "imageworks.cli.main", "imageworks-loader": "imageworks.cli.loader"}[
+            script
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(after)
+        proc.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        return proc.returncode, err, time.monotonic() - interrupted_at
+
+    return run

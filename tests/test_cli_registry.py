@@ -351,29 +351,15 @@ def test_os_errors_from_commands_are_one_line_with_a_hint(run_cli, isolated_env,
         assert "internal error" not in bad.stderr and "not a folder" in bad.stderr
 
 
-def test_ctrl_c_exits_130_with_the_resume_hint(run_cli, isolated_env, fake_hub) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_ctrl_c_exits_130_with_the_resume_hint(interrupt_cli, isolated_env, fake_hub) -> None:
     from tests.fakehub import samples
 
     repo = samples.add_safetensors_model(fake_hub)
     fake_hub.throttle(total_bps=30_000)  # ~10 s for the weights: interrupted mid-download
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imageworks.cli.main", "download", repo.repo_id, "--engine", "native"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    interrupted_at = time.monotonic()
-    _, err = proc.communicate(timeout=30)
+    code, err, seconds = interrupt_cli("download", repo.repo_id, "--engine", "native", after=2.0)
     # At 30 KB/s even a "small" file is seconds away: reads blocked on it are woken, not waited for.
-    assert time.monotonic() - interrupted_at < 3.0, "Ctrl-C should stop the download at once"
-    assert proc.returncode == 130, err
+    assert seconds < 3.0, "Ctrl-C should stop the download at once"
+    assert code == 130, err
     assert "interrupted" in err and "downloads resume from the bytes kept on disk" in err
     assert "Traceback" not in err and "internal error" not in err
 

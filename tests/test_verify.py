@@ -631,15 +631,10 @@ def test_a_stale_merged_file_cannot_mislead_verify(run_cli, model: Path, store: 
 
 @pytest.mark.parametrize("names", [["big/sparse"], ["--all"]])
 def test_ctrl_c_stops_verify_at_once(
-    isolated_env: dict[str, Path], store: RegistryStore, names: list[str]
+    interrupt_cli, isolated_env: dict[str, Path], store: RegistryStore, names: list[str]
 ) -> None:
     """Hashing starts before the registry is loaded (exact names, --all): Ctrl-C must still stop it at
     the next chunk, not once the files are hashed (two sparse files of 3 GiB: ~2 s each, in parallel)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     folder = isolated_env["models"] / "big"
     folder.mkdir(parents=True)
     size = 3 * 1024**3
@@ -651,15 +646,6 @@ def test_ctrl_c_stops_verify_at_once(
     put(
         store, ModelEntry(name="big/sparse", path=str(folder), files=records, source=Source(provider="local"))
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imageworks.cli.loader", "verify", *names],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    interrupted_at = time.monotonic()
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
-    assert time.monotonic() - interrupted_at < 1.0, "Ctrl-C should stop the hashing at once"
+    code, err, seconds = interrupt_cli("verify", *names, script="imageworks-loader", after=1.0)
+    assert code == 130, err
+    assert seconds < 1.0, "Ctrl-C should stop the hashing at once"
