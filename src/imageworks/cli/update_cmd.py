@@ -73,14 +73,18 @@ def _render_outdated(report: OutdatedReport, *, every_row: bool) -> None:
     )
 
 
-@click.command()
-@click.argument("names", nargs=-1)
-@click.option(
+# `outdated` and `update` pick their models the same way.
+all_hub_models_option = click.option(
     "--all",
     "all_",
     is_flag=True,
     help="Every model that came from the Hub (a recorded commit; scanned folders are not).",
 )
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@all_hub_models_option
 @click.option("--token", help="Hugging Face token (default: HF_TOKEN, then the `hf auth login` token file).")
 @json_option
 @pass_app
@@ -131,12 +135,7 @@ def _render_update(report: UpdateReport) -> None:
 
 @click.command()
 @click.argument("names", nargs=-1)
-@click.option(
-    "--all",
-    "all_",
-    is_flag=True,
-    help="Every model that came from the Hub (a recorded commit; scanned folders are not).",
-)
+@all_hub_models_option
 @click.option("--dry-run", is_flag=True, help="Show what would be fetched and fetch nothing.")
 @click.option(
     "--keep-old", is_flag=True, help="Keep the previous revision as NAME@<commit> (hardlinks, no copies)."

@@ -57,6 +57,7 @@ from imageworks.transfer.base import (
     backoff_delay,
     check_and_commit,
     check_partial_paths,
+    check_server_size,
     covered,
     disk_error,
     existing_result,
@@ -564,13 +565,7 @@ class _Aria2Task:
             self._call("aria2.removeDownloadResult", gid)
 
     def _on_size(self, total: int, already: int) -> None:
-        if self.job.size is not None and total != self.job.size:
-            raise IntegrityError(
-                f"{self.job.name}: size mismatch (expected {self.job.size}, the server has {total})",
-                path=str(self.job.dest),
-                expected=str(self.job.size),
-                actual=str(total),
-            )
+        check_server_size(self.job, total)
         self.started = True
         self._emit("started", (total, already))
         self.hasher = PrefixHasher(

@@ -30,6 +30,8 @@ from imageworks.durable import fsync_dir
 from imageworks.errors import IntegrityError, TransferError
 
 if TYPE_CHECKING:
+    import httpx
+
     from imageworks.hub import ResolvedUrl
 
 from imageworks.hashing import hash_file
@@ -182,6 +184,23 @@ def backoff_delay(base: float, failures: int, retry_after: float | None = None) 
 # The two ends of every file: already there? and verify + rename.
 
 
+def http_client(*, stall_timeout: float, max_connections: int | None, keepalive: int) -> httpx.Client:
+    """The HTTP client of one fetch, for the native engine and the small-file pool alike: redirects
+    followed (httpx drops Authorization on a redirect to another host), a read that waits longer than
+    the stall timeout fails, bytes as stored (no gzip), the process's one TLS context."""
+    import httpx
+
+    from imageworks.hub import tls_context
+
+    return httpx.Client(
+        follow_redirects=True,
+        timeout=httpx.Timeout(stall_timeout, connect=stall_timeout, pool=None),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
+        headers={"User-Agent": "imageworks", "Accept-Encoding": "identity"},
+        verify=tls_context(),
+    )
+
+
 def existing_result(job: FileJob, *, verify: bool = True) -> FileResult | None:
     """A FileResult when `job.dest` already holds the expected file (no network needed), else None.
     Without any expectation (no size, no digest) an existing destination is accepted: engines only
@@ -252,6 +271,17 @@ def check_partial(
             if bad:
                 _integrity_failure(job, paths, *bad)
     return size
+
+
+def check_server_size(job: FileJob, total: int) -> None:
+    """The size the server announces against the listed one, before any byte is kept (both engines)."""
+    if job.size is not None and total != job.size:
+        raise IntegrityError(
+            f"{job.name}: size mismatch (expected {job.size}, the server has {total})",
+            path=str(job.dest),
+            expected=str(job.size),
+            actual=str(total),
+        )
 
 
 def _mismatch(job: FileJob, sha256: str, sha1: str | None) -> tuple[str, str, str] | None:

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from imageworks.errors import IntegrityError, TransferError
-from imageworks.hub import tls_context
 from imageworks.transfer.aria2_control import read_control
 from imageworks.transfer.base import (
     Events,
@@ -45,6 +44,7 @@ from imageworks.transfer.base import (
     covered,
     disk_error,
     existing_result,
+    http_client,
     load_state,
     merge_ranges,
     missing_ranges,
@@ -95,18 +95,10 @@ class NativeEngine:
         self.note = note
 
     def client(self) -> httpx.Client:
-        """The HTTP client of one fetch: redirects followed (httpx drops Authorization on a redirect
-        to another host), reads that wait longer than the stall timeout fail."""
-        import httpx
-
-        return httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(self.stall_timeout, connect=self.stall_timeout, pool=None),
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=self.connections * self.max_files
-            ),
-            headers={"User-Agent": "imageworks"},
-            verify=tls_context(),
+        return http_client(
+            stall_timeout=self.stall_timeout,
+            max_connections=None,
+            keepalive=self.connections * self.max_files,
         )
 
     def fetch(

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from imageworks.errors import ImageworksError, IntegrityError, TransferError
+from imageworks.errors import ImageworksError, TransferError
 from imageworks.hub import check_scheme, forward_headers, locate
 from imageworks.transfer.base import (
     Events,
@@ -26,6 +26,7 @@ from imageworks.transfer.base import (
     MiB,
     PartialPaths,
     backoff_delay,
+    check_server_size,
     covered,
     disk_error,
     merge_ranges,
@@ -381,13 +382,7 @@ class Connections:
         if self.already and self.etag and etag and etag != self.etag:
             raise _Changed("ETag changed")
         if self.total is not None and total is not None and total != self.total:
-            if self.job.size is not None and total != self.job.size:
-                raise IntegrityError(
-                    f"{self.job.name}: size mismatch (expected {self.job.size}, the server has {total})",
-                    path=str(self.job.dest),
-                    expected=str(self.job.size),
-                    actual=str(total),
-                )
+            check_server_size(self.job, total)
             raise _Changed(f"size changed from {self.total} to {total}")
         self.etag = etag or self.etag
         self.last_modified = response.headers.get("Last-Modified") or self.last_modified

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from imageworks.errors import ImageworksError, TransferError
-from imageworks.hub import check_scheme, same_origin, tls_context
+from imageworks.hub import check_scheme, same_origin
 from imageworks.transfer.base import (
     Digests,
     Events,
@@ -40,6 +40,7 @@ from imageworks.transfer.base import (
     commit_many,
     disk_error,
     existing_result,
+    http_client,
     open_private,
     run_file_tasks,
 )
@@ -91,16 +92,11 @@ class PoolEngine:
         *,
         cancel: threading.Event | None = None,
     ) -> list[FileResult]:
-        import httpx
 
         stop = threading.Event()
         events: Events = collections.deque()
-        with httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(self.stall_timeout, connect=self.stall_timeout, pool=None),
-            limits=httpx.Limits(max_connections=self.workers, max_keepalive_connections=self.workers),
-            headers={"User-Agent": "imageworks", "Accept-Encoding": "identity"},
-            verify=tls_context(),
+        with http_client(
+            stall_timeout=self.stall_timeout, max_connections=self.workers, keepalive=self.workers
         ) as client:
             tasks = [_SmallTask(self, job, client, stop, events) for job in jobs]
             try:
