@@ -407,7 +407,7 @@ def run_file_tasks(
             on_stop()
         for task in tasks:
             task.interrupt()
-        _join(runners, HALT_TIMEOUT)
+        join_all(runners, HALT_TIMEOUT)
 
     runners = [
         threading.Thread(target=runner, name=f"file runner {i}", daemon=True)
@@ -439,7 +439,8 @@ def run_file_tasks(
     return [task.result for task in tasks if task.result is not None]
 
 
-def _join(threads: Sequence[threading.Thread], timeout: float) -> None:
+def join_all(threads: Sequence[threading.Thread], timeout: float) -> None:
+    """Join the threads, `timeout` seconds at most in all (a stop never hangs on a stuck one)."""
     deadline = time.monotonic() + timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))

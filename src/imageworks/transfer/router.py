@@ -16,6 +16,7 @@ from imageworks.transfer.base import (
     FileResult,
     PartialPaths,
     ProgressSink,
+    join_all,
     wait_threads,
 )
 
@@ -109,8 +110,7 @@ class Router:
                     stop.set()
         except BaseException:  # Ctrl-C: both engines stop and leave resumable state, then it goes on up
             stop.set()
-            for thread in threads:  # bounded, as run_file_tasks' own halt: never a hang on Ctrl-C
-                thread.join(HALT_TIMEOUT)
+            join_all(threads, HALT_TIMEOUT)
             raise
         finally:
             _replay(calls)
